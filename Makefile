@@ -1,0 +1,55 @@
+# The one entry point for people and CI. `make help` lists the targets.
+PYTHON ?= python3
+PIP := $(PYTHON) -m pip
+CARGO ?= cargo
+
+.PHONY: help install dev test test-rust test-python lint fmt bench bench-rust bench-python demo clean
+
+help:
+	@echo "make demo    install the package and run the local demo"
+	@echo "make test    install with dev tools, run cargo test and pytest"
+	@echo "make lint    cargo fmt --check, clippy -D warnings, ruff, mypy"
+	@echo "make bench   criterion benches + Python benchmarks (results: benches/RESULTS.md)"
+	@echo "make dev     editable install with dev extras"
+	@echo "make fmt     format Rust and Python sources"
+
+install:
+	$(PIP) install --quiet .
+
+dev:
+	$(PIP) install --quiet -e '.[dev]'
+
+test: dev test-rust test-python
+
+test-rust:
+	$(CARGO) test --locked
+
+test-python:
+	$(PYTHON) -m pytest
+
+lint: dev
+	$(CARGO) fmt --check
+	$(CARGO) clippy --locked --all-targets -- -D warnings
+	$(CARGO) clippy --locked --all-targets --features python -- -D warnings
+	$(PYTHON) -m ruff check python tests benches examples
+	$(PYTHON) -m ruff format --check python tests benches examples
+	$(PYTHON) -m mypy
+
+fmt:
+	$(CARGO) fmt
+	$(PYTHON) -m ruff format python tests benches examples
+	$(PYTHON) -m ruff check --fix python tests benches examples
+
+bench: dev bench-rust bench-python
+
+bench-rust:
+	$(CARGO) bench --locked --bench router
+
+bench-python:
+	$(PYTHON) -m pytest benches --benchmark-only --benchmark-columns=min,median,mean,ops -p no:randomly
+
+demo: install
+	$(PYTHON) -m golem_vpn demo
+
+clean:
+	rm -rf target dist .pytest_cache .mypy_cache .ruff_cache .hypothesis .benchmarks
