@@ -211,7 +211,5 @@ pub fn is_never_host(ip: IpAddr) -> bool {
     }
 }
 
-
-
 #[cfg(test)]
 mod tests;
