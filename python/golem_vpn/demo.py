@@ -1,0 +1,227 @@
+"""The local demo: one network, three nodes, real packets through real routers.
+
+This is what ``make demo`` (``golem-vpn demo``) runs. A requestor creates a network with the
+model layer, adds two providers, and hands each its DEPLOY ``net`` config; every node builds
+its :class:`~golem_vpn.Router` from that config (provider B as a VM runtime that speaks
+Ethernet). Packets are then injected as a payload would send them, carried in-process to the
+destination's router (standing in for the node transport), and the demo prints where each one
+went and what each router dropped and why.
+"""
+
+from __future__ import annotations
+
+import json
+import struct
+import sys
+from dataclasses import dataclass
+from ipaddress import IPv4Address
+from typing import TextIO
+
+from golem_vpn import Router, __version__, build_profile
+from golem_vpn.model import DeployNetwork, Network, parse_deploy_net
+
+__all__ = ["main", "udp_packet"]
+
+REQUESTOR = "0x" + "1a" * 20
+PROVIDER_A = "0x" + "2b" * 20
+PROVIDER_B = "0x" + "3c" * 20
+
+
+def _checksum(data: bytes) -> int:
+    if len(data) % 2:
+        data += b"\0"
+    total: int = sum(struct.unpack(f"!{len(data) // 2}H", data))
+    while total >> 16:
+        total = (total & 0xFFFF) + (total >> 16)
+    return ~total & 0xFFFF
+
+
+def udp_packet(src: str, dst: str, sport: int, dport: int, payload: bytes) -> bytes:
+    """An IPv4/UDP packet with correct IP and UDP checksums."""
+    s, d = IPv4Address(src).packed, IPv4Address(dst).packed
+    udp_len = 8 + len(payload)
+    pseudo = s + d + struct.pack("!BBH", 0, 17, udp_len)
+    udp = struct.pack("!HHHH", sport, dport, udp_len, 0) + payload
+    udp = udp[:6] + struct.pack("!H", _checksum(pseudo + udp) or 0xFFFF) + udp[8:]
+    header = struct.pack("!BBHHHBBH4s4s", 0x45, 0, 20 + udp_len, 0, 0x4000, 64, 17, 0, s, d)
+    header = header[:10] + struct.pack("!H", _checksum(header)) + header[12:]
+    return header + udp
+
+
+def arp_request(sender_mac: bytes, sender_ip: str, target_ip: str) -> bytes:
+    """An Ethernet frame with an ARP who-has request."""
+    eth = b"\xff" * 6 + sender_mac + b"\x08\x06"
+    arp = struct.pack("!HHBBH", 1, 0x0800, 6, 4, 1)
+    arp += sender_mac + IPv4Address(sender_ip).packed + b"\0" * 6 + IPv4Address(target_ip).packed
+    return eth + arp
+
+
+@dataclass
+class _Node:
+    name: str
+    node_id: str
+    router: Router
+    kind: str
+
+
+def _router_from_deploy(node_id: str, net: DeployNetwork, *, ethernet: bool) -> Router:
+    requestor = next((nid for ip, nid in net.nodes.items() if ip == net.gateway), None)
+    router = Router(
+        net.id, str(net.network), node_id, [net.node_ip], ethernet=ethernet, requestor=requestor
+    )
+    for ip, nid in net.nodes.items():
+        if nid != node_id:
+            router.add_node(nid, ip)
+    return router
+
+
+def _describe(packet: bytes) -> str:
+    if len(packet) >= 14 and packet[12:14] == b"\x08\x06":
+        sender = IPv4Address(packet[28:32])
+        if packet[21] != 2:
+            return f"ARP request: who has {IPv4Address(packet[38:42])}? tell {sender}"
+        mac = ":".join(f"{b:02x}" for b in packet[22:28])
+        return f"ARP reply: {sender} is at {mac}"
+    if len(packet) >= 14 and packet[12:14] in (b"\x08\x00", b"\x86\xdd"):
+        packet = packet[14:]
+    if len(packet) >= 28 and packet[0] >> 4 == 4 and packet[9] == 17:
+        src, dst = IPv4Address(packet[12:16]), IPv4Address(packet[16:20])
+        sport, dport = struct.unpack("!HH", packet[20:24])
+        return f"UDP {src}:{sport} -> {dst}:{dport} {packet[28:]!r}"
+    return f"{len(packet)} bytes"
+
+
+def main(out: TextIO = sys.stdout) -> int:
+    """Run the demo, printing to ``out``. Returns a process exit code."""
+
+    def say(line: str = "") -> None:
+        print(line, file=out)
+
+    say(f"golem-vpn {__version__} ({build_profile} build): local routing demo")
+    say()
+    network = Network.create("192.168.0.0/24", requestor_id=REQUESTOR)
+    network.add_node(PROVIDER_A)
+    network.add_node(PROVIDER_B)
+    say(f"Network {network.id}  {network.network}  gateway {network.gateway}")
+
+    deploy_b = network.deploy_args(PROVIDER_B)
+    say("DEPLOY for provider B (yagna's shape):")
+    say("  " + json.dumps(deploy_b, indent=2).replace("\n", "\n  "))
+    nodes = {
+        "requestor": _Node(
+            "requestor",
+            REQUESTOR,
+            Router(network.id, str(network.network), REQUESTOR, [network.requestor_ip]),
+            "userspace stack (IP packets)",
+        ),
+        "provider-a": _Node(
+            "provider-a",
+            PROVIDER_A,
+            _router_from_deploy(
+                PROVIDER_A, parse_deploy_net(network.deploy_args(PROVIDER_A))[0], ethernet=False
+            ),
+            "TUN runtime (IP packets)",
+        ),
+        "provider-b": _Node(
+            "provider-b",
+            PROVIDER_B,
+            _router_from_deploy(PROVIDER_B, parse_deploy_net(deploy_b)[0], ethernet=True),
+            "VM runtime (Ethernet frames)",
+        ),
+    }
+    for node in network.nodes.values():
+        nodes["requestor"].router.add_node(node.id, node.ip)
+    by_id = {n.node_id: n for n in nodes.values()}
+    for n in nodes.values():
+        say(f"  {n.name:<10} {n.node_id}  {', '.join(n.router.ips):<12} {n.kind}")
+    say()
+
+    ip = {name: n.router.ips[0] for name, n in nodes.items()}
+    mac_b = bytes([0x90, 0x13, *IPv4Address(ip["provider-b"]).packed])
+    steps: list[tuple[str, str, bytes]] = [
+        (
+            "provider-a",
+            "unicast to B",
+            udp_packet(ip["provider-a"], ip["provider-b"], 4000, 5000, b"hello B"),
+        ),
+        ("provider-b", "VM asks ARP for A", arp_request(mac_b, ip["provider-b"], ip["provider-a"])),
+        (
+            "provider-b",
+            "unicast to A (Ethernet)",
+            b"\x90\x13"
+            + IPv4Address(ip["provider-a"]).packed
+            + mac_b
+            + b"\x08\x00"
+            + udp_packet(ip["provider-b"], ip["provider-a"], 5000, 4000, b"hello A"),
+        ),
+        (
+            "requestor",
+            "subnet broadcast",
+            udp_packet(ip["requestor"], "192.168.0.255", 9, 9, b"all"),
+        ),
+        (
+            "provider-a",
+            "spoofed source (B's IP)",
+            udp_packet(ip["provider-b"], ip["requestor"], 1, 2, b"evil"),
+        ),
+        (
+            "provider-a",
+            "unknown destination",
+            udp_packet(ip["provider-a"], "192.168.0.77", 1, 2, b"?"),
+        ),
+        ("provider-a", "outside the network", udp_packet(ip["provider-a"], "10.1.2.3", 1, 2, b"?")),
+        (
+            "provider-a",
+            "truncated packet",
+            udp_packet(ip["provider-a"], ip["provider-b"], 1, 2, b"x")[:17],
+        ),
+    ]
+
+    def run(step: int, sender: str, what: str, frame: bytes) -> None:
+        src = nodes[sender]
+        before = src.router.stats()["drops"]
+        deliveries = src.router.inject(frame)
+        say(f"{step}. {sender}: {what}: {_describe(frame)}")
+        if not deliveries:
+            after = src.router.stats()["drops"]
+            reasons = [k for k, v in after.items() if v != before[k]]
+            say(f"     dropped by {sender}'s router: {', '.join(reasons) or 'no recipients'}")
+        for dst_id, packet in deliveries:
+            if dst_id == src.node_id:
+                say(f"     answered locally -> {_describe(packet)}")
+                continue
+            dst = by_id[dst_id]
+            # In-process hop: stands in for the encrypted node transport.
+            frame_out = dst.router.receive(packet, src.node_id)
+            verdict = f"payload gets {_describe(frame_out)}" if frame_out else "dropped"
+            say(f"     -> {dst.name}: {verdict}")
+
+    for i, (sender, what, frame) in enumerate(steps, 1):
+        run(i, sender, what, frame)
+
+    say()
+    say("Provider B leaves the network: the requestor removes it and tells the others.")
+    network.remove_node(PROVIDER_B)
+    for name in ("requestor", "provider-a"):
+        nodes[name].router.remove_node(PROVIDER_B)
+    run(len(steps) + 1, "provider-a", "unicast to removed B", steps[0][2])
+    stale = nodes["provider-a"].router.receive(
+        udp_packet(ip["provider-b"], ip["provider-a"], 5000, 4000, b"still here?"), PROVIDER_B
+    )
+    verdict = "delivered" if stale else "dropped by provider-a's router: unknown_node"
+    say(f"{len(steps) + 2}. removed provider-b sends to A: {verdict}")
+
+    say()
+    say("Counters (drops by reason, traffic per node):")
+    for n in nodes.values():
+        stats = n.router.stats()
+        drops = ", ".join(f"{k} {v}" for k, v in stats["drops"].items() if v) or "none"
+        totals = f"injected {stats['injected']}, received {stats['received']}"
+        say(f"  {n.name:<10} {totals}, drops: {drops}")
+        for nid, c in stats["nodes"].items():
+            peer = by_id[nid].name
+            say(
+                f"      {peer:<10} in {c['packets_in']} pkts/{c['bytes_in']} B,"
+                f" out {c['packets_out']} pkts/{c['bytes_out']} B"
+            )
+    return 0
