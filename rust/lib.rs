@@ -12,6 +12,7 @@
 
 pub mod node_id;
 pub mod router;
+pub mod stack;
 pub mod wire;
 
 #[cfg(feature = "python")]
