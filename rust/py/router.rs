@@ -23,10 +23,18 @@ fn parse_node(py: Python<'_>, s: &str) -> PyResult<NodeId> {
     s.parse::<NodeId>().map_err(|e| e.to_py(py))
 }
 
-/// `str(obj)` for one object, or for each item when `obj` is not a string.
+/// True for one address or network: a `str`, or an `ipaddress` object (networks are
+/// iterable, but here they mean one range).
+fn is_single(obj: &Bound<'_, PyAny>) -> PyResult<bool> {
+    Ok(obj.is_instance_of::<PyString>()
+        || obj.hasattr("packed")?
+        || obj.hasattr("with_prefixlen")?)
+}
+
+/// `str(obj)` for one address or network, or for each item of an iterable of them.
 fn strings(obj: &Bound<'_, PyAny>) -> PyResult<Vec<String>> {
-    if let Ok(s) = obj.cast::<PyString>() {
-        return Ok(vec![s.to_str()?.to_owned()]);
+    if is_single(obj)? {
+        return Ok(vec![obj.str()?.to_str()?.to_owned()]);
     }
     obj.try_iter()?
         .map(|item| item.and_then(|i| Ok(i.str()?.to_str()?.to_owned())))
@@ -139,8 +147,8 @@ impl PyRouter {
             .iter()
             .map(|s| s.trim().parse::<Cidr>().map_err(|e| e.to_py(py)))
             .collect::<PyResult<Vec<_>>>()?;
-        let local_ips = if let Ok(s) = ips.cast::<PyString>() {
-            vec![parse_ip(py, s.as_any())?]
+        let local_ips = if is_single(ips)? {
+            vec![parse_ip(py, ips)?]
         } else {
             ips.try_iter()?
                 .map(|i| parse_ip(py, &i?))
