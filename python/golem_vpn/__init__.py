@@ -8,10 +8,22 @@ plane is Python.
 
 Public names:
     Router: one node's view of one network (``inject`` / ``receive`` packets).
+    Stack: a userspace TCP/IP stack (smoltcp) for one node, sans-IO.
+    Interface: runs a Stack on the asyncio loop.
+    open_connection, start_server, open_datagram_endpoint: asyncio sockets over the VPN.
+    LocalNetwork: a whole virtual network in one process (routers + stacks, linked in memory).
     GolemVpnError: the base of every error this package raises (see ``golem_vpn.errors``).
 """
 
-from golem_vpn._golem_vpn import DROP_REASONS, MAX_PACKET_LEN, Router, __version__, build_profile
+from golem_vpn._golem_vpn import (
+    DROP_REASONS,
+    MAX_PACKET_LEN,
+    Router,
+    Stack,
+    TcpStatus,
+    __version__,
+    build_profile,
+)
 from golem_vpn.errors import (
     AddressError,
     AddressesExhausted,
@@ -26,6 +38,16 @@ from golem_vpn.errors import (
     NodeNotFound,
     TunnelError,
 )
+from golem_vpn.interface import Interface
+from golem_vpn.local import LinkConditions, LocalNetwork, LocalNode
+from golem_vpn.streams import (
+    DatagramEndpoint,
+    Server,
+    create_connection,
+    open_connection,
+    open_datagram_endpoint,
+    start_server,
+)
 
 __all__ = [
     "DROP_REASONS",
@@ -35,14 +57,26 @@ __all__ = [
     "AddressReserved",
     "AddressTaken",
     "AddressesExhausted",
+    "DatagramEndpoint",
     "DeployConfigError",
     "Forbidden",
     "GolemVpnError",
+    "Interface",
     "InvalidNodeId",
+    "LinkConditions",
+    "LocalNetwork",
+    "LocalNode",
     "NetworkNotFound",
     "NodeNotFound",
     "Router",
+    "Server",
+    "Stack",
+    "TcpStatus",
     "TunnelError",
     "__version__",
     "build_profile",
+    "create_connection",
+    "open_connection",
+    "open_datagram_endpoint",
+    "start_server",
 ]

@@ -153,3 +153,160 @@ class Router:
         """
     def stats(self) -> RouterStats:
         """Counters: frames injected/received, drops by reason, traffic per node."""
+
+class StackStats(TypedDict):
+    packets_in: int
+    bytes_in: int
+    packets_out: int
+    bytes_out: int
+    dropped_in: int
+    syn_dropped: int
+    sockets: int
+
+class TcpStatus:
+    """A TCP connection's state, as the stack sees it now."""
+
+    @property
+    def state(self) -> str:
+        """RFC 793 state name: ``"SYN-SENT"``, ``"ESTABLISHED"``, ``"CLOSE-WAIT"``, ..."""
+    @property
+    def established(self) -> bool:
+        """The handshake completed at some point."""
+    @property
+    def recv_queue(self) -> int:
+        """Bytes waiting to be read."""
+    @property
+    def may_recv(self) -> bool:
+        """The peer may still send (false after its FIN or a reset)."""
+    @property
+    def send_queue(self) -> int:
+        """Bytes queued and not yet acknowledged."""
+    @property
+    def send_free(self) -> int:
+        """Free space in the send buffer."""
+    @property
+    def may_send(self) -> bool:
+        """We may still send (false after our FIN or a reset)."""
+    @property
+    def failure(self) -> Literal["refused", "reset", "timed_out"] | None:
+        """How the connection failed: a reset answering the SYN, a reset later, or silence."""
+    @property
+    def local(self) -> tuple[str, int] | None: ...
+    @property
+    def remote(self) -> tuple[str, int] | None: ...
+
+class Stack:
+    """A userspace TCP/IP stack (smoltcp) for one node in one network; sans-IO.
+
+    Feed it the IP packets that arrive for the node (:meth:`receive`), run it with the
+    current time (:meth:`poll` returns the packets to send), and poll again at
+    :meth:`poll_at`. Socket ids returned by :meth:`take_ready` may have become readable,
+    writable or closed. Most users want :class:`golem_vpn.interface.Interface` and the
+    asyncio API (``golem_vpn.open_connection`` ...) on top of this.
+
+    Args:
+        addresses: The node's address(es) as ``"ip/prefix"`` (a bare IPv4 address is a
+            /24, IPv6 a /64). One to four.
+        mtu: The largest IP packet sent (default 1400, yagna's).
+        tcp_rx_buffer: Receive buffer per TCP connection (bytes). Above 64 KiB, window
+            scaling is negotiated.
+        tcp_tx_buffer: Send buffer per TCP connection (bytes).
+        udp_buffer: Datagram buffer per UDP socket and direction (bytes).
+        keep_alive: TCP keep-alive interval in seconds (None: off).
+        tcp_timeout: Seconds of peer silence after which a connection fails (None: never).
+        seed: Seed for initial sequence numbers and port choice (random by default).
+        now: The current time in seconds (any monotonic clock, e.g. ``loop.time()``).
+
+    Raises:
+        StackConfigError: A setting is out of range.
+        AddressError: An address is malformed.
+    """
+
+    def __init__(
+        self,
+        addresses: str | Iterable[str],
+        *,
+        mtu: int = 1400,
+        tcp_rx_buffer: int = 524288,
+        tcp_tx_buffer: int = 524288,
+        udp_buffer: int = 262144,
+        keep_alive: float | None = 30.0,
+        tcp_timeout: float | None = 120.0,
+        seed: int | None = None,
+        now: float = 0.0,
+    ) -> None: ...
+    @property
+    def addresses(self) -> list[str]: ...
+    @property
+    def mtu(self) -> int: ...
+    def receive(self, packet: bytes) -> bool:
+        """Queues an arrived IP packet; False (counted) if empty or above the MTU, or a SYN
+        for a listener whose backlog is full (dropped so the client retries)."""
+    def receive_many(self, packets: Iterable[bytes]) -> int:
+        """:meth:`receive` for a batch; returns how many were queued."""
+    def poll(self, now: float, budget: int = 4096) -> list[bytes]:
+        """Runs the stack at ``now``; returns up to about ``budget`` packets to send.
+
+        If it returns ``budget`` packets or more, call again: more may be waiting.
+        """
+    def poll_at(self, now: float) -> float | None:
+        """When to poll next even without new packets (None: no timer pending)."""
+    def take_ready(self) -> list[int]:
+        """Socket ids with news since the last call (each reported again on its next news)."""
+    def tcp_connect(self, host: str, port: int) -> int:
+        """Starts a connection; watch :meth:`tcp_status` for ``established`` or ``failure``.
+
+        Raises:
+            NetworkUnreachable: No local address of ``host``'s family.
+            AddressError: ``host`` is not an IP address, or is unspecified/multicast.
+            AddressInUse: No ephemeral port is free.
+        """
+    def tcp_listen(self, port: int, backlog: int = 128) -> tuple[int, int]:
+        """Listens on ``port`` (0: ephemeral); returns ``(listener_id, port)``.
+
+        Up to ``backlog`` connections may be handshaking or waiting in the accept queue;
+        beyond that SYNs are dropped (not refused), so clients retry.
+
+        Raises:
+            AddressInUse: The port is taken.
+        """
+    def tcp_accept(self, listener: int) -> int | None:
+        """The next accepted connection's id, or None."""
+    def tcp_status(self, id: int) -> TcpStatus: ...
+    def tcp_send(self, id: int, data: bytes) -> int:
+        """Copies as much of ``data`` into the send buffer as fits; returns the count.
+
+        Raises:
+            NotConnected: The connection can no longer send.
+        """
+    def tcp_recv(self, id: int, max: int = 262144) -> bytes:
+        """Takes up to ``max`` received bytes (``b""`` if none are waiting)."""
+    def tcp_shutdown(self, id: int) -> None:
+        """Half-close: FIN after the queued bytes."""
+    def tcp_abort(self, id: int) -> None:
+        """Reset now (RST); queued bytes are dropped."""
+    def release(self, id: int) -> None:
+        """Gives a socket up (TCP: graceful close, reaped once CLOSED).
+
+        Raises:
+            SocketClosed: Already released.
+        """
+    def udp_bind(self, port: int = 0) -> tuple[int, int]:
+        """Binds a UDP socket; returns ``(id, port)``."""
+    def udp_send_to(self, id: int, data: bytes, addr: tuple[str, int]) -> None:
+        """Queues one datagram.
+
+        Raises:
+            DatagramTooLarge: Larger than :meth:`max_datagram`.
+            WouldBlock: The send buffer is full.
+        """
+    def udp_recv_from(self, id: int) -> tuple[bytes, tuple[str, int]] | None: ...
+    def max_datagram(self, host: str) -> int:
+        """The largest UDP payload to ``host`` that fits one packet."""
+    def icmp_open(self) -> int:
+        """An ICMP echo socket with its own identifier."""
+    def ping_send(self, id: int, host: str, seq: int, payload: bytes) -> None: ...
+    def ping_recv(self, id: int) -> tuple[str, int, bytes] | None:
+        """One echo reply: ``(host, seq, payload)``."""
+    def socket_count(self) -> int: ...
+    def stats(self) -> StackStats: ...

@@ -12,19 +12,31 @@ Dropped packets are *not* errors: the Router counts them by reason (see
 
 from __future__ import annotations
 
+import errno as _errno
+
 __all__ = [
     "AddressError",
+    "AddressInUse",
     "AddressOutOfRange",
     "AddressReserved",
     "AddressTaken",
     "AddressesExhausted",
+    "ConnectTimeout",
+    "ConnectionRefused",
+    "ConnectionReset",
+    "DatagramTooLarge",
     "DeployConfigError",
     "Forbidden",
     "GolemVpnError",
     "InvalidNodeId",
     "NetworkNotFound",
+    "NetworkUnreachable",
     "NodeNotFound",
+    "NotConnected",
+    "SocketClosed",
+    "StackConfigError",
     "TunnelError",
+    "WouldBlock",
 ]
 
 
@@ -78,3 +90,74 @@ class DeployConfigError(GolemVpnError, ValueError):
 
 class TunnelError(GolemVpnError):
     """A node-to-node tunnel failed (handshake, authentication, or transport)."""
+
+
+# Socket-level errors of the userspace stack. Each is also the builtin OSError subclass an
+# asyncio user already catches (``except ConnectionRefusedError``), with its errno set.
+
+
+class _SocketError(GolemVpnError, OSError):
+    errno_default = 0
+
+    def __init__(self, *args: object) -> None:
+        if len(args) == 1 and isinstance(args[0], str):
+            args = (self.errno_default, args[0])
+        super().__init__(*args)
+
+
+class ConnectionRefused(_SocketError, ConnectionRefusedError):
+    """Nothing listens at the destination: the peer answered the SYN with a reset."""
+
+    errno_default = _errno.ECONNREFUSED
+
+
+class ConnectionReset(_SocketError, ConnectionResetError):
+    """The connection was reset by the peer after it was established."""
+
+    errno_default = _errno.ECONNRESET
+
+
+class ConnectTimeout(_SocketError, TimeoutError):
+    """A connection or a ping got no answer in time (e.g. no node holds the address)."""
+
+    errno_default = _errno.ETIMEDOUT
+
+
+class NotConnected(_SocketError, BrokenPipeError):
+    """The connection can no longer send: it was closed for writing or reset."""
+
+    errno_default = _errno.EPIPE
+
+
+class AddressInUse(_SocketError):
+    """The port is already bound on this stack."""
+
+    errno_default = _errno.EADDRINUSE
+
+
+class DatagramTooLarge(_SocketError):
+    """A datagram does not fit in one packet at the stack's MTU."""
+
+    errno_default = _errno.EMSGSIZE
+
+
+class NetworkUnreachable(_SocketError):
+    """The stack has no address of the destination's family."""
+
+    errno_default = _errno.ENETUNREACH
+
+
+class SocketClosed(_SocketError):
+    """The socket was already released."""
+
+    errno_default = _errno.EBADF
+
+
+class WouldBlock(_SocketError, BlockingIOError):
+    """A send buffer is full; retry after the stack has been polled."""
+
+    errno_default = _errno.EAGAIN
+
+
+class StackConfigError(GolemVpnError, ValueError):
+    """A userspace stack cannot be built with the given settings."""

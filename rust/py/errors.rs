@@ -53,3 +53,20 @@ impl ToPyErr for CidrError {
         error(py, "AddressError", self.to_string())
     }
 }
+
+impl ToPyErr for crate::stack::StackError {
+    fn to_py(&self, py: Python<'_>) -> PyErr {
+        use crate::stack::StackError as E;
+        let class = match self {
+            E::Config(_) => "StackConfigError",
+            E::NoSocket(_) | E::WrongKind(..) => "SocketClosed",
+            E::AddrInUse(_) | E::NoFreePort => "AddressInUse",
+            E::Unreachable(_) => "NetworkUnreachable",
+            E::InvalidDestination(_) => "AddressError",
+            E::NotConnected => "NotConnected",
+            E::TooLarge { .. } => "DatagramTooLarge",
+            E::WouldBlock => "WouldBlock",
+        };
+        error(py, class, self.to_string())
+    }
+}

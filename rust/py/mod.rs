@@ -2,6 +2,7 @@
 
 mod errors;
 mod router;
+mod stack;
 
 use pyo3::prelude::*;
 
@@ -26,5 +27,7 @@ fn _golem_vpn(m: &Bound<'_, PyModule>) -> PyResult<()> {
             .collect::<Vec<_>>(),
     )?;
     m.add_class::<router::PyRouter>()?;
+    m.add_class::<stack::PyStack>()?;
+    m.add_class::<stack::PyTcpStatus>()?;
     Ok(())
 }

@@ -122,6 +122,8 @@ pub enum TcpFailure {
     Refused,
     /// The connection was reset after it was established.
     Reset,
+    /// The peer stopped answering (no SYN-ACK, or no ACKs) for the stack's TCP timeout.
+    TimedOut,
 }
 
 /// A TCP connection's state, for a driver deciding what to do next.
@@ -162,6 +164,8 @@ pub struct StackStats {
     pub bytes_out: u64,
     /// Packets refused by [`Stack::receive`] (empty or larger than the MTU).
     pub dropped_in: u64,
+    /// SYNs dropped because a listener's backlog was full (the client retries).
+    pub syn_dropped: u64,
 }
 
 /// A received UDP datagram.
@@ -195,19 +199,28 @@ impl Wake for SocketWaker {
     }
 }
 
+/// A connection's endpoints as `(local, remote)`.
+type Tuple = (IpEndpoint, IpEndpoint);
+
 struct TcpEntry {
     handle: SocketHandle,
     prev: tcp::State,
     established: bool,
     failure: Option<TcpFailure>,
     released: bool,
+    aborted: bool,
+    /// Last known endpoints (smoltcp forgets them once the socket is closed).
+    tuple: Option<Tuple>,
     port: u16,
 }
 
 struct ListenerEntry {
     port: u16,
     backlog: usize,
+    /// Sockets in LISTEN, each ready to take one SYN.
     listening: Vec<SocketHandle>,
+    /// Sockets in SYN-RECEIVED (handshake under way).
+    half_open: Vec<SocketHandle>,
     accepted: VecDeque<SocketId>,
 }
 
@@ -244,6 +257,10 @@ pub struct Stack {
     next_ident: u16,
     config: StackConfig,
     stats: StackStats,
+    /// `(local, remote)` of connections an RST arrived for since the last poll.
+    rst_seen: HashSet<Tuple>,
+    /// Per listening port: SYNs it can still take before the next poll.
+    syn_budget: FxHashMap<u16, usize>,
 }
 
 impl std::fmt::Debug for Stack {
@@ -262,6 +279,74 @@ fn to_ip(addr: IpAddress) -> IpAddr {
 
 fn to_socket_addr(ep: IpEndpoint) -> SocketAddr {
     SocketAddr::new(to_ip(ep.addr), ep.port)
+}
+
+/// How a connection that went from `prev` to CLOSED failed, if it did.
+fn closed_failure(prev: tcp::State, rst_arrived: bool) -> Option<TcpFailure> {
+    use tcp::State::*;
+    match prev {
+        SynSent if rst_arrived => Some(TcpFailure::Refused),
+        SynReceived | Established | FinWait1 | FinWait2 | CloseWait | Closing if rst_arrived => {
+            Some(TcpFailure::Reset)
+        }
+        // No RST came in: smoltcp gave up after its timeout.
+        SynSent | SynReceived | Established | FinWait1 | FinWait2 | CloseWait | Closing => {
+            Some(TcpFailure::TimedOut)
+        }
+        // LAST-ACK and TIME-WAIT end in CLOSED normally.
+        _ => None,
+    }
+}
+
+/// The TCP header facts `receive` looks at.
+struct TcpSummary {
+    src: IpEndpoint,
+    dst: IpEndpoint,
+    syn: bool,
+    ack: bool,
+    rst: bool,
+}
+
+/// Peeks at a TCP packet's endpoints and flags (None for anything else or garbage).
+fn tcp_summary(packet: &[u8]) -> Option<TcpSummary> {
+    use smoltcp::wire::{IpProtocol, Ipv4Packet, Ipv6Packet};
+    let (src, dst, tcp): (IpAddress, IpAddress, &[u8]) = match packet.first()? >> 4 {
+        4 => {
+            let ip = Ipv4Packet::new_checked(packet).ok()?;
+            if ip.next_header() != IpProtocol::Tcp {
+                return None;
+            }
+            let start = usize::from(ip.header_len());
+            (
+                ip.src_addr().into(),
+                ip.dst_addr().into(),
+                packet.get(start..)?,
+            )
+        }
+        6 => {
+            let ip = Ipv6Packet::new_checked(packet).ok()?;
+            if ip.next_header() != IpProtocol::Tcp {
+                return None;
+            }
+            (
+                ip.src_addr().into(),
+                ip.dst_addr().into(),
+                packet.get(40..)?,
+            )
+        }
+        _ => return None,
+    };
+    if tcp.len() < 14 {
+        return None;
+    }
+    let flags = tcp[13];
+    Some(TcpSummary {
+        src: IpEndpoint::new(src, u16::from_be_bytes([tcp[0], tcp[1]])),
+        dst: IpEndpoint::new(dst, u16::from_be_bytes([tcp[2], tcp[3]])),
+        syn: flags & 0x02 != 0,
+        ack: flags & 0x10 != 0,
+        rst: flags & 0x04 != 0,
+    })
 }
 
 fn state_name(state: tcp::State) -> &'static str {
@@ -340,6 +425,8 @@ impl Stack {
             next_ident: (seed >> 16) as u16 | 1,
             config,
             stats: StackStats::default(),
+            rst_seen: HashSet::new(),
+            syn_budget: FxHashMap::default(),
         })
     }
 
@@ -364,6 +451,21 @@ impl Stack {
         if packet.is_empty() || packet.len() > self.config.mtu {
             self.stats.dropped_in += 1;
             return false;
+        }
+        if let Some(tcp) = tcp_summary(packet) {
+            if tcp.rst {
+                self.rst_seen.insert((tcp.dst, tcp.src));
+            } else if tcp.syn
+                && !tcp.ack
+                && let Some(budget) = self.syn_budget.get_mut(&tcp.dst.port)
+            {
+                if *budget == 0 {
+                    // Like a kernel with a full backlog: drop, the client retries.
+                    self.stats.syn_dropped += 1;
+                    return false;
+                }
+                *budget -= 1;
+            }
         }
         self.stats.packets_in += 1;
         self.stats.bytes_in += packet.len() as u64;
@@ -404,7 +506,43 @@ impl Stack {
         ids.sort_unstable();
         ids.dedup();
         ids.retain(|id| self.entries.contains_key(id));
+        // smoltcp wakers fire once: arm them again for the next event.
+        for id in &ids {
+            self.arm(*id);
+        }
         ids
+    }
+
+    /// Registers the socket's wakers (again).
+    fn arm(&mut self, id: SocketId) {
+        let Some(waker) = self.wakers.get(&id) else {
+            return;
+        };
+        match self.entries.get(&id) {
+            Some(Entry::Tcp(t)) => {
+                let s = self.sockets.get_mut::<tcp::Socket>(t.handle);
+                s.register_recv_waker(waker);
+                s.register_send_waker(waker);
+            }
+            Some(Entry::Listener(l)) => {
+                for &h in l.listening.iter().chain(&l.half_open) {
+                    let s = self.sockets.get_mut::<tcp::Socket>(h);
+                    s.register_recv_waker(waker);
+                    s.register_send_waker(waker);
+                }
+            }
+            Some(Entry::Udp { handle, .. }) => {
+                let s = self.sockets.get_mut::<udp::Socket>(*handle);
+                s.register_recv_waker(waker);
+                s.register_send_waker(waker);
+            }
+            Some(Entry::Icmp { handle, .. }) => {
+                let s = self.sockets.get_mut::<icmp::Socket>(*handle);
+                s.register_recv_waker(waker);
+                s.register_send_waker(waker);
+            }
+            None => {}
+        }
     }
 
     fn new_id(&mut self) -> SocketId {
@@ -495,6 +633,11 @@ impl Stack {
                 established: false,
                 failure: None,
                 released: false,
+                aborted: false,
+                tuple: Some((
+                    IpEndpoint::new(local_ip.into(), port),
+                    IpEndpoint::new(remote.ip().into(), remote.port()),
+                )),
                 port,
             }),
         );
@@ -517,12 +660,14 @@ impl Stack {
             port,
             backlog,
             listening: Vec::with_capacity(backlog),
+            half_open: Vec::new(),
             accepted: VecDeque::new(),
         };
         for _ in 0..backlog {
             listener.listening.push(self.new_listening_socket(id, port));
         }
         self.tcp_ports.insert(port);
+        self.syn_budget.insert(port, backlog);
         self.entries.insert(id, Entry::Listener(listener));
         Ok((id, port))
     }
@@ -609,6 +754,9 @@ impl Stack {
     /// Resets the connection at once (RST), dropping queued bytes.
     pub fn tcp_abort(&mut self, id: SocketId) -> Result<(), StackError> {
         self.tcp_socket(id)?.abort();
+        if let Some(Entry::Tcp(t)) = self.entries.get_mut(&id) {
+            t.aborted = true;
+        }
         Ok(())
     }
 
@@ -631,11 +779,12 @@ impl Stack {
                 let Some(Entry::Listener(l)) = self.entries.remove(&id) else {
                     unreachable!()
                 };
-                for handle in l.listening {
+                for handle in l.listening.into_iter().chain(l.half_open) {
                     self.sockets.get_mut::<tcp::Socket>(handle).abort();
                     self.sockets.remove(handle);
                 }
                 self.tcp_ports.remove(&l.port);
+                self.syn_budget.remove(&l.port);
                 self.wakers.remove(&id);
                 for conn in l.accepted {
                     if let Ok(socket) = self.tcp_socket(conn) {
@@ -661,30 +810,32 @@ impl Stack {
         Ok(())
     }
 
-    /// After a poll: promote accepted connections, note failures, reap closed sockets.
+    /// After a poll: note state changes and failures, move listener sockets along
+    /// (LISTEN -> SYN-RECEIVED -> accept queue), refill listeners, reap closed sockets.
     fn maintain(&mut self) {
         let mut accepted: Vec<(SocketId, SocketHandle, tcp::State)> = Vec::new();
         let mut reap: Vec<SocketId> = Vec::new();
-        let mut replace: Vec<(SocketId, u16, usize)> = Vec::new();
+        let mut refill: Vec<(SocketId, u16, usize)> = Vec::new();
+        let mut dead: Vec<SocketHandle> = Vec::new();
+        let rst_seen = std::mem::take(&mut self.rst_seen);
         for (&id, entry) in self.entries.iter_mut() {
             match entry {
                 Entry::Tcp(t) => {
                     let socket = self.sockets.get_mut::<tcp::Socket>(t.handle);
+                    if let (Some(l), Some(r)) = (socket.local_endpoint(), socket.remote_endpoint())
+                    {
+                        t.tuple = Some((l, r));
+                    }
                     let state = socket.state();
                     if state != t.prev {
                         if state == tcp::State::Established {
                             t.established = true;
                         }
-                        if state == tcp::State::Closed && t.failure.is_none() {
-                            t.failure = match t.prev {
-                                tcp::State::SynSent => Some(TcpFailure::Refused),
-                                tcp::State::SynReceived
-                                | tcp::State::Established
-                                | tcp::State::FinWait1
-                                | tcp::State::FinWait2
-                                | tcp::State::CloseWait => Some(TcpFailure::Reset),
-                                _ => None,
-                            };
+                        if state == tcp::State::Closed && t.failure.is_none() && !t.aborted {
+                            t.failure = closed_failure(
+                                t.prev,
+                                t.tuple.is_some_and(|tu| rst_seen.contains(&tu)),
+                            );
                         }
                         t.prev = state;
                     }
@@ -700,29 +851,41 @@ impl Stack {
                     }
                 }
                 Entry::Listener(l) => {
-                    let before = l.listening.len();
-                    l.listening.retain(|&handle| {
-                        let state = self.sockets.get::<tcp::Socket>(handle).state();
-                        let promoted =
-                            !matches!(state, tcp::State::Listen | tcp::State::SynReceived);
-                        if promoted {
-                            accepted.push((id, handle, state));
+                    let sockets = &self.sockets;
+                    let state_of = |h: &SocketHandle| sockets.get::<tcp::Socket>(*h).state();
+                    let (still, started): (Vec<_>, Vec<_>) = l
+                        .listening
+                        .iter()
+                        .partition(|h| state_of(h) == tcp::State::Listen);
+                    l.listening = still;
+                    l.half_open.extend(started);
+                    let mut half_open = Vec::with_capacity(l.half_open.len());
+                    for h in std::mem::take(&mut l.half_open) {
+                        match state_of(&h) {
+                            tcp::State::Listen => l.listening.push(h),
+                            tcp::State::SynReceived => half_open.push(h),
+                            tcp::State::Closed => dead.push(h),
+                            state => accepted.push((id, h, state)),
                         }
-                        !promoted
-                    });
-                    let missing = before - l.listening.len();
-                    if missing > 0 {
-                        replace.push((id, l.port, missing));
                     }
-                    let _ = l.backlog;
+                    l.half_open = half_open;
+                    let promoted = accepted.iter().filter(|a| a.0 == id).count();
+                    let used = l.accepted.len() + promoted + l.half_open.len() + l.listening.len();
+                    let missing = l.backlog.saturating_sub(used);
+                    refill.push((id, l.port, missing));
                 }
                 Entry::Udp { .. } | Entry::Icmp { .. } => {}
             }
         }
+        for h in dead {
+            self.sockets.remove(h);
+        }
         for id in reap {
             if let Some(Entry::Tcp(t)) = self.entries.remove(&id) {
                 self.sockets.remove(t.handle);
-                self.tcp_ports.remove(&t.port);
+                if t.port != 0 {
+                    self.tcp_ports.remove(&t.port);
+                }
             }
         }
         for (listener, handle, state) in accepted {
@@ -730,36 +893,36 @@ impl Stack {
             let socket = self.sockets.get_mut::<tcp::Socket>(handle);
             socket.register_recv_waker(&self.wakers[&conn]);
             socket.register_send_waker(&self.wakers[&conn]);
-            let port = socket.local_endpoint().map_or(0, |e| e.port);
-            let failure = (state == tcp::State::Closed).then_some(TcpFailure::Reset);
+            let tuple = socket.local_endpoint().zip(socket.remote_endpoint());
             self.entries.insert(
                 conn,
                 Entry::Tcp(TcpEntry {
                     handle,
                     prev: state,
                     established: true,
-                    failure,
+                    failure: None,
                     released: false,
-                    port,
+                    aborted: false,
+                    tuple,
+                    // The listener owns the port; accepted connections share it.
+                    port: 0,
                 }),
             );
-            // The listener owns the port; accepted connections share it.
-            if let Some(Entry::Tcp(t)) = self.entries.get_mut(&conn) {
-                t.port = 0;
-            }
-            let _ = port;
             if let Some(Entry::Listener(l)) = self.entries.get_mut(&listener) {
                 l.accepted.push_back(conn);
             }
             self.mark_ready(listener);
             self.mark_ready(conn);
         }
-        for (listener, port, missing) in replace {
+        for (listener, port, missing) in refill {
             for _ in 0..missing {
                 let handle = self.new_listening_socket(listener, port);
                 if let Some(Entry::Listener(l)) = self.entries.get_mut(&listener) {
                     l.listening.push(handle);
                 }
+            }
+            if let Some(Entry::Listener(l)) = self.entries.get(&listener) {
+                self.syn_budget.insert(port, l.listening.len());
             }
         }
     }
@@ -845,10 +1008,7 @@ impl Stack {
     }
 
     /// Takes one received datagram: its bytes, its source and the address it was sent to.
-    pub fn udp_recv_from(
-        &mut self,
-        id: SocketId,
-    ) -> Result<Option<Datagram>, StackError> {
+    pub fn udp_recv_from(&mut self, id: SocketId) -> Result<Option<Datagram>, StackError> {
         let handle = self.udp_handle(id)?;
         let socket = self.sockets.get_mut::<udp::Socket>(handle);
         Ok(socket.recv().ok().map(|(data, meta)| Datagram {

@@ -1,0 +1,207 @@
+"""The asyncio driver of one userspace :class:`~golem_vpn.Stack` (the thin I/O shell).
+
+A :class:`Interface` owns a sans-IO ``Stack`` and runs it on the running event loop: packets
+that arrive for the node are handed to :meth:`Interface.deliver`; the interface polls the
+stack soon after any activity and again at the stack's next timer (``poll_at``), gives every
+outgoing packet to its ``transmit`` callback, and wakes the sockets whose ids the stack
+reports as ready. Sockets (``golem_vpn.streams``) register a handler per socket id.
+
+The ``transmit`` callback / :meth:`deliver` pair is the seam between the stack and whatever
+carries packets: the in-process :class:`~golem_vpn.local.LocalNetwork` today, the encrypted
+node transport later. Works under any asyncio loop (uvloop included); never sets a policy.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+import os
+from collections.abc import Callable, Iterable
+from typing import Protocol
+
+from golem_vpn._golem_vpn import Stack
+from golem_vpn.errors import ConnectTimeout
+
+__all__ = ["Interface", "SocketHandler"]
+
+#: How many packets one stack poll may return before the interface yields to the loop.
+POLL_BUDGET = 1024
+#: Polls per loop iteration at most (keeps one busy interface from starving the loop).
+MAX_POLLS_PER_TURN = 64
+
+
+class SocketHandler(Protocol):
+    """What the interface calls when the stack says a socket may have changed."""
+
+    def on_ready(self) -> None: ...
+
+
+class Interface:
+    """Runs one :class:`~golem_vpn.Stack` on the running asyncio loop.
+
+    Args:
+        stack: The stack to drive.
+        transmit: Called with each batch of IP packets the stack sends.
+        name: A label for ``repr`` and errors.
+
+    The interface must be created and used on one event loop thread.
+    """
+
+    def __init__(
+        self, stack: Stack, transmit: Callable[[list[bytes]], None], *, name: str = ""
+    ) -> None:
+        self._stack = stack
+        self._transmit = transmit
+        self._name = name
+        self._loop = asyncio.get_running_loop()
+        self._handlers: dict[int, SocketHandler] = {}
+        self._soon: asyncio.Handle | None = None
+        self._timer: asyncio.TimerHandle | None = None
+        self._timer_at: float | None = None
+        self._closed = False
+        self._icmp: int | None = None
+        self._pings: dict[int, asyncio.Future[float]] = {}
+        self._ping_seq = itertools.count(int.from_bytes(os.urandom(2), "big"))
+
+    def __repr__(self) -> str:
+        return f"Interface({self._name!r}, addresses={self._stack.addresses})"
+
+    @property
+    def stack(self) -> Stack:
+        """The driven stack."""
+        return self._stack
+
+    @property
+    def loop(self) -> asyncio.AbstractEventLoop:
+        """The loop the interface runs on."""
+        return self._loop
+
+    @property
+    def addresses(self) -> list[str]:
+        """The node's addresses (without prefix)."""
+        return [a.split("/")[0] for a in self._stack.addresses]
+
+    @property
+    def closed(self) -> bool:
+        return self._closed
+
+    def register(self, socket_id: int, handler: SocketHandler) -> None:
+        """Routes readiness of ``socket_id`` to ``handler``."""
+        self._handlers[socket_id] = handler
+
+    def unregister(self, socket_id: int) -> None:
+        self._handlers.pop(socket_id, None)
+
+    def deliver(self, packets: Iterable[bytes]) -> None:
+        """Hands packets that arrived for this node to the stack (processed on next poll)."""
+        if self._closed:
+            return
+        if self._stack.receive_many(packets):
+            self.schedule()
+
+    def schedule(self) -> None:
+        """Polls the stack soon (coalesced: at most one pending poll)."""
+        if self._soon is None and not self._closed:
+            self._soon = self._loop.call_soon(self._run)
+
+    def _run(self) -> None:
+        self._soon = None
+        if self._closed:
+            return
+        stack = self._stack
+        for _ in range(MAX_POLLS_PER_TURN):
+            out = stack.poll(self._loop.time(), POLL_BUDGET)
+            if out:
+                self._transmit(out)
+            ready = stack.take_ready()
+            for socket_id in ready:
+                handler = self._handlers.get(socket_id)
+                if handler is not None:
+                    handler.on_ready()
+            if len(out) < POLL_BUDGET and not ready:
+                break
+        else:
+            self.schedule()  # still busy: continue on the next loop turn
+        self._arm_timer()
+
+    def _arm_timer(self) -> None:
+        at = self._stack.poll_at(self._loop.time())
+        if at is None:
+            if self._timer is not None:
+                self._timer.cancel()
+                self._timer = self._timer_at = None
+            return
+        if self._timer is not None and self._timer_at is not None and self._timer_at <= at:
+            return
+        if self._timer is not None:
+            self._timer.cancel()
+        self._timer_at = at
+        self._timer = self._loop.call_at(at, self._on_timer)
+
+    def _on_timer(self) -> None:
+        self._timer = self._timer_at = None
+        self._run()
+
+    def close(self) -> None:
+        """Stops driving the stack; pending pings fail, sockets stop being woken."""
+        if self._closed:
+            return
+        self._closed = True
+        for handle in (self._soon, self._timer):
+            if handle is not None:
+                handle.cancel()
+        for fut in self._pings.values():
+            if not fut.done():
+                fut.set_exception(ConnectionAbortedError("interface closed"))
+        handlers = list(self._handlers.values())
+        self._handlers.clear()
+        for handler in handlers:
+            closer = getattr(handler, "on_interface_closed", None)
+            if closer is not None:
+                closer()
+
+    # ICMP echo -----------------------------------------------------------------------------
+
+    async def ping(
+        self, host: str, *, timeout: float = 5.0, payload: bytes = b"golem-vpn"
+    ) -> float:
+        """Sends one ICMP echo request to ``host`` and waits for the reply.
+
+        Returns:
+            The round-trip time in seconds.
+
+        Raises:
+            ConnectTimeout: No reply within ``timeout`` seconds.
+            NetworkUnreachable: The stack has no address of ``host``'s family.
+        """
+        if self._icmp is None:
+            self._icmp = self._stack.icmp_open()
+            self.register(self._icmp, _PingHandler(self))
+        seq = next(self._ping_seq) & 0xFFFF
+        fut: asyncio.Future[float] = self._loop.create_future()
+        self._pings[seq] = fut
+        started = self._loop.time()
+        try:
+            self._stack.ping_send(self._icmp, host, seq, payload)
+            self.schedule()
+            try:
+                await asyncio.wait_for(fut, timeout)
+            except TimeoutError:
+                raise ConnectTimeout(f"no echo reply from {host} within {timeout:g} s") from None
+        finally:
+            self._pings.pop(seq, None)
+        return fut.result() - started
+
+
+class _PingHandler:
+    def __init__(self, interface: Interface) -> None:
+        self._interface = interface
+
+    def on_ready(self) -> None:
+        iface = self._interface
+        assert iface._icmp is not None
+        while (reply := iface.stack.ping_recv(iface._icmp)) is not None:
+            _host, seq, _payload = reply
+            fut = iface._pings.get(seq)
+            if fut is not None and not fut.done():
+                fut.set_result(iface.loop.time())
