@@ -3,7 +3,7 @@ PYTHON ?= python3
 PIP := $(PYTHON) -m pip
 CARGO ?= cargo
 
-.PHONY: help install dev test test-rust test-python lint fmt bench bench-rust bench-python demo clean
+.PHONY: help install dev test test-rust test-python lint fmt bench bench-rust bench-python bench-stack demo clean
 
 help:
 	@echo "make demo    install the package and run the local demo"
@@ -40,13 +40,16 @@ fmt:
 	$(PYTHON) -m ruff format python tests benches examples
 	$(PYTHON) -m ruff check --fix python tests benches examples
 
-bench: dev bench-rust bench-python
+bench: dev bench-rust bench-python bench-stack
 
 bench-rust:
 	$(CARGO) bench --locked --bench router
 
 bench-python:
 	$(PYTHON) -m pytest benches --benchmark-only --benchmark-columns=min,median,mean,ops -p no:randomly
+
+bench-stack:
+	$(PYTHON) benches/stack_throughput.py --size 256 --runs 3
 
 demo: install
 	$(PYTHON) -m golem_vpn demo

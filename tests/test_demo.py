@@ -23,6 +23,14 @@ def test_demo_routes_and_counts() -> None:
     assert "dropped by provider-a's router: truncated" in text
     assert "removed provider-b sends to A: dropped by provider-a's router: unknown_node" in text
     assert '"nodeIp": "192.168.0.3"' in text
+    # Part 2: real TCP, ICMP and UDP between the nodes' userspace stacks.
+    assert (
+        "provider-b GET http://192.168.0.2/index.html -> HTTP/1.1 200 OK: "
+        "hello from provider-a (192.168.0.2), you asked /index.html" in text
+    )
+    assert "provider-b ping 192.168.0.2:" in text
+    assert "provider-a got UDP b'hello over UDP' from 192.168.0.3:" in text
+    assert "SHA-256 match" in text
 
 
 def test_cli_runs_demo() -> None:

@@ -1,23 +1,31 @@
 """The local demo: one network, three nodes, real packets through real routers.
 
-This is what ``make demo`` (``golem-vpn demo``) runs. A requestor creates a network with the
-model layer, adds two providers, and hands each its DEPLOY ``net`` config; every node builds
-its :class:`~golem_vpn.Router` from that config (provider B as a VM runtime that speaks
-Ethernet). Packets are then injected as a payload would send them, carried in-process to the
-destination's router (standing in for the node transport), and the demo prints where each one
-went and what each router dropped and why.
+This is what ``make demo`` (``golem-vpn demo``) runs, in two parts.
+
+1. Routing: a requestor creates a network with the model layer, adds two providers, and hands
+   each its DEPLOY ``net`` config; every node builds its :class:`~golem_vpn.Router` from that
+   config (provider B as a VM runtime that speaks Ethernet). Packets are injected as a payload
+   would send them, carried in-process to the destination's router (standing in for the node
+   transport), and the demo prints where each one went and what each router dropped and why.
+2. Payloads talking: the same three nodes as a :class:`~golem_vpn.LocalNetwork`, each with a
+   userspace TCP/IP stack. Provider A serves HTTP; provider B fetches a page, pings A, sends a
+   UDP datagram, and streams 16 MiB to A with its SHA-256 checked at both ends.
 """
 
 from __future__ import annotations
 
+import asyncio
+import hashlib
 import json
 import struct
 import sys
+import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from ipaddress import IPv4Address
 from typing import TextIO
 
-from golem_vpn import Router, __version__, build_profile
+from golem_vpn import LocalNetwork, Router, __version__, build_profile
 from golem_vpn.model import DeployNetwork, Network, parse_deploy_net
 
 __all__ = ["main", "udp_packet"]
@@ -224,4 +232,72 @@ def main(out: TextIO = sys.stdout) -> int:
                 f"      {peer:<10} in {c['packets_in']} pkts/{c['bytes_in']} B,"
                 f" out {c['packets_out']} pkts/{c['bytes_out']} B"
             )
+    say()
+    say("Part 2: payloads talk over the userspace stacks (TCP, UDP, ICMP).")
+    asyncio.run(_payloads(say))
     return 0
+
+
+async def _payloads(say: Callable[[str], None]) -> None:
+    async with LocalNetwork("192.168.0.0/24") as net:
+        net.add_node(REQUESTOR)
+        a = net.add_node(PROVIDER_A)
+        b = net.add_node(PROVIDER_B)
+        digests: asyncio.Queue[str] = asyncio.Queue()
+
+        async def http(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+            request = await reader.readuntil(b"\r\n\r\n")
+            body = f"hello from provider-a ({a.ip}), you asked {request.split()[1].decode()}\n"
+            writer.write(
+                f"HTTP/1.1 200 OK\r\nContent-Length: {len(body)}\r\nConnection: close\r\n\r\n"
+                f"{body}".encode()
+            )
+            await writer.drain()
+            writer.close()
+
+        async def sink(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+            digest = hashlib.sha256()
+            while data := await reader.read(1 << 20):
+                digest.update(data)
+            await digests.put(digest.hexdigest())
+            writer.close()
+
+        http_server = await a.start_server(http, 80)
+        sink_server = await a.start_server(sink, 9000)
+        reader, writer = await b.open_connection(a.ip, 80)
+        writer.write(f"GET /index.html HTTP/1.1\r\nHost: {a.ip}\r\n\r\n".encode())
+        await writer.drain()
+        response = await reader.read()
+        writer.close()
+        head, _, body = response.partition(b"\r\n\r\n")
+        status = head.split(b"\r\n")[0].decode()
+        say(f"  provider-b GET http://{a.ip}/index.html -> {status}: {body.decode().strip()}")
+
+        rtt = await b.ping(a.ip)
+        say(f"  provider-b ping {a.ip}: {rtt * 1000:.2f} ms")
+
+        rx = await a.open_datagram_endpoint(5353)
+        tx = await b.open_datagram_endpoint()
+        tx.send(b"hello over UDP", (str(a.ip), 5353))
+        data, sender = await rx.recv()
+        say(f"  provider-a got UDP {data!r} from {sender[0]}:{sender[1]}")
+
+        size = 16 << 20
+        payload = hashlib.sha256(b"golem").digest() * (size // 32)
+        started = time.perf_counter()
+        reader, writer = await b.open_connection(a.ip, 9000)
+        writer.write(payload)
+        await writer.drain()
+        writer.close()
+        received = await digests.get()
+        elapsed = time.perf_counter() - started
+        sent = hashlib.sha256(payload).hexdigest()
+        verdict = "match" if received == sent else "MISMATCH"
+        say(
+            f"  provider-b streamed 16 MiB to provider-a in {elapsed:.2f} s"
+            f" ({size * 8 / elapsed / 1e9:.2f} Gbit/s), SHA-256 {verdict}: {sent[:16]}..."
+        )
+        http_server.close()
+        sink_server.close()
+        tx.close()
+        rx.close()

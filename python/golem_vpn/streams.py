@@ -53,6 +53,7 @@ __all__ = [
     "Server",
     "TcpTransport",
     "create_connection",
+    "create_server",
     "open_connection",
     "open_datagram_endpoint",
     "start_server",
@@ -207,7 +208,7 @@ class TcpTransport(asyncio.Transport):
             self._fatal(ConnectTimeout(f"{self._extra['peername']} stopped answering"))
             return
         if not self._reading_paused:
-            self._read(status.may_recv)
+            self._read()
         if self._buffer or self._eof_pending:
             self._flush()
         if self._closing and not self._buffer and not self._lost:
@@ -218,7 +219,7 @@ class TcpTransport(asyncio.Transport):
             self._lost = True
             self._call_lost(ConnectionAbortedError("the interface was closed"))
 
-    def _read(self, may_recv: bool) -> None:
+    def _read(self) -> None:
         got = False
         while not self._reading_paused and not self._lost:
             data = self._stack.tcp_recv(self._id, _READ_CHUNK)
@@ -228,12 +229,11 @@ class TcpTransport(asyncio.Transport):
             self._protocol.data_received(data)  # type: ignore[attr-defined]
         if got:
             self._iface.schedule()  # the window opened: let the stack say so
-        if (
-            not may_recv
-            and not self._eof_received
-            and not self._reading_paused
-            and self._stack.tcp_status(self._id).recv_queue == 0
-        ):
+        if self._eof_received or self._reading_paused or self._lost:
+            return
+        # smoltcp's may_recv stays true while bytes are buffered: ask after reading.
+        status = self._stack.tcp_status(self._id)
+        if not status.may_recv and status.recv_queue == 0:
             self._eof_received = True
             keep_open = self._protocol.eof_received()  # type: ignore[attr-defined]
             if not keep_open:
@@ -479,6 +479,27 @@ class Server:
         await self.wait_closed()
 
 
+async def create_server(
+    interface: Interface,
+    protocol_factory: Callable[[], asyncio.BaseProtocol],
+    port: int = 0,
+    *,
+    backlog: int = 128,
+) -> Server:
+    """Serves any ``asyncio.Protocol`` on ``port`` (like ``loop.create_server``).
+
+    For example aiohttp's low-level ``web.Server`` is such a factory, so an aiohttp
+    application can serve HTTP inside the network.
+
+    Raises:
+        AddressInUse: Something already listens on ``port``.
+    """
+    listener, bound = interface.stack.tcp_listen(port, backlog)
+    server = Server(interface, listener, bound, protocol_factory)
+    interface.schedule()
+    return server
+
+
 async def start_server(
     client_connected_cb: ClientConnected,
     interface: Interface,
@@ -496,15 +517,12 @@ async def start_server(
         AddressInUse: Something already listens on ``port``.
     """
     loop = interface.loop
-    listener, bound = interface.stack.tcp_listen(port, backlog)
 
     def factory() -> asyncio.StreamReaderProtocol:
         reader = asyncio.StreamReader(limit=limit, loop=loop)
         return asyncio.StreamReaderProtocol(reader, client_connected_cb, loop=loop)
 
-    server = Server(interface, listener, bound, factory)
-    interface.schedule()
-    return server
+    return await create_server(interface, factory, port, backlog=backlog)
 
 
 class DatagramEndpoint:
