@@ -16,6 +16,7 @@ from __future__ import annotations
 import asyncio
 import itertools
 import os
+import time
 from collections.abc import Callable, Iterable
 from typing import Protocol
 
@@ -180,7 +181,7 @@ class Interface:
         seq = next(self._ping_seq) & 0xFFFF
         fut: asyncio.Future[float] = self._loop.create_future()
         self._pings[seq] = fut
-        started = self._loop.time()
+        started = time.perf_counter()  # loop.time() may be ms-coarse (uvloop)
         try:
             self._stack.ping_send(self._icmp, host, seq, payload)
             self.schedule()
@@ -204,4 +205,4 @@ class _PingHandler:
             _host, seq, _payload = reply
             fut = iface._pings.get(seq)
             if fut is not None and not fut.done():
-                fut.set_result(iface.loop.time())
+                fut.set_result(time.perf_counter())

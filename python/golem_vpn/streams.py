@@ -66,6 +66,13 @@ _STREAM_LIMIT = 2**16
 ClientConnected = Callable[[asyncio.StreamReader, asyncio.StreamWriter], Awaitable[None] | None]
 
 
+def _sockaddr(addr: tuple[str, int] | None) -> tuple[str, int] | tuple[str, int, int, int] | None:
+    """Socket addresses shaped as asyncio's: ``(host, port, flowinfo, scope_id)`` for IPv6."""
+    if addr is not None and ":" in addr[0]:
+        return (addr[0], addr[1], 0, 0)
+    return addr
+
+
 class TcpTransport(asyncio.Transport):
     """An ``asyncio.Transport`` over one TCP connection of a userspace stack."""
 
@@ -79,8 +86,8 @@ class TcpTransport(asyncio.Transport):
         self._protocol: asyncio.BaseProtocol = protocol
         status = self._stack.tcp_status(socket_id)
         self._extra: dict[str, Any] = {
-            "peername": status.remote,
-            "sockname": status.local,
+            "peername": _sockaddr(status.remote),
+            "sockname": _sockaddr(status.local),
             "interface": interface,
         }
         self._buffer: deque[bytes] = deque()

@@ -49,7 +49,7 @@ impl PyTcpStatus {
 type Received<'py> = (Bound<'py, PyBytes>, (String, u16));
 
 fn instant(now: f64) -> Instant {
-    Instant::from_micros((now * 1e6) as i64)
+    Instant::from_micros((now * 1e6).round() as i64)
 }
 
 fn seconds(t: Instant) -> f64 {
