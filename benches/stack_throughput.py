@@ -63,6 +63,41 @@ async def vpn(size: int, mtu: int, buffer: int) -> float:
         return size * 8 / elapsed / 1e9
 
 
+class _Sink(asyncio.Protocol):
+    """Counts received bytes without buffering them (no StreamReader copy)."""
+
+    def __init__(self, size: int, done: asyncio.Future[float]) -> None:
+        self.left = size
+        self.done = done
+
+    def data_received(self, data: bytes) -> None:
+        self.left -= len(data)
+        if self.left <= 0 and not self.done.done():
+            self.done.set_result(time.perf_counter())
+
+
+async def vpn_protocol(size: int, mtu: int, buffer: int) -> float:
+    """The VPN path with an ``asyncio.Protocol`` receiver: what the stacks themselves carry."""
+    loop = asyncio.get_running_loop()
+    async with LocalNetwork(
+        "192.168.0.0/24", mtu=mtu, tcp_rx_buffer=buffer, tcp_tx_buffer=buffer
+    ) as net:
+        a, b = net.add_node(), net.add_node()
+        done: asyncio.Future[float] = loop.create_future()
+        server = await golem_vpn.create_server(b.interface, lambda: _Sink(size, done), 5002)
+        _, writer = await a.open_connection(b.ip, 5002)
+        block = b"\xa5" * CHUNK
+        start = time.perf_counter()
+        left = size
+        while left > 0:
+            writer.write(block[: min(left, CHUNK)])
+            left -= CHUNK
+            await writer.drain()
+        end = await done
+        server.close()
+        return size * 8 / (end - start) / 1e9
+
+
 async def kernel(size: int) -> float:
     accepted: asyncio.Future[tuple[asyncio.StreamReader, asyncio.StreamWriter]] = (
         asyncio.get_running_loop().create_future()
@@ -136,6 +171,9 @@ def main() -> None:
         for mtu in args.mtu:
             gbps = max(runner.run(vpn(size, mtu, args.buffer)) for _ in range(args.runs))
             rows.append((f"golem-vpn stacks via Routers, MTU {mtu}", str(mtu), gbps))
+        for mtu in args.mtu:
+            gbps = max(runner.run(vpn_protocol(size, mtu, args.buffer)) for _ in range(args.runs))
+            rows.append((f"golem-vpn, asyncio.Protocol receiver, MTU {mtu}", str(mtu), gbps))
     loop_name = "uvloop" if args.uvloop else "asyncio"
     print(
         f"golem-vpn {golem_vpn.__version__} ({golem_vpn.build_profile}), "

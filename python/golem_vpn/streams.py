@@ -60,7 +60,7 @@ __all__ = [
 ]
 
 DEFAULT_CONNECT_TIMEOUT = 10.0
-_READ_CHUNK = 256 * 1024
+_READ_CHUNK = 1024 * 1024
 _STREAM_LIMIT = 2**16
 
 ClientConnected = Callable[[asyncio.StreamReader, asyncio.StreamWriter], Awaitable[None] | None]
