@@ -44,6 +44,7 @@ from golem_vpn.errors import (
     ConnectionReset,
     ConnectTimeout,
     GolemVpnError,
+    SocketClosed,
     WouldBlock,
 )
 from golem_vpn.interface import Interface
@@ -592,8 +593,6 @@ class DatagramEndpoint:
             SocketClosed: The endpoint is closed.
         """
         if self._id is None:
-            from golem_vpn.errors import SocketClosed
-
             raise SocketClosed("datagram endpoint is closed")
         if self._pending:
             self._pending.append((bytes(data), addr))
@@ -608,8 +607,6 @@ class DatagramEndpoint:
         """Waits for the next datagram: ``(data, (ip, port))``."""
         while not self._queue:
             if self._id is None:
-                from golem_vpn.errors import SocketClosed
-
                 raise SocketClosed("datagram endpoint is closed")
             self._waiter = self._iface.loop.create_future()
             try:
