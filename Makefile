@@ -43,7 +43,7 @@ fmt:
 bench: dev bench-rust bench-python bench-stack
 
 bench-rust:
-	$(CARGO) bench --locked --bench router
+	$(CARGO) bench --locked --bench router --bench tunnel
 
 bench-python:
 	$(PYTHON) -m pytest benches --benchmark-only --benchmark-columns=min,median,mean,ops -p no:randomly

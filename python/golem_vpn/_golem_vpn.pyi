@@ -310,3 +310,121 @@ class Stack:
         """One echo reply: ``(host, seq, payload)``."""
     def socket_count(self) -> int: ...
     def stats(self) -> StackStats: ...
+
+class Identity:
+    """A node's secp256k1 key; its node id is the Ethereum-style address, as in Golem."""
+
+    @staticmethod
+    def generate() -> Identity:
+        """A fresh key from the OS's randomness."""
+    @staticmethod
+    def from_secret(secret: bytes) -> Identity:
+        """The identity of a 32-byte secret key.
+
+        Raises:
+            IdentityError: Not 32 bytes, or not a valid secp256k1 scalar.
+        """
+    def secret_bytes(self) -> bytes:
+        """The 32-byte secret key (store it with file mode 0600)."""
+    @property
+    def node_id(self) -> str:
+        """``0x`` + the last 20 bytes of keccak256(public key), lowercase hex."""
+    @property
+    def public_key(self) -> bytes:
+        """The 65-byte uncompressed public key."""
+    def sign(self, message: bytes) -> bytes:
+        """A 65-byte recoverable signature (r || s || v) over ``message``."""
+    @staticmethod
+    def recover_node_id(message: bytes, signature: bytes) -> str:
+        """The node id whose key made ``signature`` over ``message``.
+
+        Raises:
+            IdentityError: The signature is malformed or does not verify.
+        """
+
+class TunnelStats(TypedDict):
+    handshakes_started: int
+    handshakes_completed: int
+    handshakes_failed: int
+    packets_in: int
+    bytes_in: int
+    packets_out: int
+    bytes_out: int
+    drops: dict[str, int]
+
+class TransportStats(TypedDict):
+    datagrams_in: int
+    datagrams_out: int
+    send_errors: int
+    unknown_network: int
+    router_drops: int
+    tunnel: TunnelStats
+
+class NodeTransport:
+    """One node's UDP transport: a socket, the Noise tunnel endpoint and a router per network.
+
+    Packets a local attachment sends are routed, encrypted per destination node and sent in
+    Rust; datagrams that arrive are decrypted, checked by the network's router (the
+    authenticated sender must own the source address) and returned in batches. The socket
+    is non-blocking: watch :meth:`fileno` for readability and call :meth:`handle_timeout`
+    at :meth:`poll_at`. ``now`` is any monotonic clock in seconds (e.g. ``loop.time()``).
+    :class:`golem_vpn.node.transport.UdpTransport` is the asyncio shell around this.
+    """
+
+    def __init__(
+        self,
+        identity: Identity,
+        host: str = "127.0.0.1",
+        port: int = 0,
+        *,
+        now: float,
+        keepalive: float | None = None,
+        seed: int | None = None,
+    ) -> None: ...
+    @property
+    def node_id(self) -> str: ...
+    @property
+    def local_addr(self) -> tuple[str, int]: ...
+    def fileno(self) -> int: ...
+    def add_network(
+        self,
+        network_id: str,
+        cidrs: list[str],
+        ips: list[str],
+        *,
+        ethernet: bool = False,
+        requestor: str | None = None,
+    ) -> None:
+        """Joins a network with a router for this node at ``ips``."""
+    def remove_network(self, network_id: str) -> bool: ...
+    def add_peer(
+        self, network_id: str, node_id: str, ip: str, addr: tuple[str, int] | None = None
+    ) -> bool:
+        """Adds a node to a network and allows its tunnel; ``addr``: its UDP address.
+
+        Raises:
+            NetworkNotFound: The network is not joined.
+            AddressTaken, AddressOutOfRange, AddressReserved: As for ``Router.add_node``.
+        """
+    def remove_peer(self, network_id: str, node_id: str) -> bool:
+        """Removes a node; if it shares no other network, its session is torn down."""
+    def set_peer_address(self, node_id: str, addr: tuple[str, int]) -> None: ...
+    def send_packets(self, network_id: str, packets: list[bytes], now: float) -> list[bytes]:
+        """Routes, encrypts and sends; returns frames answered locally (ARP/NDP)."""
+    def send_control(self, node_id: str, network_id: str, message: bytes, now: float) -> None: ...
+    def receive(
+        self, now: float, max: int = 1024
+    ) -> tuple[list[tuple[str, bytes]], list[tuple[str, str, bytes]], list[tuple[str, str, str]]]:
+        """Reads up to ``max`` datagrams: ``(frames, control, events)``.
+
+        ``frames``: ``(network_id, frame)`` for local attachments; ``control``:
+        ``(sender, network_id, message)``; ``events``: ``("up" | "down", node_id, detail)``.
+        """
+    def handle_timeout(
+        self, now: float
+    ) -> tuple[
+        list[tuple[str, bytes]], list[tuple[str, str, bytes]], list[tuple[str, str, str]]
+    ]: ...
+    def poll_at(self) -> float | None: ...
+    def is_up(self, node_id: str) -> bool: ...
+    def stats(self) -> TransportStats: ...

@@ -28,6 +28,7 @@ __all__ = [
     "DeployConfigError",
     "Forbidden",
     "GolemVpnError",
+    "IdentityError",
     "InvalidNodeId",
     "NetworkNotFound",
     "NetworkUnreachable",
@@ -90,6 +91,10 @@ class DeployConfigError(GolemVpnError, ValueError):
 
 class TunnelError(GolemVpnError):
     """A node-to-node tunnel failed (handshake, authentication, or transport)."""
+
+
+class IdentityError(GolemVpnError, ValueError):
+    """A node key, signature or key file is malformed or does not verify."""
 
 
 # Socket-level errors of the userspace stack. Each is also the builtin OSError subclass an

@@ -3,6 +3,7 @@
 mod errors;
 mod router;
 mod stack;
+mod transport;
 
 use pyo3::prelude::*;
 
@@ -29,5 +30,7 @@ fn _golem_vpn(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_class::<router::PyRouter>()?;
     m.add_class::<stack::PyStack>()?;
     m.add_class::<stack::PyTcpStatus>()?;
+    m.add_class::<transport::PyIdentity>()?;
+    m.add_class::<transport::PyNodeTransport>()?;
     Ok(())
 }

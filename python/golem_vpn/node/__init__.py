@@ -1,0 +1,1 @@
+"""The node daemon: identity, peers, control messages, transport (issue 4)."""

@@ -1,0 +1,386 @@
+//! The node transport's I/O engine: one UDP socket, the tunnel endpoint, and the routers
+//! of every network the node is in.
+//!
+//! This is the thin shell around the sans-IO cores. Packets a local attachment sends are
+//! routed ([`Router::inject`]), encrypted for each destination node
+//! ([`Endpoint::send_into`]) and sent, without touching Python per packet. Datagrams that
+//! arrive are decrypted ([`Endpoint::receive_into`]), checked by the network's router
+//! ([`Router::receive`]: the authenticated node must own the source address) and handed
+//! back in batches, grouped by network. The socket is non-blocking: a caller's event loop
+//! says when it is readable and when the endpoint's timers are due.
+
+use std::io;
+use std::net::{SocketAddr, UdpSocket};
+use std::time::Instant;
+
+use rustc_hash::FxHashMap;
+
+use crate::identity::Identity;
+use crate::node_id::NodeId;
+use crate::router::Router;
+use crate::tunnel::{Config, Endpoint, Event, Payload, PayloadKind, SendError, TunnelStats};
+
+/// The largest UDP datagram read.
+const MAX_DATAGRAM: usize = 65535;
+
+/// What arrived in one [`UdpNode::receive`] call.
+#[derive(Debug, Default)]
+pub struct Inbound {
+    /// Frames for local attachments: `(network id, frame)`, in arrival order.
+    pub frames: Vec<(String, Vec<u8>)>,
+    /// Control messages: `(sender, network id, message)`.
+    pub control: Vec<(NodeId, String, Vec<u8>)>,
+    /// Peers that came up or went down.
+    pub events: Vec<Event>,
+}
+
+/// Counters of the I/O shell (the tunnel and routers count their own drops).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct DatapathStats {
+    /// Datagrams read from the socket.
+    pub datagrams_in: u64,
+    /// Datagrams written to the socket.
+    pub datagrams_out: u64,
+    /// Datagrams the socket refused to send (counted, not raised).
+    pub send_errors: u64,
+    /// Packets that arrived for a network this node is not in.
+    pub unknown_network: u64,
+    /// Packets the router refused (spoofed source, not for us, ...).
+    pub router_drops: u64,
+}
+
+/// Why a datapath operation failed.
+#[derive(Debug, thiserror::Error)]
+pub enum DatapathError {
+    /// The socket could not be bound or configured.
+    #[error("UDP socket: {0}")]
+    Io(#[from] io::Error),
+    /// The tunnel endpoint could not start.
+    #[error(transparent)]
+    Endpoint(#[from] crate::tunnel::EndpointError),
+    /// No such network on this node.
+    #[error("network {0:?} is not on this node")]
+    UnknownNetwork(String),
+    /// A payload could not be sent to a peer.
+    #[error(transparent)]
+    Send(#[from] SendError),
+    /// The router refused a table change.
+    #[error(transparent)]
+    Router(#[from] crate::router::RouterError),
+}
+
+/// One node's UDP transport. See the module docs.
+pub struct UdpNode {
+    socket: UdpSocket,
+    endpoint: Endpoint,
+    networks: FxHashMap<String, Router>,
+    rx: Vec<u8>,
+    plaintext: Vec<u8>,
+    tx: Vec<u8>,
+    stats: DatapathStats,
+}
+
+impl std::fmt::Debug for UdpNode {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("UdpNode")
+            .field("node_id", &self.endpoint.node_id())
+            .field("local_addr", &self.socket.local_addr().ok())
+            .field("networks", &self.networks.len())
+            .finish()
+    }
+}
+
+impl UdpNode {
+    /// Binds a non-blocking UDP socket at `addr` for the node `identity`.
+    pub fn bind(
+        identity: &Identity,
+        addr: SocketAddr,
+        config: Config,
+        seed: u64,
+    ) -> Result<Self, DatapathError> {
+        let socket = UdpSocket::bind(addr)?;
+        socket.set_nonblocking(true)?;
+        Ok(UdpNode {
+            socket,
+            endpoint: Endpoint::new(identity, config, seed)?,
+            networks: FxHashMap::default(),
+            rx: vec![0u8; MAX_DATAGRAM],
+            plaintext: Vec::with_capacity(MAX_DATAGRAM),
+            tx: Vec::with_capacity(MAX_DATAGRAM),
+            stats: DatapathStats::default(),
+        })
+    }
+
+    /// The socket's address.
+    pub fn local_addr(&self) -> io::Result<SocketAddr> {
+        self.socket.local_addr()
+    }
+
+    /// The socket, for an event loop to watch for readability.
+    pub fn socket(&self) -> &UdpSocket {
+        &self.socket
+    }
+
+    /// This node's id.
+    pub fn node_id(&self) -> NodeId {
+        self.endpoint.node_id()
+    }
+
+    /// The tunnel endpoint (peers, sessions, stats).
+    pub fn endpoint(&self) -> &Endpoint {
+        &self.endpoint
+    }
+
+    /// I/O counters.
+    pub fn stats(&self) -> DatapathStats {
+        self.stats
+    }
+
+    /// Tunnel counters.
+    pub fn tunnel_stats(&self) -> TunnelStats {
+        self.endpoint.stats()
+    }
+
+    /// Joins a network: its router (built for this node) decides what goes where.
+    /// The router's remote nodes become allowed peers.
+    pub fn add_network(&mut self, router: Router) {
+        let local = self.endpoint.node_id();
+        let peers: Vec<NodeId> = router
+            .nodes()
+            .map(|(id, _)| id)
+            .filter(|id| *id != local)
+            .collect();
+        for peer in peers {
+            self.endpoint.allow(peer);
+        }
+        self.networks.insert(router.network_id().to_owned(), router);
+    }
+
+    /// Leaves a network; peers that share no other network with this node are cut off.
+    pub fn remove_network(&mut self, network: &str) -> bool {
+        let Some(router) = self.networks.remove(network) else {
+            return false;
+        };
+        for (peer, _) in router.nodes() {
+            self.forget_if_unshared(&peer);
+        }
+        true
+    }
+
+    /// The router of a network.
+    pub fn router(&self, network: &str) -> Option<&Router> {
+        self.networks.get(network)
+    }
+
+    /// Adds (or re-adds) `node` at `ip` in `network`, reachable at `addr` if known.
+    pub fn add_peer(
+        &mut self,
+        network: &str,
+        node: NodeId,
+        ip: std::net::IpAddr,
+        addr: Option<SocketAddr>,
+    ) -> Result<bool, DatapathError> {
+        let router = self
+            .networks
+            .get_mut(network)
+            .ok_or_else(|| DatapathError::UnknownNetwork(network.to_owned()))?;
+        let added = router.add_node(node, ip)?;
+        if node != self.endpoint.node_id() {
+            self.endpoint.allow(node);
+            if let Some(addr) = addr {
+                self.endpoint.set_peer_address(node, addr);
+            }
+        }
+        Ok(added)
+    }
+
+    /// Sets where a peer is reached (its tunnel roams on its own afterwards).
+    pub fn set_peer_address(&mut self, node: NodeId, addr: SocketAddr) {
+        self.endpoint.set_peer_address(node, addr);
+    }
+
+    /// Removes `node` from `network`: its packets are dropped from now on; if it shares no
+    /// other network with this node its session is torn down too.
+    pub fn remove_peer(&mut self, network: &str, node: &NodeId) -> Result<bool, DatapathError> {
+        let router = self
+            .networks
+            .get_mut(network)
+            .ok_or_else(|| DatapathError::UnknownNetwork(network.to_owned()))?;
+        let removed = router.remove_node(node)?;
+        self.forget_if_unshared(node);
+        Ok(removed)
+    }
+
+    fn forget_if_unshared(&mut self, node: &NodeId) {
+        if *node == self.endpoint.node_id() {
+            return;
+        }
+        let shared = self.networks.values().any(|r| r.node_ips(node).is_some());
+        if !shared {
+            self.endpoint.disallow(node);
+        }
+    }
+
+    /// Routes and sends packets a local attachment of `network` sent. Returns the frames
+    /// the router answered locally (ARP / neighbour discovery in Ethernet mode).
+    pub fn send_packets<'p>(
+        &mut self,
+        network: &str,
+        packets: impl IntoIterator<Item = &'p [u8]>,
+        now: Instant,
+    ) -> Result<Vec<Vec<u8>>, DatapathError> {
+        let local = self.endpoint.node_id();
+        let mut answers = Vec::new();
+        let UdpNode {
+            socket,
+            endpoint,
+            networks,
+            tx,
+            stats,
+            ..
+        } = self;
+        let router = networks
+            .get_mut(network)
+            .ok_or_else(|| DatapathError::UnknownNetwork(network.to_owned()))?;
+        for packet in packets {
+            let _ = router.inject(packet, |node, bytes| {
+                if *node == local {
+                    answers.push(bytes.to_vec());
+                    return;
+                }
+                let payload = Payload {
+                    kind: PayloadKind::Ip,
+                    network,
+                    bytes,
+                };
+                // A refused payload (peer gone, too large) is counted by the tunnel.
+                if let Ok(Some(dst)) = endpoint.send_into(node, payload, now, tx) {
+                    match socket.send_to(tx, dst) {
+                        Ok(_) => stats.datagrams_out += 1,
+                        Err(_) => stats.send_errors += 1,
+                    }
+                }
+            });
+        }
+        self.flush();
+        Ok(answers)
+    }
+
+    /// Sends a control message to `node` about `network`.
+    pub fn send_control(
+        &mut self,
+        node: &NodeId,
+        network: &str,
+        message: &[u8],
+        now: Instant,
+    ) -> Result<(), DatapathError> {
+        let payload = Payload {
+            kind: PayloadKind::Control,
+            network,
+            bytes: message,
+        };
+        self.endpoint.send(node, payload, now)?;
+        self.flush();
+        Ok(())
+    }
+
+    /// Reads up to `max` datagrams (stopping early when the socket has none), and
+    /// appends what they carried to `inbound`. Returns the number read.
+    pub fn receive(&mut self, now: Instant, max: usize, inbound: &mut Inbound) -> usize {
+        let mut read = 0;
+        while read < max {
+            let (len, from) = match self.socket.recv_from(&mut self.rx) {
+                Ok(got) => got,
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
+                // ICMP errors surface as ECONNREFUSED and friends on Linux: not fatal.
+                Err(_) => {
+                    read += 1;
+                    continue;
+                }
+            };
+            read += 1;
+            self.stats.datagrams_in += 1;
+            let UdpNode {
+                endpoint,
+                networks,
+                rx,
+                plaintext,
+                stats,
+                ..
+            } = self;
+            let Some(delivery) = endpoint.receive_into(from, &rx[..len], now, plaintext) else {
+                continue;
+            };
+            match delivery.kind {
+                PayloadKind::Ip => match networks.get_mut(delivery.network) {
+                    Some(router) => match router.receive(delivery.bytes, &delivery.peer) {
+                        Ok(frame) => inbound
+                            .frames
+                            .push((delivery.network.to_owned(), frame.to_vec())),
+                        Err(_) => stats.router_drops += 1,
+                    },
+                    None => stats.unknown_network += 1,
+                },
+                PayloadKind::Control => inbound.control.push((
+                    delivery.peer,
+                    delivery.network.to_owned(),
+                    delivery.bytes.to_vec(),
+                )),
+            }
+        }
+        self.collect_events(inbound);
+        self.flush();
+        read
+    }
+
+    fn collect_events(&mut self, inbound: &mut Inbound) {
+        while let Some(event) = self.endpoint.poll_event() {
+            match event {
+                Event::Received {
+                    peer,
+                    kind: PayloadKind::Control,
+                    network,
+                    bytes,
+                } => inbound.control.push((peer, network, bytes)),
+                Event::Received {
+                    peer,
+                    kind: PayloadKind::Ip,
+                    network,
+                    bytes,
+                } => match self.networks.get_mut(&network) {
+                    Some(router) => match router.receive(&bytes, &peer) {
+                        Ok(frame) => inbound.frames.push((network, frame.to_vec())),
+                        Err(_) => self.stats.router_drops += 1,
+                    },
+                    None => self.stats.unknown_network += 1,
+                },
+                other => inbound.events.push(other),
+            }
+        }
+    }
+
+    /// Runs due timers (handshake retries, keep-alives, expiry) and sends what they make.
+    pub fn handle_timeout(&mut self, now: Instant, inbound: &mut Inbound) {
+        self.endpoint.handle_timeout(now);
+        self.collect_events(inbound);
+        self.flush();
+    }
+
+    /// When [`handle_timeout`](Self::handle_timeout) should run next.
+    pub fn poll_at(&self) -> Option<Instant> {
+        self.endpoint.poll_at()
+    }
+
+    /// Sends everything the endpoint queued (handshakes, queued payloads, keep-alives).
+    fn flush(&mut self) {
+        while let Some(t) = self.endpoint.poll_transmit() {
+            match self.socket.send_to(&t.bytes, t.dst) {
+                Ok(_) => self.stats.datagrams_out += 1,
+                Err(_) => self.stats.send_errors += 1,
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,179 @@
+use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+use std::time::{Duration, Instant};
+
+use super::*;
+use crate::router::{Medium, RouterConfig};
+use crate::wire::build::udp_v4;
+
+const NET: &str = "0123456789abcdef0123456789abcdef";
+
+fn ip(last: u8) -> IpAddr {
+    IpAddr::V4(Ipv4Addr::new(10, 7, 0, last))
+}
+
+fn identity(n: u8) -> Identity {
+    Identity::from_secret_bytes(&[n; 32]).unwrap()
+}
+
+fn node(n: u8) -> UdpNode {
+    let loopback: SocketAddr = "127.0.0.1:0".parse().unwrap();
+    UdpNode::bind(&identity(n), loopback, Config::default(), u64::from(n)).unwrap()
+}
+
+fn router_for(me: &UdpNode, last: u8) -> Router {
+    Router::new(RouterConfig {
+        network_id: NET.into(),
+        cidrs: vec!["10.7.0.0/24".parse().unwrap()],
+        local_node: me.node_id(),
+        local_ips: vec![ip(last)],
+        medium: Medium::Ip,
+        requestor: None,
+    })
+    .unwrap()
+}
+
+/// Two nodes in one network, each knowing the other's address.
+fn pair() -> (UdpNode, UdpNode) {
+    let mut a = node(1);
+    let mut b = node(2);
+    a.add_network(router_for(&a, 1));
+    b.add_network(router_for(&b, 2));
+    let (a_id, b_id) = (a.node_id(), b.node_id());
+    let (a_addr, b_addr) = (a.local_addr().unwrap(), b.local_addr().unwrap());
+    a.add_peer(NET, b_id, ip(2), Some(b_addr)).unwrap();
+    b.add_peer(NET, a_id, ip(1), Some(a_addr)).unwrap();
+    (a, b)
+}
+
+/// Lets both nodes read until `done` holds (real sockets on loopback: bounded wait).
+fn pump(
+    a: &mut UdpNode,
+    b: &mut UdpNode,
+    wait: Duration,
+    mut done: impl FnMut(&Inbound, &Inbound) -> bool,
+) -> (Inbound, Inbound) {
+    let (mut ia, mut ib) = (Inbound::default(), Inbound::default());
+    let deadline = Instant::now() + wait;
+    while Instant::now() < deadline {
+        let now = Instant::now();
+        a.receive(now, 1024, &mut ia);
+        b.receive(now, 1024, &mut ib);
+        a.handle_timeout(now, &mut ia);
+        b.handle_timeout(now, &mut ib);
+        if done(&ia, &ib) {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(1));
+    }
+    (ia, ib)
+}
+
+#[test]
+fn packets_cross_an_encrypted_tunnel_and_reach_the_router() {
+    let (mut a, mut b) = pair();
+    let packets: Vec<Vec<u8>> = (0..50u8)
+        .map(|i| {
+            udp_v4(
+                Ipv4Addr::new(10, 7, 0, 1),
+                Ipv4Addr::new(10, 7, 0, 2),
+                1000,
+                2000,
+                &[i; 300],
+            )
+        })
+        .collect();
+    let answers = a
+        .send_packets(NET, packets.iter().map(Vec::as_slice), Instant::now())
+        .unwrap();
+    assert!(answers.is_empty());
+    let (_, ib) = pump(&mut a, &mut b, Duration::from_secs(5), |_, ib| {
+        ib.frames.len() == packets.len()
+    });
+    let got: Vec<Vec<u8>> = ib
+        .frames
+        .into_iter()
+        .map(|(net, f)| {
+            assert_eq!(net, NET);
+            f
+        })
+        .collect();
+    assert_eq!(got, packets, "every packet arrives intact and in order");
+    assert!(
+        a.tunnel_stats().handshakes_completed >= 1 || b.tunnel_stats().handshakes_completed >= 1
+    );
+}
+
+#[test]
+fn control_messages_and_spoofing() {
+    let (mut a, mut b) = pair();
+    let b_id = b.node_id();
+    a.send_control(&b_id, NET, b"{\"addNodes\":{}}", Instant::now())
+        .unwrap();
+    // A spoofed packet (source .9 is not A's) never leaves A's router.
+    let spoofed = udp_v4(
+        Ipv4Addr::new(10, 7, 0, 9),
+        Ipv4Addr::new(10, 7, 0, 2),
+        1,
+        2,
+        b"evil",
+    );
+    a.send_packets(NET, [spoofed.as_slice()], Instant::now())
+        .unwrap();
+    let (_, ib) = pump(&mut a, &mut b, Duration::from_secs(5), |_, ib| {
+        !ib.control.is_empty()
+    });
+    assert_eq!(ib.control.len(), 1);
+    assert_eq!(ib.control[0].0, a.node_id());
+    assert_eq!(ib.control[0].1, NET);
+    assert_eq!(ib.control[0].2, b"{\"addNodes\":{}}");
+    assert!(ib.frames.is_empty());
+    assert_eq!(
+        a.router(NET)
+            .unwrap()
+            .drops()
+            .get(crate::router::DropReason::SpoofedSource),
+        1
+    );
+}
+
+#[test]
+fn removed_peer_is_cut_off() {
+    let (mut a, mut b) = pair();
+    let (a_id, b_id) = (a.node_id(), b.node_id());
+    let hello = udp_v4(
+        Ipv4Addr::new(10, 7, 0, 1),
+        Ipv4Addr::new(10, 7, 0, 2),
+        1,
+        2,
+        b"hi",
+    );
+    a.send_packets(NET, [hello.as_slice()], Instant::now())
+        .unwrap();
+    let (_, ib) = pump(&mut a, &mut b, Duration::from_secs(5), |_, ib| {
+        ib.frames.len() == 1
+    });
+    assert_eq!(ib.frames.len(), 1);
+    // B removes A: whatever A sends now is dropped at B.
+    assert!(b.remove_peer(NET, &a_id).unwrap());
+    a.send_packets(NET, [hello.as_slice()], Instant::now())
+        .unwrap();
+    let (_, ib) = pump(&mut a, &mut b, Duration::from_millis(300), |_, _| false);
+    assert!(ib.frames.is_empty());
+    assert!(b.router(NET).unwrap().node_ips(&a_id).is_none());
+    assert!(!b.endpoint().is_up(&a_id));
+    let _ = b_id;
+}
+
+#[test]
+fn garbage_datagrams_are_counted_not_fatal() {
+    let (mut a, mut b) = pair();
+    let junk = UdpSocket::bind("127.0.0.1:0").unwrap();
+    let b_addr = b.local_addr().unwrap();
+    for i in 0..20u8 {
+        junk.send_to(&vec![i; usize::from(i) * 7], b_addr).unwrap();
+    }
+    let (_, ib) = pump(&mut a, &mut b, Duration::from_millis(300), |_, _| false);
+    assert!(ib.frames.is_empty() && ib.control.is_empty());
+    assert!(b.stats().datagrams_in >= 19);
+    assert!(b.tunnel_stats().drops.total() >= 19);
+}

@@ -1,0 +1,123 @@
+//! The tunnel's datagram layouts (see the table in the module docs of [`crate::tunnel`])
+//! and the inner plaintext of data messages.
+
+use super::PayloadKind;
+
+/// Message type of a handshake initiation (Noise XX message 1).
+pub(crate) const HANDSHAKE_INIT: u8 = 1;
+/// Message type of a handshake response (Noise XX message 2).
+pub(crate) const HANDSHAKE_RESPONSE: u8 = 2;
+/// Message type of a handshake final (Noise XX message 3).
+pub(crate) const HANDSHAKE_FINAL: u8 = 3;
+/// Message type of a data message.
+pub(crate) const DATA: u8 = 4;
+
+/// The AEAD tag (Poly1305).
+pub const TAG_LEN: usize = 16;
+/// Type byte, receiver index and counter in front of a data message's ciphertext.
+pub const DATA_HEADER_LEN: usize = 1 + 4 + 8;
+/// The smallest data message: a header and a keep-alive (one byte) with its tag.
+pub const DATA_MIN_LEN: usize = DATA_HEADER_LEN + 1 + TAG_LEN;
+/// The longest network id a data message carries.
+pub const MAX_NETWORK_LEN: usize = 128;
+/// The largest data message: the largest UDP payload over IPv4.
+pub const MAX_DATAGRAM_LEN: usize = 65_507;
+/// The largest inner plaintext (kind, network, payload) of one data message.
+pub(crate) const MAX_PLAINTEXT: usize = MAX_DATAGRAM_LEN - DATA_HEADER_LEN - TAG_LEN;
+
+/// The recoverable secp256k1 signature carried as the Noise payload of messages 2 and 3.
+pub(crate) const PROOF_LEN: usize = 65;
+const KEY_LEN: usize = 32;
+/// Message 1: type, sender index, `e`.
+pub(crate) const INIT_LEN: usize = 1 + 4 + KEY_LEN;
+/// The Noise payload of message 2: the proof, then the responder's index again, so that
+/// the cleartext copy in the header is authenticated.
+pub(crate) const RESPONSE_PAYLOAD_LEN: usize = PROOF_LEN + 4;
+/// Message 2: type, sender index, receiver index, `e`, encrypted `s`, encrypted payload.
+pub(crate) const RESPONSE_LEN: usize =
+    1 + 4 + 4 + KEY_LEN + (KEY_LEN + TAG_LEN) + (RESPONSE_PAYLOAD_LEN + TAG_LEN);
+/// Message 3: type, receiver index, encrypted `s`, encrypted proof.
+pub(crate) const FINAL_LEN: usize = 1 + 4 + (KEY_LEN + TAG_LEN) + (PROOF_LEN + TAG_LEN);
+
+/// Inner kind byte of a keep-alive (nothing follows it).
+pub(crate) const KIND_KEEPALIVE: u8 = 0;
+const KIND_IP: u8 = 1;
+const KIND_CONTROL: u8 = 2;
+
+/// The keep-alive plaintext.
+pub(crate) const KEEPALIVE: [u8; 1] = [KIND_KEEPALIVE];
+
+#[inline]
+pub(crate) fn read_u32(b: &[u8]) -> u32 {
+    u32::from_le_bytes([b[0], b[1], b[2], b[3]])
+}
+
+#[inline]
+pub(crate) fn read_u64(b: &[u8]) -> u64 {
+    let mut a = [0u8; 8];
+    a.copy_from_slice(&b[..8]);
+    u64::from_le_bytes(a)
+}
+
+/// Writes the inner plaintext of a payload into `buf` (cleared first). The caller has
+/// checked the network and payload lengths.
+#[inline]
+pub(crate) fn write_inner(buf: &mut Vec<u8>, kind: PayloadKind, network: &str, bytes: &[u8]) {
+    debug_assert!(network.len() <= MAX_NETWORK_LEN);
+    buf.clear();
+    buf.reserve(2 + network.len() + bytes.len());
+    buf.push(match kind {
+        PayloadKind::Ip => KIND_IP,
+        PayloadKind::Control => KIND_CONTROL,
+    });
+    buf.push(network.len() as u8);
+    buf.extend_from_slice(network.as_bytes());
+    buf.extend_from_slice(bytes);
+}
+
+/// A decrypted inner plaintext.
+#[derive(Debug, PartialEq, Eq)]
+pub(crate) enum Inner<'a> {
+    /// A keep-alive: nothing to deliver.
+    KeepAlive,
+    /// A payload for the local node.
+    Payload {
+        kind: PayloadKind,
+        network: &'a str,
+        bytes: &'a [u8],
+    },
+}
+
+/// Parses an inner plaintext; `None` if it is malformed (unknown kind, a network id
+/// longer than [`MAX_NETWORK_LEN`] or than the message, or not UTF-8).
+#[inline]
+pub(crate) fn parse_inner(pt: &[u8]) -> Option<Inner<'_>> {
+    let (&kind, rest) = pt.split_first()?;
+    let kind = match kind {
+        KIND_KEEPALIVE if rest.is_empty() => return Some(Inner::KeepAlive),
+        KIND_IP => PayloadKind::Ip,
+        KIND_CONTROL => PayloadKind::Control,
+        _ => return None,
+    };
+    let (&len, rest) = rest.split_first()?;
+    let len = usize::from(len);
+    if len > MAX_NETWORK_LEN || len > rest.len() {
+        return None;
+    }
+    let (network, bytes) = rest.split_at(len);
+    let network = std::str::from_utf8(network).ok()?;
+    Some(Inner::Payload {
+        kind,
+        network,
+        bytes,
+    })
+}
+
+/// The size of the payload in an inner plaintext built by [`write_inner`].
+#[inline]
+pub(crate) fn payload_len(pt: &[u8]) -> usize {
+    match pt {
+        [_, netlen, ..] => pt.len() - 2 - usize::from(*netlen),
+        _ => 0,
+    }
+}

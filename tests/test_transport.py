@@ -1,0 +1,203 @@
+"""The node transport: identities, and encrypted UDP tunnels carrying real TCP between stacks.
+
+Everything runs on loopback UDP (127.0.0.1) with the network's own addresses only inside
+the userspace stacks.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import os
+import subprocess
+import sys
+import textwrap
+
+import pytest
+
+import golem_vpn
+from golem_vpn import Identity, IdentityError
+from golem_vpn.node.transport import UdpTransport
+
+NET = "5eed" * 8
+CIDR = "192.168.7.0/24"
+
+
+def test_identity_matches_ethereum_addresses() -> None:
+    # The secret key 1 is the well-known Ethereum address 0x7E5F...5Bdf.
+    one = Identity.from_secret(bytes(31) + b"\x01")
+    assert one.node_id == "0x7e5f4552091a69125d5dfcb7b8c2659029395bdf"
+    assert len(one.public_key) == 65
+    assert one.public_key[0] == 4
+    again = Identity.from_secret(one.secret_bytes())
+    assert again.node_id == one.node_id
+
+
+def test_signatures_prove_the_node_id() -> None:
+    a, b = Identity.generate(), Identity.generate()
+    assert a.node_id != b.node_id
+    sig = a.sign(b"register me")
+    assert len(sig) == 65
+    assert Identity.recover_node_id(b"register me", sig) == a.node_id
+    # Another message recovers another key: the claim does not verify as a.
+    assert Identity.recover_node_id(b"register him", sig) != a.node_id
+    with pytest.raises(IdentityError):
+        Identity.recover_node_id(b"x", sig[:64])
+    with pytest.raises(IdentityError):
+        Identity.from_secret(b"short")
+    with pytest.raises(IdentityError):
+        Identity.from_secret(bytes(32))  # zero is no secp256k1 key
+
+
+async def _pair() -> tuple[UdpTransport, UdpTransport, golem_vpn.Interface, golem_vpn.Interface]:
+    a = UdpTransport(Identity.generate())
+    b = UdpTransport(Identity.generate())
+    ia = a.join(NET, CIDR, "192.168.7.2")
+    ib = b.join(NET, CIDR, "192.168.7.3")
+    a.add_peer(NET, b.node_id, "192.168.7.3", b.local_addr)
+    b.add_peer(NET, a.node_id, "192.168.7.2", a.local_addr)
+    return a, b, ia, ib
+
+
+def test_tcp_over_encrypted_udp_tunnel() -> None:
+    async def main() -> None:
+        a, b, ia, ib = await _pair()
+
+        async def sink(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+            digest = hashlib.sha256()
+            while data := await reader.read(1 << 20):
+                digest.update(data)
+            writer.write(digest.hexdigest().encode())
+            await writer.drain()
+            writer.close()
+
+        server = await golem_vpn.start_server(sink, ib, 9000)
+        reader, writer = await golem_vpn.open_connection(ia, "192.168.7.3", 9000, timeout=5)
+        payload = os.urandom(8 << 20)
+        writer.write(payload)
+        await writer.drain()
+        writer.write_eof()
+        answer = await asyncio.wait_for(reader.read(), 30)
+        assert answer.decode() == hashlib.sha256(payload).hexdigest()
+        writer.close()
+        assert await ia.ping("192.168.7.3") > 0
+        stats = a.native.stats()
+        assert stats["tunnel"]["handshakes_completed"] >= 1
+        assert stats["tunnel"]["bytes_out"] >= len(payload)
+        assert a.native.is_up(b.node_id)
+        server.close()
+        a.close()
+        b.close()
+
+    asyncio.run(main())
+
+
+def test_impostor_cannot_take_a_node_id() -> None:
+    async def main() -> None:
+        a = UdpTransport(Identity.generate())
+        real_b = Identity.generate()
+        impostor = UdpTransport(Identity.generate())  # listens where A thinks B is
+        ia = a.join(NET, CIDR, "192.168.7.2")
+        impostor.join(NET, CIDR, "192.168.7.3")
+        impostor.add_peer(NET, a.node_id, "192.168.7.2", a.local_addr)
+        a.add_peer(NET, real_b.node_id, "192.168.7.3", impostor.local_addr)
+        with pytest.raises(TimeoutError):
+            await golem_vpn.open_connection(ia, "192.168.7.3", 22, timeout=1.5)
+        assert not a.native.is_up(real_b.node_id)
+        drops = a.native.stats()["tunnel"]["drops"]
+        impostor_drops = impostor.native.stats()["tunnel"]["drops"]
+        assert drops["identity_mismatch"] + impostor_drops["not_allowed"] >= 1, (
+            drops,
+            impostor_drops,
+        )
+        a.close()
+        impostor.close()
+
+    asyncio.run(main())
+
+
+def test_removed_peer_is_cut_off_and_garbage_is_counted() -> None:
+    async def main() -> None:
+        a, b, ia, ib = await _pair()
+        rx = await golem_vpn.open_datagram_endpoint(ib, 5353)
+        tx = await golem_vpn.open_datagram_endpoint(ia)
+        tx.send(b"first", ("192.168.7.3", 5353))
+        assert (await asyncio.wait_for(rx.recv(), 5))[0] == b"first"
+        b.remove_peer(NET, a.node_id)
+        tx.send(b"second", ("192.168.7.3", 5353))
+        with pytest.raises(TimeoutError):
+            await asyncio.wait_for(rx.recv(), 0.5)
+        # Garbage datagrams at B's socket: counted, nothing delivered, B still works.
+        loop = asyncio.get_running_loop()
+        junk, _ = await loop.create_datagram_endpoint(
+            asyncio.DatagramProtocol, remote_addr=b.local_addr
+        )
+        for i in range(16):
+            junk.sendto(bytes([i]) * (i * 9))
+        await asyncio.sleep(0.2)
+        junk.close()
+        assert sum(b.native.stats()["tunnel"]["drops"].values()) >= 15
+        a.close()
+        b.close()
+
+    asyncio.run(main())
+
+
+PROVIDER = textwrap.dedent(
+    """
+    import asyncio, sys
+    import golem_vpn
+    from golem_vpn.node.transport import UdpTransport
+
+    async def main():
+        requestor_id, requestor_port = sys.argv[1], int(sys.argv[2])
+        link = UdpTransport(golem_vpn.Identity.generate())
+        iface = link.join("{net}", "{cidr}", "192.168.7.3")
+        link.add_peer("{net}", requestor_id, "192.168.7.2", ("127.0.0.1", requestor_port))
+
+        async def echo(reader, writer):
+            while data := await reader.read(65536):
+                writer.write(data)
+                await writer.drain()
+            writer.close()
+
+        await golem_vpn.start_server(echo, iface, 7)
+        print(link.node_id, link.local_addr[1], flush=True)
+        await asyncio.sleep(30)
+
+    asyncio.run(main())
+    """
+).format(net=NET, cidr=CIDR)
+
+
+def test_nodes_in_separate_processes() -> None:
+    async def main() -> None:
+        a = UdpTransport(Identity.generate())
+        ia = a.join(NET, CIDR, "192.168.7.2")
+        proc = await asyncio.create_subprocess_exec(
+            sys.executable,
+            "-c",
+            PROVIDER,
+            a.node_id,
+            str(a.local_addr[1]),
+            stdout=subprocess.PIPE,
+        )
+        try:
+            assert proc.stdout is not None
+            line = await asyncio.wait_for(proc.stdout.readline(), 20)
+            provider_id, port = line.decode().split()
+            a.add_peer(NET, provider_id, "192.168.7.3", ("127.0.0.1", int(port)))
+            reader, writer = await golem_vpn.open_connection(ia, "192.168.7.3", 7, timeout=5)
+            blob = os.urandom(1 << 20)
+            writer.write(blob)
+            await writer.drain()
+            writer.write_eof()
+            echoed = await asyncio.wait_for(reader.read(), 20)
+            assert echoed == blob
+            writer.close()
+        finally:
+            proc.kill()
+            await proc.wait()
+            a.close()
+
+    asyncio.run(main())
