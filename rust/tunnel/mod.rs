@@ -19,7 +19,7 @@
 //! WireGuard's design with a Noise XX handshake, so that either side learns the other's
 //! identity from the handshake itself:
 //!
-//! - **Handshake**: `Noise_XX_25519_ChaChaPoly_BLAKE2s`, prologue `golem-vpn/tunnel/v1`,
+//! - **Handshake**: `Noise_XX_25519_AESGCM_BLAKE2s` (ring-accelerated AES-256-GCM), prologue `golem-vpn/tunnel/v1`,
 //!   with a fresh X25519 static key per endpoint. The Noise payload of messages 2 and 3
 //!   is the sender's *identity proof*: a recoverable secp256k1 signature by its node key
 //!   ([`crate::identity`], `v ‖ r ‖ s` over sha256) of
@@ -31,7 +31,7 @@
 //!   Message 2's payload also repeats the responder's index, which authenticates the
 //!   cleartext copy. A refused handshake message spends that try (snow 0.10 cannot
 //!   roll a handshake state back completely); the retry timer starts a new one.
-//! - **Data**: ChaCha20-Poly1305 under the session's keys with the 64-bit counter as the
+//! - **Data**: AES-256-GCM under the session's keys with the 64-bit counter as the
 //!   nonce (`snow`'s stateless transport), so datagrams may arrive out of order. As in
 //!   WireGuard, the header is not AEAD additional data (snow 0.10 has no AD in
 //!   stateless mode): the counter is bound through the nonce and the receiver index
@@ -124,7 +124,7 @@ use wire::{
 };
 
 /// The Noise protocol of the handshake.
-pub const NOISE_PARAMS: &str = "Noise_XX_25519_ChaChaPoly_BLAKE2s";
+pub const NOISE_PARAMS: &str = "Noise_XX_25519_AESGCM_BLAKE2s";
 /// Hashed into every handshake: both sides must speak this protocol version.
 const PROLOGUE: &[u8] = b"golem-vpn/tunnel/v1";
 /// Domain separation for the identity proof (the signed message is this, then the key).
