@@ -15,6 +15,7 @@
 pub mod datapath;
 pub mod identity;
 pub mod node_id;
+pub mod relay;
 pub mod router;
 pub mod stack;
 pub mod tunnel;

@@ -201,3 +201,48 @@ def test_nodes_in_separate_processes() -> None:
             a.close()
 
     asyncio.run(main())
+
+
+def test_nodes_without_addresses_talk_through_a_relay() -> None:
+    from golem_vpn.node.relay import RelayService
+
+    async def main() -> None:
+        async with RelayService("127.0.0.1", 0) as relay:
+            a = UdpTransport(Identity.generate(), relay=relay.local_addr)
+            b = UdpTransport(Identity.generate(), relay=relay.local_addr)
+            ia = a.join(NET, CIDR, "192.168.7.2")
+            ib = b.join(NET, CIDR, "192.168.7.3")
+            # Only node ids are exchanged: the relay finds the nodes.
+            a.add_peer(NET, b.node_id, "192.168.7.3")
+            b.add_peer(NET, a.node_id, "192.168.7.2")
+            for _ in range(100):
+                if a.public_addr and b.public_addr:
+                    break
+                await asyncio.sleep(0.01)
+            assert a.public_addr == a.local_addr
+            assert relay.relay.registrations() == 2
+
+            async def echo(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+                while data := await reader.read(65536):
+                    writer.write(data)
+                    await writer.drain()
+                writer.close()
+
+            server = await golem_vpn.start_server(echo, ib, 7)
+            reader, writer = await golem_vpn.open_connection(ia, "192.168.7.3", 7, timeout=5)
+            blob = os.urandom(1 << 20)
+            writer.write(blob)
+            await writer.drain()
+            writer.write_eof()
+            assert await asyncio.wait_for(reader.read(), 20) == blob
+            writer.close()
+            assert a.native.is_relayed(b.node_id)
+            stats = relay.relay.stats()
+            assert stats["forwarded"] > 100
+            assert stats["forwarded_bytes"] >= 2 * len(blob)
+            assert a.native.stats()["relayed_out"] > 0
+            server.close()
+            a.close()
+            b.close()
+
+    asyncio.run(main())

@@ -358,6 +358,10 @@ class TransportStats(TypedDict):
     send_errors: int
     unknown_network: int
     router_drops: int
+    relayed_out: int
+    relayed_in: int
+    relay_drops: int
+    relay_unknown_peer: int
     tunnel: TunnelStats
 
 class NodeTransport:
@@ -426,5 +430,41 @@ class NodeTransport:
         list[tuple[str, bytes]], list[tuple[str, str, bytes]], list[tuple[str, str, str]]
     ]: ...
     def poll_at(self) -> float | None: ...
+    def set_relay(self, addr: tuple[str, int] | None, now: float) -> None:
+        """Uses a relay for peers without a direct address; registers at once."""
+    @property
+    def public_addr(self) -> tuple[str, int] | None:
+        """Our address as the relay sees it, once it answered a registration."""
+    def is_relayed(self, node_id: str) -> bool: ...
+    def peer_address(self, node_id: str) -> tuple[str, int] | None:
+        """Where the tunnel currently sends to the peer (a ``100::`` placeholder if relayed)."""
     def is_up(self, node_id: str) -> bool: ...
     def stats(self) -> TransportStats: ...
+
+class RelayStats(TypedDict):
+    registered: int
+    bad_registrations: int
+    forwarded: int
+    forwarded_bytes: int
+    unregistered_sender: int
+    unknown_destination: int
+    malformed: int
+    send_errors: int
+    registrations: int
+
+class Relay:
+    """A relay on a UDP socket: signed registrations, forwarding by node id.
+
+    Call :meth:`process` when the socket is readable and :meth:`expire` now and then;
+    :class:`golem_vpn.node.relay.RelayService` does both on an asyncio loop.
+    """
+
+    def __init__(self, host: str = "0.0.0.0", port: int = 7464) -> None: ...
+    @property
+    def local_addr(self) -> tuple[str, int]: ...
+    def fileno(self) -> int: ...
+    def process(self, max: int = 4096) -> int:
+        """Reads up to ``max`` datagrams, sends replies and forwards; returns the count."""
+    def expire(self) -> None: ...
+    def registrations(self) -> int: ...
+    def stats(self) -> RelayStats: ...

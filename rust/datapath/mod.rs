@@ -8,17 +8,31 @@
 //! ([`Router::receive`]: the authenticated node must own the source address) and handed
 //! back in batches, grouped by network. The socket is non-blocking: a caller's event loop
 //! says when it is readable and when the endpoint's timers are due.
+//!
+//! With a relay configured ([`UdpNode::set_relay`]) the node registers with it (signed)
+//! and reaches peers it has no direct address for through it: such a peer gets a
+//! placeholder address in the discard-only prefix `100::/64` (RFC 6666), which the tunnel
+//! treats like any other; datagrams to it go to the relay wrapped in a forward header, and
+//! datagrams the relay forwards from it are fed to the tunnel as coming from it. A peer
+//! whose direct address stops answering handshakes falls back to the relay path.
 
 use std::io;
-use std::net::{SocketAddr, UdpSocket};
-use std::time::Instant;
+use std::net::{IpAddr, Ipv6Addr, SocketAddr, UdpSocket};
+use std::time::{Instant, SystemTime, UNIX_EPOCH};
 
 use rustc_hash::FxHashMap;
 
 use crate::identity::Identity;
 use crate::node_id::NodeId;
+use crate::relay;
 use crate::router::Router;
-use crate::tunnel::{Config, Endpoint, Event, Payload, PayloadKind, SendError, TunnelStats};
+use crate::tunnel::{
+    Config, DownReason, Endpoint, Event, Payload, PayloadKind, SendError, TunnelStats,
+};
+
+mod relay_shell;
+
+pub use relay_shell::UdpRelay;
 
 /// The largest UDP datagram read.
 const MAX_DATAGRAM: usize = 65535;
@@ -47,6 +61,14 @@ pub struct DatapathStats {
     pub unknown_network: u64,
     /// Packets the router refused (spoofed source, not for us, ...).
     pub router_drops: u64,
+    /// Datagrams sent through the relay.
+    pub relayed_out: u64,
+    /// Datagrams that came through the relay.
+    pub relayed_in: u64,
+    /// Relay messages from anyone but the configured relay, or malformed (dropped).
+    pub relay_drops: u64,
+    /// Forwards the relay could not deliver (the peer is not registered).
+    pub relay_unknown_peer: u64,
 }
 
 /// Why a datapath operation failed.
@@ -73,11 +95,20 @@ pub enum DatapathError {
 pub struct UdpNode {
     socket: UdpSocket,
     endpoint: Endpoint,
+    identity: Identity,
     networks: FxHashMap<String, Router>,
     rx: Vec<u8>,
     plaintext: Vec<u8>,
     tx: Vec<u8>,
+    wrapped: Vec<u8>,
     stats: DatapathStats,
+    relay: Option<SocketAddr>,
+    next_register: Option<Instant>,
+    public_addr: Option<SocketAddr>,
+    /// Placeholder address → the peer reached through the relay.
+    relayed: FxHashMap<SocketAddr, NodeId>,
+    /// Peer → its placeholder address.
+    relay_path: FxHashMap<NodeId, SocketAddr>,
 }
 
 impl std::fmt::Debug for UdpNode {
@@ -103,11 +134,84 @@ impl UdpNode {
         Ok(UdpNode {
             socket,
             endpoint: Endpoint::new(identity, config, seed)?,
+            identity: identity.clone(),
             networks: FxHashMap::default(),
             rx: vec![0u8; MAX_DATAGRAM],
             plaintext: Vec::with_capacity(MAX_DATAGRAM),
             tx: Vec::with_capacity(MAX_DATAGRAM),
+            wrapped: Vec::with_capacity(MAX_DATAGRAM),
             stats: DatapathStats::default(),
+            relay: None,
+            next_register: None,
+            public_addr: None,
+            relayed: FxHashMap::default(),
+            relay_path: FxHashMap::default(),
+        })
+    }
+
+    /// Uses `relay` (None: none) to reach peers without a direct address; registers at
+    /// once and every [`relay::REGISTER_INTERVAL`] after.
+    pub fn set_relay(&mut self, relay: Option<SocketAddr>, now: Instant) {
+        self.relay = relay;
+        self.public_addr = None;
+        self.next_register = relay.map(|_| now);
+        self.register_if_due(now);
+    }
+
+    /// The configured relay.
+    pub fn relay(&self) -> Option<SocketAddr> {
+        self.relay
+    }
+
+    /// Our address as the relay sees it (after NAT), once it has answered.
+    pub fn public_addr(&self) -> Option<SocketAddr> {
+        self.public_addr
+    }
+
+    /// True if `node` is currently reached through the relay.
+    pub fn is_relayed(&self, node: &NodeId) -> bool {
+        self.relay_path
+            .get(node)
+            .is_some_and(|fake| self.endpoint.peer_address(node) == Some(*fake))
+    }
+
+    fn register_if_due(&mut self, now: Instant) {
+        let (Some(relay), Some(due)) = (self.relay, self.next_register) else {
+            return;
+        };
+        if now < due {
+            return;
+        }
+        let unix = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .map_or(0, |d| d.as_secs());
+        let msg = relay::register_message(&self.identity, unix);
+        match self.socket.send_to(&msg, relay) {
+            Ok(_) => self.stats.datagrams_out += 1,
+            Err(_) => self.stats.send_errors += 1,
+        }
+        self.next_register = Some(now + relay::REGISTER_INTERVAL);
+    }
+
+    /// The placeholder address of a relayed peer (made on first use).
+    fn relay_address(&mut self, node: NodeId) -> SocketAddr {
+        let n = self.relay_path.len() as u64 + 1;
+        *self.relay_path.entry(node).or_insert_with(|| {
+            let fake = SocketAddr::new(
+                IpAddr::V6(Ipv6Addr::new(
+                    0x100,
+                    0,
+                    0,
+                    0,
+                    (n >> 48) as u16,
+                    (n >> 32) as u16,
+                    (n >> 16) as u16,
+                    n as u16,
+                )),
+                0,
+            );
+            self.relayed.insert(fake, node);
+            fake
         })
     }
 
@@ -187,8 +291,13 @@ impl UdpNode {
         let added = router.add_node(node, ip)?;
         if node != self.endpoint.node_id() {
             self.endpoint.allow(node);
-            if let Some(addr) = addr {
-                self.endpoint.set_peer_address(node, addr);
+            match addr {
+                Some(addr) => self.endpoint.set_peer_address(node, addr),
+                None if self.relay.is_some() && self.endpoint.peer_address(&node).is_none() => {
+                    let fake = self.relay_address(node);
+                    self.endpoint.set_peer_address(node, fake);
+                }
+                None => {}
             }
         }
         Ok(added)
@@ -236,7 +345,10 @@ impl UdpNode {
             endpoint,
             networks,
             tx,
+            wrapped,
             stats,
+            relay,
+            relayed,
             ..
         } = self;
         let router = networks
@@ -255,10 +367,7 @@ impl UdpNode {
                 };
                 // A refused payload (peer gone, too large) is counted by the tunnel.
                 if let Ok(Some(dst)) = endpoint.send_into(node, payload, now, tx) {
-                    match socket.send_to(tx, dst) {
-                        Ok(_) => stats.datagrams_out += 1,
-                        Err(_) => stats.send_errors += 1,
-                    }
+                    send_datagram(socket, stats, *relay, relayed, wrapped, tx, dst);
                 }
             });
         }
@@ -300,6 +409,14 @@ impl UdpNode {
             };
             read += 1;
             self.stats.datagrams_in += 1;
+            let (from, start) = if relay::is_relay_message(&self.rx[..len]) {
+                match self.relay_message(from, len) {
+                    Some(unwrapped) => unwrapped,
+                    None => continue,
+                }
+            } else {
+                (from, 0)
+            };
             let UdpNode {
                 endpoint,
                 networks,
@@ -308,7 +425,8 @@ impl UdpNode {
                 stats,
                 ..
             } = self;
-            let Some(delivery) = endpoint.receive_into(from, &rx[..len], now, plaintext) else {
+            let Some(delivery) = endpoint.receive_into(from, &rx[start..len], now, plaintext)
+            else {
                 continue;
             };
             match delivery.kind {
@@ -333,6 +451,40 @@ impl UdpNode {
         read
     }
 
+    /// Handles a relay message in `self.rx[..len]`. For a forwarded tunnel datagram,
+    /// returns the sender's placeholder address and where the datagram starts.
+    fn relay_message(&mut self, from: SocketAddr, len: usize) -> Option<(SocketAddr, usize)> {
+        if Some(from) != self.relay {
+            self.stats.relay_drops += 1;
+            return None;
+        }
+        match self.rx[0] {
+            relay::FORWARDED => match relay::unwrap(&self.rx[..len]) {
+                Some((src, _)) => {
+                    self.stats.relayed_in += 1;
+                    let fake = self.relay_address(src);
+                    Some((fake, relay::FORWARD_HEADER))
+                }
+                None => {
+                    self.stats.relay_drops += 1;
+                    None
+                }
+            },
+            relay::REGISTERED => {
+                self.public_addr = relay::decode_registered(&self.rx[..len]);
+                None
+            }
+            relay::UNKNOWN_PEER => {
+                self.stats.relay_unknown_peer += 1;
+                None
+            }
+            _ => {
+                self.stats.relay_drops += 1;
+                None
+            }
+        }
+    }
+
     fn collect_events(&mut self, inbound: &mut Inbound) {
         while let Some(event) = self.endpoint.poll_event() {
             match event {
@@ -354,13 +506,27 @@ impl UdpNode {
                     },
                     None => self.stats.unknown_network += 1,
                 },
-                other => inbound.events.push(other),
+                other => {
+                    if let Event::PeerDown {
+                        peer,
+                        reason: DownReason::HandshakeTimeout,
+                    } = &other
+                        && self.relay.is_some()
+                        && !self.is_relayed(peer)
+                    {
+                        // The direct address did not answer: try through the relay.
+                        let fake = self.relay_address(*peer);
+                        self.endpoint.set_peer_address(*peer, fake);
+                    }
+                    inbound.events.push(other);
+                }
             }
         }
     }
 
     /// Runs due timers (handshake retries, keep-alives, expiry) and sends what they make.
     pub fn handle_timeout(&mut self, now: Instant, inbound: &mut Inbound) {
+        self.register_if_due(now);
         self.endpoint.handle_timeout(now);
         self.collect_events(inbound);
         self.flush();
@@ -368,17 +534,51 @@ impl UdpNode {
 
     /// When [`handle_timeout`](Self::handle_timeout) should run next.
     pub fn poll_at(&self) -> Option<Instant> {
-        self.endpoint.poll_at()
+        match (self.endpoint.poll_at(), self.next_register) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
+        }
     }
 
     /// Sends everything the endpoint queued (handshakes, queued payloads, keep-alives).
     fn flush(&mut self) {
         while let Some(t) = self.endpoint.poll_transmit() {
-            match self.socket.send_to(&t.bytes, t.dst) {
-                Ok(_) => self.stats.datagrams_out += 1,
-                Err(_) => self.stats.send_errors += 1,
-            }
+            send_datagram(
+                &self.socket,
+                &mut self.stats,
+                self.relay,
+                &self.relayed,
+                &mut self.wrapped,
+                &t.bytes,
+                t.dst,
+            );
         }
+    }
+}
+
+/// Sends a tunnel datagram: directly, or through the relay for a relayed peer.
+fn send_datagram(
+    socket: &UdpSocket,
+    stats: &mut DatapathStats,
+    relay: Option<SocketAddr>,
+    relayed: &FxHashMap<SocketAddr, NodeId>,
+    wrapped: &mut Vec<u8>,
+    bytes: &[u8],
+    dst: SocketAddr,
+) {
+    let sent = match (relayed.get(&dst), relay) {
+        (Some(node), Some(relay)) => {
+            relay::wrap(relay::FORWARD, node, bytes, wrapped);
+            stats.relayed_out += 1;
+            socket.send_to(wrapped, relay)
+        }
+        // A relayed peer while no relay is configured: nowhere to send.
+        (Some(_), None) => Err(io::Error::from(io::ErrorKind::NotConnected)),
+        (None, _) => socket.send_to(bytes, dst),
+    };
+    match sent {
+        Ok(_) => stats.datagrams_out += 1,
+        Err(_) => stats.send_errors += 1,
     }
 }
 

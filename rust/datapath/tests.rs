@@ -175,5 +175,107 @@ fn garbage_datagrams_are_counted_not_fatal() {
     let (_, ib) = pump(&mut a, &mut b, Duration::from_millis(300), |_, _| false);
     assert!(ib.frames.is_empty() && ib.control.is_empty());
     assert!(b.stats().datagrams_in >= 19);
-    assert!(b.tunnel_stats().drops.total() >= 19);
+    assert!(b.tunnel_stats().drops.total() + b.stats().relay_drops >= 19);
+}
+
+/// A relay on a real loopback socket, driven from the test loop.
+struct TestRelay {
+    socket: UdpSocket,
+    server: crate::relay::RelayServer,
+}
+
+impl TestRelay {
+    fn new() -> Self {
+        let socket = UdpSocket::bind("127.0.0.1:0").unwrap();
+        socket.set_nonblocking(true).unwrap();
+        TestRelay {
+            socket,
+            server: crate::relay::RelayServer::new(),
+        }
+    }
+
+    fn addr(&self) -> SocketAddr {
+        self.socket.local_addr().unwrap()
+    }
+
+    fn run(&mut self) {
+        let mut buf = vec![0u8; 65535];
+        let mut out = Vec::new();
+        let unix = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap()
+            .as_secs();
+        while let Ok((n, from)) = self.socket.recv_from(&mut buf) {
+            self.server
+                .handle(from, &buf[..n], Instant::now(), unix, &mut out);
+        }
+        for (dst, bytes) in out {
+            self.socket.send_to(&bytes, dst).unwrap();
+        }
+    }
+}
+
+#[test]
+fn peers_without_addresses_talk_through_the_relay() {
+    let mut relay = TestRelay::new();
+    let mut a = node(1);
+    let mut b = node(2);
+    let now = Instant::now();
+    a.set_relay(Some(relay.addr()), now);
+    b.set_relay(Some(relay.addr()), now);
+    a.add_network(router_for(&a, 1));
+    b.add_network(router_for(&b, 2));
+    let (a_id, b_id) = (a.node_id(), b.node_id());
+    // Nobody knows anybody's address: only node ids.
+    a.add_peer(NET, b_id, ip(2), None).unwrap();
+    b.add_peer(NET, a_id, ip(1), None).unwrap();
+    assert!(a.is_relayed(&b_id) && b.is_relayed(&a_id));
+    // Let both registrations land before sending.
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while (a.public_addr().is_none() || b.public_addr().is_none()) && Instant::now() < deadline {
+        relay.run();
+        a.receive(Instant::now(), 64, &mut Inbound::default());
+        b.receive(Instant::now(), 64, &mut Inbound::default());
+        std::thread::sleep(Duration::from_millis(1));
+    }
+    assert_eq!(a.public_addr(), Some(a.local_addr().unwrap()));
+    let packets: Vec<Vec<u8>> = (0..20u8)
+        .map(|i| {
+            udp_v4(
+                Ipv4Addr::new(10, 7, 0, 1),
+                Ipv4Addr::new(10, 7, 0, 2),
+                7,
+                8,
+                &[i; 500],
+            )
+        })
+        .collect();
+    a.send_packets(NET, packets.iter().map(Vec::as_slice), Instant::now())
+        .unwrap();
+    let (mut ia, mut ib) = (Inbound::default(), Inbound::default());
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while ib.frames.len() < packets.len() && Instant::now() < deadline {
+        relay.run();
+        let now = Instant::now();
+        a.receive(now, 1024, &mut ia);
+        b.receive(now, 1024, &mut ib);
+        a.handle_timeout(now, &mut ia);
+        b.handle_timeout(now, &mut ib);
+        std::thread::sleep(Duration::from_millis(1));
+    }
+    let got: Vec<Vec<u8>> = ib.frames.into_iter().map(|(_, f)| f).collect();
+    assert_eq!(got, packets);
+    assert!(a.stats().relayed_out >= 20);
+    assert!(b.stats().relayed_in >= 20);
+    assert!(
+        relay.server.stats().forwarded >= 22,
+        "handshake + data went through"
+    );
+    // Relay messages from anyone but the relay are dropped.
+    let junk = UdpSocket::bind("127.0.0.1:0").unwrap();
+    junk.send_to(&[crate::relay::FORWARDED; 40], b.local_addr().unwrap())
+        .unwrap();
+    std::thread::sleep(Duration::from_millis(20));
+    b.receive(Instant::now(), 64, &mut Inbound::default());
+    assert_eq!(b.stats().relay_drops, 1);
 }

@@ -32,5 +32,6 @@ fn _golem_vpn(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_class::<stack::PyTcpStatus>()?;
     m.add_class::<transport::PyIdentity>()?;
     m.add_class::<transport::PyNodeTransport>()?;
+    m.add_class::<transport::PyRelay>()?;
     Ok(())
 }

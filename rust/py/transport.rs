@@ -9,7 +9,7 @@ use pyo3::prelude::*;
 use pyo3::types::{PyBytes, PyDict, PyList};
 
 use super::errors::{ToPyErr, error};
-use crate::datapath::{DatapathError, Inbound, UdpNode};
+use crate::datapath::{DatapathError, Inbound, UdpNode, UdpRelay};
 use crate::identity::{Identity, recover_node_id};
 use crate::node_id::NodeId;
 use crate::router::{Cidr, Medium, Router, RouterConfig};
@@ -327,6 +327,33 @@ impl PyNodeTransport {
             .map(|t| self.base.0 + t.saturating_duration_since(self.base.1).as_secs_f64())
     }
 
+    #[pyo3(signature = (addr, now))]
+    fn set_relay(&mut self, py: Python<'_>, addr: Option<(String, u16)>, now: f64) -> PyResult<()> {
+        let addr = addr.map(|a| sockaddr(py, &a)).transpose()?;
+        let now = self.instant(now);
+        self.inner.set_relay(addr, now);
+        Ok(())
+    }
+
+    #[getter]
+    fn public_addr(&self) -> Option<(String, u16)> {
+        self.inner
+            .public_addr()
+            .map(|a| (a.ip().to_string(), a.port()))
+    }
+
+    fn is_relayed(&self, py: Python<'_>, node_id: &str) -> PyResult<bool> {
+        Ok(self.inner.is_relayed(&node(py, node_id)?))
+    }
+
+    fn peer_address(&self, py: Python<'_>, node_id: &str) -> PyResult<Option<(String, u16)>> {
+        Ok(self
+            .inner
+            .endpoint()
+            .peer_address(&node(py, node_id)?)
+            .map(|a| (a.ip().to_string(), a.port())))
+    }
+
     fn is_up(&self, py: Python<'_>, node_id: &str) -> PyResult<bool> {
         Ok(self.inner.endpoint().is_up(&node(py, node_id)?))
     }
@@ -339,6 +366,10 @@ impl PyNodeTransport {
         d.set_item("send_errors", s.send_errors)?;
         d.set_item("unknown_network", s.unknown_network)?;
         d.set_item("router_drops", s.router_drops)?;
+        d.set_item("relayed_out", s.relayed_out)?;
+        d.set_item("relayed_in", s.relayed_in)?;
+        d.set_item("relay_drops", s.relay_drops)?;
+        d.set_item("relay_unknown_peer", s.relay_unknown_peer)?;
         let t = self.inner.tunnel_stats();
         let tunnel = PyDict::new(py);
         tunnel.set_item("handshakes_started", t.handshakes_started)?;
@@ -363,5 +394,61 @@ impl PyNodeTransport {
             self.inner.node_id(),
             self.inner.local_addr().ok()
         )
+    }
+}
+
+/// A relay on a UDP socket. See the stub.
+#[pyclass(name = "Relay", module = "golem_vpn._golem_vpn")]
+pub struct PyRelay {
+    inner: UdpRelay,
+}
+
+#[pymethods]
+impl PyRelay {
+    #[new]
+    #[pyo3(signature = (host = "0.0.0.0", port = 7464))]
+    fn new(py: Python<'_>, host: &str, port: u16) -> PyResult<Self> {
+        let addr = SocketAddr::new(ip(py, host)?, port);
+        Ok(PyRelay {
+            inner: UdpRelay::bind(addr)?,
+        })
+    }
+
+    #[getter]
+    fn local_addr(&self) -> PyResult<(String, u16)> {
+        let a = self.inner.local_addr()?;
+        Ok((a.ip().to_string(), a.port()))
+    }
+
+    fn fileno(&self) -> i32 {
+        self.inner.socket().as_raw_fd()
+    }
+
+    #[pyo3(signature = (max = 4096))]
+    fn process(&mut self, max: usize) -> usize {
+        self.inner.process(Instant::now(), max)
+    }
+
+    fn expire(&mut self) {
+        self.inner.expire(Instant::now());
+    }
+
+    fn registrations(&self) -> usize {
+        self.inner.registrations()
+    }
+
+    fn stats<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyDict>> {
+        let s = self.inner.stats();
+        let d = PyDict::new(py);
+        d.set_item("registered", s.registered)?;
+        d.set_item("bad_registrations", s.bad_registrations)?;
+        d.set_item("forwarded", s.forwarded)?;
+        d.set_item("forwarded_bytes", s.forwarded_bytes)?;
+        d.set_item("unregistered_sender", s.unregistered_sender)?;
+        d.set_item("unknown_destination", s.unknown_destination)?;
+        d.set_item("malformed", s.malformed)?;
+        d.set_item("send_errors", self.inner.send_errors())?;
+        d.set_item("registrations", self.inner.registrations())?;
+        Ok(d)
     }
 }

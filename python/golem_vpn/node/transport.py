@@ -40,6 +40,8 @@ class UdpTransport:
         host: The address to bind (``127.0.0.1``, ``0.0.0.0``, an underlay address...).
         port: The UDP port (0: any free one).
         keepalive: Seconds between keep-alives on idle sessions (for NAT), None: off.
+        relay: A relay's ``(host, port)``: the node registers there (signed) and reaches
+            peers it has no direct address for through it.
 
     Attributes:
         on_control: Called with ``(sender_node_id, network_id, message)`` for each control
@@ -55,6 +57,7 @@ class UdpTransport:
         port: int = 0,
         *,
         keepalive: float | None = None,
+        relay: tuple[str, int] | None = None,
     ) -> None:
         self._loop = asyncio.get_running_loop()
         self._native = NodeTransport(
@@ -67,6 +70,8 @@ class UdpTransport:
         self.on_control: ControlHandler | None = None
         self.on_peer: PeerHandler | None = None
         self._loop.add_reader(self._native.fileno(), self._on_readable)
+        if relay is not None:
+            self.set_relay(relay)
 
     def __repr__(self) -> str:
         return f"UdpTransport(node_id={self.node_id!r}, local_addr={self.local_addr})"
@@ -111,10 +116,24 @@ class UdpTransport:
         interface.close()
         self._native.remove_network(network_id)
 
+    def set_relay(self, relay: tuple[str, int] | None) -> None:
+        """Uses ``relay`` for peers without a direct address (None: no relay)."""
+        self._native.set_relay(relay, self._loop.time())
+        self._arm()
+
+    @property
+    def public_addr(self) -> tuple[str, int] | None:
+        """This node's address as the relay sees it (after NAT), once registered."""
+        return self._native.public_addr
+
     def add_peer(
         self, network_id: str, node_id: str, ip: str, addr: tuple[str, int] | None = None
     ) -> bool:
-        """Adds a node of the network; ``addr`` is its UDP address if known."""
+        """Adds a node of the network; ``addr`` is its UDP address if known.
+
+        Without an address the peer is reached through the relay (if one is set), and
+        answers from it teach the tunnel where it is.
+        """
         return self._native.add_peer(network_id, node_id, ip, addr)
 
     def remove_peer(self, network_id: str, node_id: str) -> bool:
