@@ -22,6 +22,7 @@ __all__ = [
     "AddressTaken",
     "AddressesExhausted",
     "ConnectTimeout",
+    "ControlMessageError",
     "ConnectionRefused",
     "ConnectionReset",
     "DatagramTooLarge",
@@ -91,6 +92,13 @@ class DeployConfigError(GolemVpnError, ValueError):
 
 class TunnelError(GolemVpnError):
     """A node-to-node tunnel failed (handshake, authentication, or transport)."""
+
+
+class ControlMessageError(GolemVpnError, ValueError):
+    """A control message or frame is malformed or too large, or a channel setting is invalid.
+
+    The message names the field (``addNodes.nodes['10.0.0.1']``) or the frame part at fault.
+    """
 
 
 class IdentityError(GolemVpnError, ValueError):
