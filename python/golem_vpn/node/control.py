@@ -81,7 +81,7 @@ from ipaddress import IPv4Address
 from types import MappingProxyType
 from typing import Any, ClassVar, TypeAlias
 
-from golem_vpn.errors import ControlMessageError, NetworkNotFound, WouldBlock
+from golem_vpn.errors import ControlMessageError, GolemVpnError, NetworkNotFound, WouldBlock
 from golem_vpn.model import NETWORK_ID_RE, parse_ip, parse_node_id
 
 __all__ = [
