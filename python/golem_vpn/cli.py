@@ -1,13 +1,19 @@
 """The ``golem-vpn`` command.
 
-Subcommands grow with the project; today: ``demo`` (the local routing demo) and ``version``.
+Subcommands grow with the project; today: ``demo`` (the local routing demo), ``version``, and
+``id show|create`` (this node's key and node id).
+
+Exit codes: 0 success, 1 a user-facing error (the message goes to stderr), 2 bad usage.
 """
 
 from __future__ import annotations
 
 import argparse
+import json
+import shlex
 import sys
 from collections.abc import Sequence
+from pathlib import Path
 
 from golem_vpn import __version__, build_profile
 
@@ -23,7 +29,74 @@ def _parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     sub.add_parser("demo", help="run the local routing demo (three nodes, real packets)")
     sub.add_parser("version", help="print the version and native build profile")
+    _add_id_parser(sub)
     return parser
+
+
+def _add_id_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    ident = sub.add_parser(
+        "id",
+        help="show or create this node's identity (its secp256k1 key and node id)",
+        description="This node's identity: a secp256k1 key in the data dir (node.key, mode "
+        "0600); the node id is 0x + the last 20 bytes of keccak256 of the public key.",
+    )
+    actions = ident.add_subparsers(dest="id_command", metavar="ACTION", required=True)
+    show = actions.add_parser("show", help="print the node id and the key file's path")
+    create = actions.add_parser("create", help="generate a new node key")
+    create.add_argument(
+        "--force",
+        action="store_true",
+        help="replace an existing key (the old key and its node id are lost)",
+    )
+    for action in (show, create):
+        action.add_argument(
+            "--data-dir",
+            type=Path,
+            metavar="DIR",
+            help="where the node keeps its state (env GOLEM_VPN_DATA_DIR; default: the "
+            "platform's user data dir, e.g. ~/.local/share/golem-vpn)",
+        )
+        action.add_argument(
+            "--json", action="store_true", help='print {"nodeId": ..., "keyFile": ...}'
+        )
+
+
+def _id(args: argparse.Namespace) -> int:
+    from golem_vpn import config
+    from golem_vpn.errors import GolemVpnError
+    from golem_vpn.node import identity
+
+    try:
+        data_dir = config.data_dir(args.data_dir, create=args.id_command == "create")
+        path = identity.key_path(data_dir)
+        if args.id_command == "show":
+            ident = identity.load(data_dir)
+            note = None
+        else:
+            existed = path.exists()
+            ident = identity.create(data_dir, force=args.force)
+            note = "replaced the node key" if existed else "created a new node key"
+    except GolemVpnError as exc:
+        message = str(exc)
+        if isinstance(exc.__cause__, FileNotFoundError):
+            message += "; create one with: golem-vpn id create"
+            if args.data_dir is not None:
+                message += f" --data-dir {shlex.quote(str(data_dir))}"
+        elif isinstance(exc.__cause__, FileExistsError):
+            message += " (use --force to replace it; the old key and node id are lost)"
+        print(f"golem-vpn: error: {message}", file=sys.stderr)
+        return 1
+    except OSError as exc:  # e.g. the data dir cannot be created
+        print(f"golem-vpn: error: {exc}", file=sys.stderr)
+        return 1
+    if args.json:
+        print(json.dumps({"nodeId": ident.node_id, "keyFile": str(path)}))
+    else:
+        if note:
+            print(note)
+        print(f"node id:  {ident.node_id}")
+        print(f"key file: {path}")
+    return 0
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -37,5 +110,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.command == "version":
         print(f"golem-vpn {__version__} ({build_profile})")
         return 0
+    if args.command == "id":
+        return _id(args)
     parser.print_help(sys.stderr)
     return 2

@@ -1,0 +1,75 @@
+"""Where golem-vpn's settings come from: CLI flag, then environment, then default.
+
+Every setting, its environment variable and its default:
+
+=================== ====================== ==============================================
+setting             environment variable   default
+=================== ====================== ==============================================
+data dir            ``GOLEM_VPN_DATA_DIR`` the platform's user data dir + ``golem-vpn``:
+(``--data-dir``)                           Linux ``$XDG_DATA_HOME/golem-vpn`` (or
+                                           ``~/.local/share/golem-vpn``), macOS
+                                           ``~/Library/Application Support/golem-vpn``,
+                                           Windows ``%APPDATA%\\golem-vpn``
+=================== ====================== ==============================================
+
+The data dir holds the state that must survive a restart: the node key (``node.key``, see
+:mod:`golem_vpn.node.identity`) and, later, the daemon's database. Golem's own settings keep
+their names (``YAGNA_APPKEY``, ``YAGNA_API_URL``, ...); project settings are ``GOLEM_VPN_*``.
+An empty environment variable counts as unset. New settings get a row in the table above.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+from pathlib import Path
+
+__all__ = ["DATA_DIR_ENV", "data_dir"]
+
+DATA_DIR_ENV = "GOLEM_VPN_DATA_DIR"
+_APP = "golem-vpn"
+
+
+def data_dir(flag: str | Path | None = None, *, create: bool = True) -> Path:
+    """The data dir: ``flag`` if given, else ``$GOLEM_VPN_DATA_DIR``, else the platform default.
+
+    ``~`` is expanded and the result made absolute (symlinks are kept).
+
+    Args:
+        flag: The ``--data-dir`` value, if the user gave one.
+        create: Create the dir (and missing parents) if it does not exist. The dir itself is
+            made with mode 0700, since it holds secret keys; an existing dir is left as it is.
+
+    Raises:
+        OSError: The dir is missing and cannot be created.
+    """
+    if flag is not None and str(flag) != "":
+        path = Path(flag)
+    elif value := os.environ.get(DATA_DIR_ENV):
+        path = Path(value)
+    else:
+        path = _platform_data_home() / _APP
+    path = path.expanduser().absolute()
+    if create and not path.is_dir():
+        path.parent.mkdir(parents=True, exist_ok=True)
+        try:
+            path.mkdir(mode=0o700)
+        except FileExistsError:
+            pass  # created concurrently, or a file in the way: the caller's open will say so
+        else:
+            os.chmod(path, 0o700)  # exactly 0700, whatever the umask
+    return path
+
+
+def _platform_data_home() -> Path:
+    """The user's data home: the dir apps keep their per-user data in."""
+    if sys.platform == "win32":
+        appdata = os.environ.get("APPDATA")
+        return Path(appdata) if appdata else Path.home() / "AppData" / "Roaming"
+    if sys.platform == "darwin":
+        return Path.home() / "Library" / "Application Support"
+    xdg = os.environ.get("XDG_DATA_HOME")
+    # The XDG spec says relative values are invalid and must be ignored.
+    if xdg and Path(xdg).is_absolute():
+        return Path(xdg)
+    return Path.home() / ".local" / "share"
