@@ -246,3 +246,45 @@ def test_nodes_without_addresses_talk_through_a_relay() -> None:
             b.close()
 
     asyncio.run(main())
+
+
+def test_relay_command_serves_registrations() -> None:
+    async def main() -> None:
+        proc = await asyncio.create_subprocess_exec(
+            sys.executable,
+            "-m",
+            "golem_vpn",
+            "relay",
+            "--listen",
+            "127.0.0.1:0",
+            stdout=subprocess.PIPE,
+        )
+        try:
+            assert proc.stdout is not None
+            line = (await asyncio.wait_for(proc.stdout.readline(), 20)).decode()
+            assert line.startswith("relay listening on 127.0.0.1:")
+            port = int(line.rsplit(":", 1)[1])
+            node = UdpTransport(Identity.generate(), relay=("127.0.0.1", port))
+            for _ in range(200):
+                if node.public_addr:
+                    break
+                await asyncio.sleep(0.01)
+            assert node.public_addr == node.local_addr
+            node.close()
+        finally:
+            proc.kill()
+            await proc.wait()
+
+    asyncio.run(main())
+
+
+def test_relay_command_rejects_bad_listen() -> None:
+    proc = subprocess.run(
+        [sys.executable, "-m", "golem_vpn", "relay", "--listen", "nonsense"],
+        capture_output=True,
+        text=True,
+        timeout=30,
+        check=False,
+    )
+    assert proc.returncode == 1
+    assert "HOST:PORT" in proc.stderr

@@ -1,7 +1,7 @@
 """The ``golem-vpn`` command.
 
-Subcommands grow with the project; today: ``demo`` (the local routing demo), ``version``, and
-``id show|create`` (this node's key and node id).
+Subcommands grow with the project; today: ``demo`` (the local routing demo), ``version``,
+``id show|create`` (this node's key and node id) and ``relay`` (run a relay).
 
 Exit codes: 0 success, 1 a user-facing error (the message goes to stderr), 2 bad usage.
 """
@@ -30,7 +30,49 @@ def _parser() -> argparse.ArgumentParser:
     sub.add_parser("demo", help="run the local routing demo (three nodes, real packets)")
     sub.add_parser("version", help="print the version and native build profile")
     _add_id_parser(sub)
+    relay = sub.add_parser(
+        "relay",
+        help="run a relay: signed registrations, forwarding between nodes behind NAT",
+        description="Runs a golem-vpn relay on UDP until interrupted. Nodes register with it "
+        "(signed by their node key) and reach peers they have no direct path to through it; "
+        "it forwards tunnel datagrams it cannot read.",
+    )
+    relay.add_argument(
+        "--listen",
+        default=None,
+        metavar="HOST:PORT",
+        help="address to listen on (env GOLEM_VPN_RELAY_LISTEN; default 0.0.0.0:7464)",
+    )
     return parser
+
+
+def _relay(args: argparse.Namespace) -> int:
+    import asyncio
+    import os
+
+    from golem_vpn.node.relay import RelayService
+
+    listen = args.listen or os.environ.get("GOLEM_VPN_RELAY_LISTEN") or "0.0.0.0:7464"
+    host, sep, port_text = listen.rpartition(":")
+    if not sep or not port_text.isdigit() or int(port_text) > 65535:
+        print(f"golem-vpn: error: --listen expects HOST:PORT, got {listen!r}", file=sys.stderr)
+        return 1
+    host = host.strip("[]") or "0.0.0.0"
+
+    async def serve() -> None:
+        async with RelayService(host, int(port_text)) as relay:
+            bound = relay.local_addr
+            print(f"relay listening on {bound[0]}:{bound[1]}", flush=True)
+            await asyncio.Event().wait()
+
+    try:
+        asyncio.run(serve())
+    except KeyboardInterrupt:
+        pass
+    except OSError as exc:
+        print(f"golem-vpn: error: cannot listen on {listen}: {exc}", file=sys.stderr)
+        return 1
+    return 0
 
 
 def _add_id_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
@@ -112,5 +154,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 0
     if args.command == "id":
         return _id(args)
+    if args.command == "relay":
+        return _relay(args)
     parser.print_help(sys.stderr)
     return 2
