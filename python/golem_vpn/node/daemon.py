@@ -1,0 +1,123 @@
+"""The node daemon's backend: the Net API's operations made real on the encrypted transport.
+
+:class:`DaemonBackend` implements :class:`~golem_vpn.netapi.backend.VpnBackend` for a node
+that runs as a requestor: creating a network joins it on the node's
+:class:`~golem_vpn.node.transport.UdpTransport` with a userspace stack at the requestor's
+address; adding and removing nodes goes through the
+:class:`~golem_vpn.node.membership.Coordinator`, which tells every provider over reliable
+control channels; the WebSocket gate's sockets come from the requestor's stacks. Providers
+join networks from their DEPLOY config (:meth:`DaemonBackend.join_deploy`, which the ExeUnit
+integration calls) and follow their requestor's control messages.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Any
+
+from golem_vpn.errors import NetworkNotFound
+from golem_vpn.interface import Interface
+from golem_vpn.model import DeployNetwork, Network, Node
+from golem_vpn.node.membership import ControlPlane, Coordinator, Member
+from golem_vpn.node.transport import UdpTransport
+from golem_vpn.streams import DatagramEndpoint, open_connection, open_datagram_endpoint
+
+__all__ = ["DaemonBackend"]
+
+
+class DaemonBackend:
+    """The Net API backend of a node daemon (see the module docs).
+
+    Args:
+        transport: The node's transport (identity, UDP socket, relay).
+        **stack_options: Passed to the requestor's :class:`~golem_vpn.Stack` per network.
+    """
+
+    def __init__(self, transport: UdpTransport, **stack_options: Any) -> None:
+        self._transport = transport
+        self._plane = ControlPlane(transport)
+        self._coordinator = Coordinator(transport, self._plane)
+        self._member = Member(transport, self._plane)
+        self._interfaces: dict[str, Interface] = {}
+        self._stack_options = stack_options
+
+    @property
+    def node_id(self) -> str:
+        return self._transport.node_id
+
+    @property
+    def transport(self) -> UdpTransport:
+        return self._transport
+
+    def interface(self, network_id: str) -> Interface:
+        """This node's interface in a network (as requestor or provider)."""
+        interface = self._interfaces.get(network_id)
+        if interface is None or interface.closed:
+            raise NetworkNotFound(f"network {network_id!r} is not on this node")
+        return interface
+
+    async def network_created(self, network: Network) -> None:
+        self._interfaces[network.id] = self._coordinator.create(
+            network.id, str(network.network), str(network.requestor_ip), **self._stack_options
+        )
+
+    async def network_removed(self, network_id: str) -> None:
+        self._interfaces.pop(network_id, None)
+        self._coordinator.remove_network(network_id)
+
+    async def address_added(self, network_id: str, ip: str) -> None:
+        # The requestor's router accepts the address; its stack keeps answering on the
+        # first one (as yagna's stack does for outgoing connections).
+        self._transport.add_peer(network_id, self.node_id, ip)
+
+    async def node_added(self, network: Network, node: Node) -> None:
+        self._coordinator.add_node(network.id, node.id, str(node.ip))
+
+    async def node_removed(self, network_id: str, node_id: str) -> None:
+        self._coordinator.remove_node(network_id, node_id)
+
+    async def open_tcp(
+        self, network_id: str, ip: str, port: int, timeout: float
+    ) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
+        return await open_connection(self.interface(network_id), ip, port, timeout=timeout)
+
+    async def open_udp(self, network_id: str) -> DatagramEndpoint:
+        return await open_datagram_endpoint(self.interface(network_id))
+
+    def join_deploy(
+        self, net: DeployNetwork, requestor_id: str, requestor_addr: tuple[str, int] | None = None
+    ) -> Interface:
+        """Joins a network as a provider, from its DEPLOY ``net`` entry."""
+        interface = self._member.join(net, requestor_id, requestor_addr)
+        self._interfaces[net.id] = interface
+        return interface
+
+    def status(self) -> dict[str, object]:
+        host, port = self._transport.local_addr
+        status: dict[str, object] = {
+            "nodeId": self.node_id,
+            "listenIp": f"{host}:{port}",
+            "sessions": sum(
+                1 for nodes in self._coordinator_nodes() for n in nodes if self._is_up(n)
+            ),
+        }
+        public = self._transport.public_addr
+        if public is not None:
+            status["publicIp"] = f"{public[0]}:{public[1]}"
+        return status
+
+    def _coordinator_nodes(self) -> list[list[str]]:
+        out = []
+        for network_id in list(self._interfaces):
+            try:
+                out.append(list(self._coordinator.nodes(network_id).values()))
+            except NetworkNotFound:
+                continue
+        return out
+
+    def _is_up(self, node_id: str) -> bool:
+        return node_id != self.node_id and self._transport.native.is_up(node_id)
+
+    def close(self) -> None:
+        self._plane.close()
+        self._transport.close()
