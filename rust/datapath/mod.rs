@@ -34,6 +34,11 @@ mod relay_shell;
 
 pub use relay_shell::UdpRelay;
 
+/// Socket buffer size asked for in each direction (the kernel may grant less: on Linux,
+/// up to `net.core.rmem_max` / `wmem_max`). Bursts of a large TCP window must fit, or the
+/// kernel drops datagrams and TCP inside the tunnel pays a retransmission timeout.
+pub const SOCKET_BUFFER: usize = 4 << 20;
+
 /// The largest UDP datagram read.
 const MAX_DATAGRAM: usize = 65535;
 
@@ -129,8 +134,7 @@ impl UdpNode {
         config: Config,
         seed: u64,
     ) -> Result<Self, DatapathError> {
-        let socket = UdpSocket::bind(addr)?;
-        socket.set_nonblocking(true)?;
+        let socket = bind_udp(addr)?;
         Ok(UdpNode {
             socket,
             endpoint: Endpoint::new(identity, config, seed)?,
@@ -554,6 +558,18 @@ impl UdpNode {
             );
         }
     }
+}
+
+/// A non-blocking UDP socket with [`SOCKET_BUFFER`]-sized buffers (as granted).
+pub fn bind_udp(addr: SocketAddr) -> io::Result<UdpSocket> {
+    use socket2::{Domain, Protocol, Socket, Type};
+    let socket = Socket::new(Domain::for_address(addr), Type::DGRAM, Some(Protocol::UDP))?;
+    // Best effort: a smaller grant still works, only bursts suffer.
+    let _ = socket.set_recv_buffer_size(SOCKET_BUFFER);
+    let _ = socket.set_send_buffer_size(SOCKET_BUFFER);
+    socket.set_nonblocking(true)?;
+    socket.bind(&addr.into())?;
+    Ok(socket.into())
 }
 
 /// Sends a tunnel datagram: directly, or through the relay for a relayed peer.

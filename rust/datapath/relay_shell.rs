@@ -28,8 +28,7 @@ impl std::fmt::Debug for RelayServer {
 impl UdpRelay {
     /// Binds the relay's socket.
     pub fn bind(addr: SocketAddr) -> io::Result<Self> {
-        let socket = UdpSocket::bind(addr)?;
-        socket.set_nonblocking(true)?;
+        let socket = super::bind_udp(addr)?;
         Ok(UdpRelay {
             socket,
             server: RelayServer::new(),
