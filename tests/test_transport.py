@@ -7,6 +7,7 @@ the userspace stacks.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import hashlib
 import os
 import subprocess
@@ -208,8 +209,9 @@ def test_nodes_without_addresses_talk_through_a_relay() -> None:
 
     async def main() -> None:
         async with RelayService("127.0.0.1", 0) as relay:
-            a = UdpTransport(Identity.generate(), relay=relay.local_addr)
-            b = UdpTransport(Identity.generate(), relay=relay.local_addr)
+            # No hole punching: on loopback it would succeed at once; this is about relaying.
+            a = UdpTransport(Identity.generate(), relay=relay.local_addr, hole_punching=False)
+            b = UdpTransport(Identity.generate(), relay=relay.local_addr, hole_punching=False)
             ia = a.join(NET, CIDR, "192.168.7.2")
             ib = b.join(NET, CIDR, "192.168.7.3")
             # Only node ids are exchanged: the relay finds the nodes.
@@ -288,3 +290,30 @@ def test_relay_command_rejects_bad_listen() -> None:
     )
     assert proc.returncode == 1
     assert "HOST:PORT" in proc.stderr
+
+
+def test_hole_punching_moves_relayed_peers_to_a_direct_path() -> None:
+    from golem_vpn.node.relay import RelayService
+
+    async def main() -> None:
+        async with RelayService("127.0.0.1", 0) as relay:
+            a = UdpTransport(Identity.generate(), relay=relay.local_addr)
+            b = UdpTransport(Identity.generate(), relay=relay.local_addr)
+            ia = a.join(NET, CIDR, "192.168.7.2")
+            b.join(NET, CIDR, "192.168.7.3")
+            a.add_peer(NET, b.node_id, "192.168.7.3")
+            b.add_peer(NET, a.node_id, "192.168.7.2")
+            for _ in range(300):
+                if not a.native.is_relayed(b.node_id) and a.native.is_up(b.node_id):
+                    break
+                with contextlib.suppress(TimeoutError):
+                    await ia.ping("192.168.7.3", timeout=0.05)
+            assert not a.native.is_relayed(b.node_id)
+            assert a.native.peer_address(b.node_id) == b.local_addr
+            assert a.native.stats()["punched"] + b.native.stats()["punched"] >= 1
+            assert relay.relay.stats()["lookups"] >= 1
+            assert await ia.ping("192.168.7.3") > 0
+            a.close()
+            b.close()
+
+    asyncio.run(main())

@@ -362,6 +362,8 @@ class TransportStats(TypedDict):
     relayed_in: int
     relay_drops: int
     relay_unknown_peer: int
+    probes_sent: int
+    punched: int
     tunnel: TunnelStats
 
 class NodeTransport:
@@ -435,6 +437,8 @@ class NodeTransport:
     @property
     def public_addr(self) -> tuple[str, int] | None:
         """Our address as the relay sees it, once it answered a registration."""
+    def set_hole_punching(self, enabled: bool) -> None:
+        """Whether relayed peers are looked up and probed for a direct path (default on)."""
     def is_relayed(self, node_id: str) -> bool: ...
     def peer_address(self, node_id: str) -> tuple[str, int] | None:
         """Where the tunnel currently sends to the peer (a ``100::`` placeholder if relayed)."""
@@ -449,6 +453,7 @@ class RelayStats(TypedDict):
     unregistered_sender: int
     unknown_destination: int
     malformed: int
+    lookups: int
     send_errors: int
     registrations: int
 

@@ -74,7 +74,27 @@ pub struct DatapathStats {
     pub relay_drops: u64,
     /// Forwards the relay could not deliver (the peer is not registered).
     pub relay_unknown_peer: u64,
+    /// Probes sent while punching holes.
+    pub probes_sent: u64,
+    /// Peers moved from the relay to a direct path by a probe ack.
+    pub punched: u64,
 }
+
+/// A hole-punching attempt toward one peer.
+struct Punch {
+    addr: SocketAddr,
+    nonce: u64,
+    tries: u8,
+    next: Instant,
+}
+
+/// Probes per attempt, and the gap between them.
+const PROBES: u8 = 8;
+const PROBE_GAP: std::time::Duration = std::time::Duration::from_millis(200);
+/// How often a relayed peer is looked up again (a new chance to go direct).
+const LOOKUP_INTERVAL: std::time::Duration = std::time::Duration::from_secs(30);
+/// How soon a lookup of a peer the relay did not know yet is repeated.
+const UNKNOWN_PEER_RETRY: std::time::Duration = std::time::Duration::from_millis(500);
 
 /// Why a datapath operation failed.
 #[derive(Debug, thiserror::Error)]
@@ -114,6 +134,16 @@ pub struct UdpNode {
     relayed: FxHashMap<SocketAddr, NodeId>,
     /// Peer → its placeholder address.
     relay_path: FxHashMap<NodeId, SocketAddr>,
+    /// Relayed peers to look up at the relay, and when.
+    lookups: FxHashMap<NodeId, Instant>,
+    /// Hole-punching attempts under way.
+    punches: FxHashMap<NodeId, Punch>,
+    /// Peers whose direct path a probe ack proved: late relayed datagrams from them must
+    /// not roam the tunnel back to the relay.
+    punched: FxHashMap<NodeId, SocketAddr>,
+    /// Punched peers heard through the relay during the current receive batch.
+    keep_direct: Vec<NodeId>,
+    hole_punching: bool,
 }
 
 impl std::fmt::Debug for UdpNode {
@@ -150,7 +180,21 @@ impl UdpNode {
             public_addr: None,
             relayed: FxHashMap::default(),
             relay_path: FxHashMap::default(),
+            lookups: FxHashMap::default(),
+            punches: FxHashMap::default(),
+            punched: FxHashMap::default(),
+            keep_direct: Vec::new(),
+            hole_punching: true,
         })
+    }
+
+    /// Whether relayed peers are looked up and probed for a direct path (default: yes).
+    pub fn set_hole_punching(&mut self, enabled: bool) {
+        self.hole_punching = enabled;
+        if !enabled {
+            self.lookups.clear();
+            self.punches.clear();
+        }
     }
 
     /// Uses `relay` (None: none) to reach peers without a direct address; registers at
@@ -300,6 +344,9 @@ impl UdpNode {
                 None if self.relay.is_some() && self.endpoint.peer_address(&node).is_none() => {
                     let fake = self.relay_address(node);
                     self.endpoint.set_peer_address(node, fake);
+                    if self.hole_punching {
+                        self.lookups.insert(node, Instant::now());
+                    }
                 }
                 None => {}
             }
@@ -413,6 +460,10 @@ impl UdpNode {
             };
             read += 1;
             self.stats.datagrams_in += 1;
+            if matches!(self.rx[0], relay::PROBE | relay::PROBE_ACK) {
+                self.probe_message(from, len);
+                continue;
+            }
             let (from, start) = if relay::is_relay_message(&self.rx[..len]) {
                 match self.relay_message(from, len) {
                     Some(unwrapped) => unwrapped,
@@ -450,6 +501,11 @@ impl UdpNode {
                 )),
             }
         }
+        for node in std::mem::take(&mut self.keep_direct) {
+            if let Some(&direct) = self.punched.get(&node) {
+                self.endpoint.set_peer_address(node, direct);
+            }
+        }
         self.collect_events(inbound);
         self.flush();
         read
@@ -467,6 +523,7 @@ impl UdpNode {
                 Some((src, _)) => {
                     self.stats.relayed_in += 1;
                     let fake = self.relay_address(src);
+                    self.keep_direct.push(src);
                     Some((fake, relay::FORWARD_HEADER))
                 }
                 None => {
@@ -480,12 +537,129 @@ impl UdpNode {
             }
             relay::UNKNOWN_PEER => {
                 self.stats.relay_unknown_peer += 1;
+                // The peer may register in a moment: look it up again soon.
+                if let Some((node, _)) = relay::unwrap(&self.rx[..len])
+                    && let Some(next) = self.lookups.get_mut(&node)
+                {
+                    *next = (*next).min(Instant::now() + UNKNOWN_PEER_RETRY);
+                }
+                None
+            }
+            relay::PEER_ADDRESS | relay::PUNCH => {
+                if let Some((node, addr)) = relay::decode_node_addr(&self.rx[..len]) {
+                    self.start_punch(node, addr);
+                } else {
+                    self.stats.relay_drops += 1;
+                }
                 None
             }
             _ => {
                 self.stats.relay_drops += 1;
                 None
             }
+        }
+    }
+
+    fn knows(&self, node: &NodeId) -> bool {
+        self.networks.values().any(|r| r.node_ips(node).is_some())
+    }
+
+    /// Starts probing `addr` for `node` (a peer we reach through the relay).
+    fn start_punch(&mut self, node: NodeId, addr: SocketAddr) {
+        if !self.hole_punching
+            || !self.knows(&node)
+            || !self.is_relayed(&node)
+            || self.relay == Some(addr)
+        {
+            return;
+        }
+        let nonce = rand_core::RngCore::next_u64(&mut rand_core::OsRng);
+        self.punches.insert(
+            node,
+            Punch {
+                addr,
+                nonce,
+                tries: 0,
+                next: Instant::now(),
+            },
+        );
+        self.punch_tick(Instant::now());
+    }
+
+    /// Answers a probe from a known peer; takes a matching ack as a working direct path.
+    fn probe_message(&mut self, from: SocketAddr, len: usize) {
+        let Some((node, nonce)) = relay::decode_probe(&self.rx[..len]) else {
+            self.stats.relay_drops += 1;
+            return;
+        };
+        if !self.knows(&node) {
+            self.stats.relay_drops += 1;
+            return;
+        }
+        if self.rx[0] == relay::PROBE {
+            let ack = relay::probe_message(relay::PROBE_ACK, &self.endpoint.node_id(), nonce);
+            match self.socket.send_to(&ack, from) {
+                Ok(_) => self.stats.datagrams_out += 1,
+                Err(_) => self.stats.send_errors += 1,
+            }
+            return;
+        }
+        if self.punches.get(&node).is_some_and(|p| p.nonce == nonce) {
+            self.punches.remove(&node);
+            self.lookups.remove(&node);
+            self.endpoint.set_peer_address(node, from);
+            self.punched.insert(node, from);
+            self.stats.punched += 1;
+        }
+    }
+
+    /// Sends due lookups and probes.
+    fn punch_tick(&mut self, now: Instant) {
+        let Some(relay) = self.relay else {
+            return;
+        };
+        let due: Vec<NodeId> = self
+            .lookups
+            .iter()
+            .filter(|(_, t)| **t <= now)
+            .map(|(n, _)| *n)
+            .collect();
+        for node in due {
+            if !self.is_relayed(&node) || !self.knows(&node) {
+                self.lookups.remove(&node);
+                continue;
+            }
+            let mut msg = Vec::with_capacity(relay::FORWARD_HEADER);
+            relay::wrap(relay::LOOKUP, &node, &[], &mut msg);
+            match self.socket.send_to(&msg, relay) {
+                Ok(_) => self.stats.datagrams_out += 1,
+                Err(_) => self.stats.send_errors += 1,
+            }
+            self.lookups.insert(node, now + LOOKUP_INTERVAL);
+        }
+        let me = self.endpoint.node_id();
+        let mut finished = Vec::new();
+        for (node, punch) in self.punches.iter_mut() {
+            if punch.next > now {
+                continue;
+            }
+            if punch.tries >= PROBES {
+                finished.push(*node);
+                continue;
+            }
+            let probe = relay::probe_message(relay::PROBE, &me, punch.nonce);
+            match self.socket.send_to(&probe, punch.addr) {
+                Ok(_) => {
+                    self.stats.datagrams_out += 1;
+                    self.stats.probes_sent += 1;
+                }
+                Err(_) => self.stats.send_errors += 1,
+            }
+            punch.tries += 1;
+            punch.next = now + PROBE_GAP;
+        }
+        for node in finished {
+            self.punches.remove(&node);
         }
     }
 
@@ -521,6 +695,10 @@ impl UdpNode {
                         // The direct address did not answer: try through the relay.
                         let fake = self.relay_address(*peer);
                         self.endpoint.set_peer_address(*peer, fake);
+                        self.punched.remove(peer);
+                        if self.hole_punching {
+                            self.lookups.insert(*peer, Instant::now() + LOOKUP_INTERVAL);
+                        }
                     }
                     inbound.events.push(other);
                 }
@@ -531,6 +709,7 @@ impl UdpNode {
     /// Runs due timers (handshake retries, keep-alives, expiry) and sends what they make.
     pub fn handle_timeout(&mut self, now: Instant, inbound: &mut Inbound) {
         self.register_if_due(now);
+        self.punch_tick(now);
         self.endpoint.handle_timeout(now);
         self.collect_events(inbound);
         self.flush();
@@ -538,10 +717,22 @@ impl UdpNode {
 
     /// When [`handle_timeout`](Self::handle_timeout) should run next.
     pub fn poll_at(&self) -> Option<Instant> {
-        match (self.endpoint.poll_at(), self.next_register) {
-            (Some(a), Some(b)) => Some(a.min(b)),
-            (a, b) => a.or(b),
-        }
+        let punches = self.punches.values().map(|p| p.next);
+        let lookups = self.lookups.values().copied();
+        [self.endpoint.poll_at(), self.next_register]
+            .into_iter()
+            .flatten()
+            .chain(punches)
+            .chain(
+                if self.relay.is_some() {
+                    Some(lookups)
+                } else {
+                    None
+                }
+                .into_iter()
+                .flatten(),
+            )
+            .min()
     }
 
     /// Sends everything the endpoint queued (handshakes, queued payloads, keep-alives).

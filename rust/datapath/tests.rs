@@ -223,6 +223,9 @@ fn peers_without_addresses_talk_through_the_relay() {
     let now = Instant::now();
     a.set_relay(Some(relay.addr()), now);
     b.set_relay(Some(relay.addr()), now);
+    // Direct paths would work on loopback: keep the traffic on the relay for this test.
+    a.set_hole_punching(false);
+    b.set_hole_punching(false);
     a.add_network(router_for(&a, 1));
     b.add_network(router_for(&b, 2));
     let (a_id, b_id) = (a.node_id(), b.node_id());
@@ -278,4 +281,73 @@ fn peers_without_addresses_talk_through_the_relay() {
     std::thread::sleep(Duration::from_millis(20));
     b.receive(Instant::now(), 64, &mut Inbound::default());
     assert_eq!(b.stats().relay_drops, 1);
+}
+
+#[test]
+fn hole_punching_moves_relayed_peers_to_a_direct_path() {
+    let mut relay = TestRelay::new();
+    let mut a = node(1);
+    let mut b = node(2);
+    let now = Instant::now();
+    a.set_relay(Some(relay.addr()), now);
+    b.set_relay(Some(relay.addr()), now);
+    a.add_network(router_for(&a, 1));
+    b.add_network(router_for(&b, 2));
+    let (a_id, b_id) = (a.node_id(), b.node_id());
+    a.add_peer(NET, b_id, ip(2), None).unwrap();
+    b.add_peer(NET, a_id, ip(1), None).unwrap();
+    let packet = udp_v4(
+        Ipv4Addr::new(10, 7, 0, 1),
+        Ipv4Addr::new(10, 7, 0, 2),
+        7,
+        8,
+        b"hi",
+    );
+    let (mut ia, mut ib) = (Inbound::default(), Inbound::default());
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while (a.is_relayed(&b_id) || b.is_relayed(&a_id) || ib.frames.is_empty())
+        && Instant::now() < deadline
+    {
+        relay.run();
+        let now = Instant::now();
+        a.send_packets(NET, [packet.as_slice()], now).unwrap();
+        a.receive(now, 1024, &mut ia);
+        b.receive(now, 1024, &mut ib);
+        a.handle_timeout(now, &mut ia);
+        b.handle_timeout(now, &mut ib);
+        std::thread::sleep(Duration::from_millis(2));
+    }
+    assert!(!a.is_relayed(&b_id), "A talks to B directly");
+    assert!(!b.is_relayed(&a_id), "B followed A to the direct path");
+    assert_eq!(
+        a.endpoint().peer_address(&b_id),
+        Some(b.local_addr().unwrap())
+    );
+    assert!(a.stats().punched + b.stats().punched >= 1);
+    assert!(relay.server.stats().lookups >= 1);
+    // Let datagrams already in flight through the relay land.
+    for _ in 0..20 {
+        relay.run();
+        let now = Instant::now();
+        a.receive(now, 1024, &mut ia);
+        b.receive(now, 1024, &mut ib);
+        std::thread::sleep(Duration::from_millis(2));
+    }
+    assert!(!a.is_relayed(&b_id) && !b.is_relayed(&a_id));
+    // From now on data goes direct: the relay forwards nothing more.
+    let forwarded = relay.server.stats().forwarded;
+    ib.frames.clear();
+    for _ in 0..200 {
+        relay.run();
+        let now = Instant::now();
+        a.send_packets(NET, [packet.as_slice()], now).unwrap();
+        b.receive(now, 1024, &mut ib);
+        a.receive(now, 1024, &mut ia);
+        if ib.frames.len() >= 10 {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(1));
+    }
+    assert!(ib.frames.len() >= 10);
+    assert_eq!(relay.server.stats().forwarded, forwarded);
 }

@@ -335,6 +335,10 @@ impl PyNodeTransport {
         Ok(())
     }
 
+    fn set_hole_punching(&mut self, enabled: bool) {
+        self.inner.set_hole_punching(enabled);
+    }
+
     #[getter]
     fn public_addr(&self) -> Option<(String, u16)> {
         self.inner
@@ -370,6 +374,8 @@ impl PyNodeTransport {
         d.set_item("relayed_in", s.relayed_in)?;
         d.set_item("relay_drops", s.relay_drops)?;
         d.set_item("relay_unknown_peer", s.relay_unknown_peer)?;
+        d.set_item("probes_sent", s.probes_sent)?;
+        d.set_item("punched", s.punched)?;
         let t = self.inner.tunnel_stats();
         let tunnel = PyDict::new(py);
         tunnel.set_item("handshakes_started", t.handshakes_started)?;
@@ -447,6 +453,7 @@ impl PyRelay {
         d.set_item("unregistered_sender", s.unregistered_sender)?;
         d.set_item("unknown_destination", s.unknown_destination)?;
         d.set_item("malformed", s.malformed)?;
+        d.set_item("lookups", s.lookups)?;
         d.set_item("send_errors", self.inner.send_errors())?;
         d.set_item("registrations", self.inner.registrations())?;
         Ok(d)

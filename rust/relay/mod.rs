@@ -18,6 +18,18 @@
 //! | `0x14` | forward | destination node id (20), tunnel datagram |
 //! | `0x15` | forwarded | source node id (20), tunnel datagram |
 //! | `0x16` | unknown peer | node id (20) the relay has no registration for |
+//! | `0x12` | lookup | node id (20) whose address the (registered) sender wants |
+//! | `0x13` | peer address | node id (20), its address (family, IP, port) |
+//! | `0x17` | punch | node id (20) of a node that looked us up, its address |
+//! | `0x18` | probe (node to node) | sender's node id (20), nonce u64 |
+//! | `0x19` | probe ack (node to node) | sender's node id (20), the probe's nonce |
+//!
+//! Hole punching: a node that reaches a peer through the relay looks the peer up; the relay
+//! answers with the peer's public address and tells the peer ours (punch). Both then probe
+//! each other's address directly, which opens both NATs' mappings; the first node to get a
+//! probe ack for its nonce switches the peer to the direct address (the tunnel's roaming
+//! moves the other side). Probes are not authenticated: a forged ack can at worst point the
+//! tunnel at a dead address, whose handshakes then time out and fall back to the relay.
 //!
 //! A registration must carry a time within [`MAX_CLOCK_SKEW`] of the relay's clock and
 //! newer than the node's last accepted one, so a captured registration cannot be replayed
@@ -42,6 +54,16 @@ pub const FORWARD: u8 = 0x14;
 pub const FORWARDED: u8 = 0x15;
 /// The destination of a forward is not registered.
 pub const UNKNOWN_PEER: u8 = 0x16;
+/// Asks for a registered node's address.
+pub const LOOKUP: u8 = 0x12;
+/// Answers a lookup.
+pub const PEER_ADDRESS: u8 = 0x13;
+/// Tells a node who looked it up, and from where.
+pub const PUNCH: u8 = 0x17;
+/// A direct probe between nodes.
+pub const PROBE: u8 = 0x18;
+/// The answer to a probe.
+pub const PROBE_ACK: u8 = 0x19;
 
 /// Signed with the registration, so the signature means nothing elsewhere.
 pub const REGISTER_DOMAIN: &[u8] = b"golem-vpn/relay-register/v1";
@@ -92,6 +114,42 @@ pub fn unwrap(data: &[u8]) -> Option<(NodeId, &[u8])> {
 
 fn encode_addr(addr: SocketAddr) -> Vec<u8> {
     let mut out = vec![REGISTERED];
+    push_addr(&mut out, addr);
+    out
+}
+
+/// A message of type `kind` carrying a node id and an address.
+pub fn node_addr_message(kind: u8, node: &NodeId, addr: SocketAddr) -> Vec<u8> {
+    let mut out = vec![kind];
+    out.extend_from_slice(node.as_bytes());
+    push_addr(&mut out, addr);
+    out
+}
+
+/// Parses a message made by [`node_addr_message`].
+pub fn decode_node_addr(data: &[u8]) -> Option<(NodeId, SocketAddr)> {
+    let (node, rest) = unwrap(data)?;
+    let mut with_tag = vec![REGISTERED];
+    with_tag.extend_from_slice(rest);
+    Some((node, decode_registered(&with_tag)?))
+}
+
+/// A probe or probe ack from `node` with `nonce`.
+pub fn probe_message(kind: u8, node: &NodeId, nonce: u64) -> Vec<u8> {
+    let mut out = Vec::with_capacity(29);
+    out.push(kind);
+    out.extend_from_slice(node.as_bytes());
+    out.extend_from_slice(&nonce.to_be_bytes());
+    out
+}
+
+/// Parses a probe or probe ack.
+pub fn decode_probe(data: &[u8]) -> Option<(NodeId, u64)> {
+    let (node, rest) = unwrap(data)?;
+    Some((node, u64::from_be_bytes(rest.try_into().ok()?)))
+}
+
+fn push_addr(out: &mut Vec<u8>, addr: SocketAddr) {
     match addr.ip() {
         IpAddr::V4(v4) => {
             out.push(4);
@@ -103,7 +161,6 @@ fn encode_addr(addr: SocketAddr) -> Vec<u8> {
         }
     }
     out.extend_from_slice(&addr.port().to_be_bytes());
-    out
 }
 
 /// Parses a `registered` reply: the address the relay sees for us.
@@ -143,6 +200,8 @@ pub struct RelayStats {
     pub unknown_destination: u64,
     /// Datagrams that are no relay message, or truncated (dropped).
     pub malformed: u64,
+    /// Lookups answered (each also sent a punch to the target).
+    pub lookups: u64,
 }
 
 struct Registration {
@@ -193,6 +252,7 @@ impl RelayServer {
         match data.first() {
             Some(&REGISTER) => self.register(from, data, now, unix_time, out),
             Some(&FORWARD) => self.forward(from, data, now, out),
+            Some(&LOOKUP) => self.lookup(from, data, now, out),
             _ => self.stats.malformed += 1,
         }
     }
@@ -271,6 +331,36 @@ impl RelayServer {
                 self.stats.unknown_destination += 1;
                 let mut msg = Vec::with_capacity(FORWARD_HEADER);
                 wrap(UNKNOWN_PEER, &dst, &[], &mut msg);
+                out.push((from, msg));
+            }
+        }
+    }
+
+    fn lookup(
+        &mut self,
+        from: SocketAddr,
+        data: &[u8],
+        now: Instant,
+        out: &mut Vec<(SocketAddr, Vec<u8>)>,
+    ) {
+        let Some((target, _)) = unwrap(data) else {
+            self.stats.malformed += 1;
+            return;
+        };
+        let Some(&asker) = self.by_addr.get(&from) else {
+            self.stats.unregistered_sender += 1;
+            return;
+        };
+        match self.nodes.get(&target) {
+            Some(r) if r.expires > now => {
+                self.stats.lookups += 1;
+                out.push((from, node_addr_message(PEER_ADDRESS, &target, r.addr)));
+                out.push((r.addr, node_addr_message(PUNCH, &asker, from)));
+            }
+            _ => {
+                self.stats.unknown_destination += 1;
+                let mut msg = Vec::with_capacity(FORWARD_HEADER);
+                wrap(UNKNOWN_PEER, &target, &[], &mut msg);
                 out.push((from, msg));
             }
         }

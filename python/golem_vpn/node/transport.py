@@ -42,6 +42,8 @@ class UdpTransport:
         keepalive: Seconds between keep-alives on idle sessions (for NAT), None: off.
         relay: A relay's ``(host, port)``: the node registers there (signed) and reaches
             peers it has no direct address for through it.
+        hole_punching: Look relayed peers up at the relay and probe their public address,
+            moving to a direct path when the probes get through NAT (default: on).
 
     Attributes:
         on_control: Called with ``(sender_node_id, network_id, message)`` for each control
@@ -58,6 +60,7 @@ class UdpTransport:
         *,
         keepalive: float | None = None,
         relay: tuple[str, int] | None = None,
+        hole_punching: bool = True,
     ) -> None:
         self._loop = asyncio.get_running_loop()
         self._native = NodeTransport(
@@ -69,6 +72,7 @@ class UdpTransport:
         self._closed = False
         self.on_control: ControlHandler | None = None
         self.on_peer: PeerHandler | None = None
+        self._native.set_hole_punching(hole_punching)
         self._loop.add_reader(self._native.fileno(), self._on_readable)
         if relay is not None:
             self.set_relay(relay)
