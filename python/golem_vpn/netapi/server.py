@@ -1,0 +1,658 @@
+"""The Net API server: yagna's VPN REST API and WebSocket gate, on aiohttp.
+
+Every endpoint is served under both ``/net-api/v1`` and ``/net-api/v2/vpn`` (as yagna does),
+with yagna's JSON shapes and status codes, so yapapi and golem-js work unchanged:
+
+=========================================== ======================================== =========
+endpoint                                    answer                                   errors
+=========================================== ======================================== =========
+``GET /net``                                ``[Network]`` of the caller's identity   401
+``POST /net {ip, mask?, gateway?}``         ``Network``                              400 401
+``GET /net/{id}``                           ``Network``                              401-404
+``DELETE /net/{id}``                        ``null``                                 401-404
+``GET /net/{id}/addresses``                 ``[{ip: "a.b.c.d/prefix"}]``             401-404
+``POST /net/{id}/addresses {ip}``           ``null``                                 400-409
+``GET /net/{id}/nodes``                     ``[{id, ip}]``                           401-404
+``POST /net/{id}/nodes {id, ip}``           ``null``                                 400-409
+``DELETE /net/{id}/nodes/{nodeId}``         ``null``                                 400-404
+``GET /net/{id}/tcp``                       ``[Connection]``, the gate's live ones   401-404
+``GET /net/{id}/tcp/{ip}/{port}``           101, the TCP gate (:mod:`.gate`)         400-404 502 504
+``GET /net/{id}/udp/{ip}/{port}``           101, the UDP gate (beyond yagna)         400-404
+``GET /net-api/v2/net/status``              ``{nodeId, listenIp?, publicIp?, sessions}`` 401
+=========================================== ======================================== =========
+
+``Network`` is ``{id, ip, mask, gateway}``; as in yagna, createNetwork's ``ip`` is the given
+address with the network's prefix (``"192.168.0.0/24"``; golem-js strips the prefix).
+
+Errors are JSON ``{"message": ...}``, except 403 and 504 whose bodies are empty (yagna's).
+400: malformed JSON, a missing or mistyped field, a bad address, mask or node id, an address
+outside the network or reserved (network, broadcast, loopback, multicast, unspecified).
+401: ``Missing application key`` / ``Invalid application key``; the key comes from
+``Authorization: Bearer <key>`` or ``?authToken=<key>``, on every route. 404: no such network.
+Ownership is yagna's: a key whose identity owns no network gets 404 on every network id; one
+that owns some gets 403 on another identity's network (an id nobody owns is a 404 for
+everyone: yagna answers 403 there, which hides nothing and only confuses). 409
+``IP address is taken: <ip>`` when the address belongs to a different node (or the node holds
+another address); adding a node again with its own address is a 200 (yagna's refresh,
+which tells the providers again). 413: a body over ``max_body_size``. 502/504: see the gate.
+
+For golem-js, which registers the requestor itself through ``POST /nodes``, a node id equal to
+the network's requestor or owner registers a requestor address (as ``POST /addresses`` does;
+its own first address is a no-op) rather than a provider; removing the requestor is a 400.
+
+State: the model (:class:`~golem_vpn.model.Network` per network) lives in memory; each change
+is written to the :class:`~golem_vpn.netapi.store.Store` and then made real by the
+:class:`~golem_vpn.netapi.backend.VpnBackend` before the API answers; an addition the store
+or the backend refuses is rolled back, a removal counts once the store has it. Mutations are
+serialised by one lock. At startup the server loads the store and re-creates every network in
+the backend.
+
+The access log (logger ``golem_vpn.netapi.access``) shows method, path, status, size and
+time; ``authToken`` values are replaced by ``***`` and headers are never logged.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import logging
+import re
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any, TypeVar
+
+from aiohttp import web
+from aiohttp.abc import AbstractAccessLogger
+from aiohttp.typedefs import Handler
+from aiohttp.web_request import BaseRequest
+from aiohttp.web_response import StreamResponse
+
+from golem_vpn.errors import (
+    AddressError,
+    AddressesExhausted,
+    AddressTaken,
+    ConnectionRefused,
+    ConnectTimeout,
+    DeployConfigError,
+    Forbidden,
+    GolemVpnError,
+    InvalidNodeId,
+    NetworkNotFound,
+    NodeNotFound,
+)
+from golem_vpn.model import (
+    IPAddress,
+    Network,
+    check_host,
+    parse_ip,
+    parse_network,
+    parse_node_id,
+)
+from golem_vpn.netapi.appkeys import AppKeys
+from golem_vpn.netapi.backend import VpnBackend
+from golem_vpn.netapi.gate import (
+    CLIENT_TIMEOUT,
+    CLOSE_TIMEOUT,
+    CONNECT_TIMEOUT,
+    HEARTBEAT_INTERVAL,
+    Gate,
+    NotWebSocket,
+)
+from golem_vpn.netapi.store import Store, StoredNetwork, StoreError
+
+__all__ = [
+    "API_PREFIXES",
+    "DEFAULT_HOST",
+    "DEFAULT_PORT",
+    "IDENTITY",
+    "MAX_BODY_SIZE",
+    "NETAPI",
+    "STATUS_PATH",
+    "AccessLogger",
+    "ApiError",
+    "NetApi",
+    "create_app",
+    "serve",
+]
+
+#: The VPN API's roots (yagna's ``NET_API_V1_VPN_PATH`` and ``NET_API_V2_VPN_PATH``).
+API_PREFIXES = ("/net-api/v1", "/net-api/v2/vpn")
+#: ``GET`` here answers the node's status (``NET_API_V2_NET_PATH`` + ``/status``).
+STATUS_PATH = "/net-api/v2/net/status"
+DEFAULT_HOST = "127.0.0.1"
+#: yagna's REST port (``YAGNA_API_URL`` defaults to ``http://127.0.0.1:7465``).
+DEFAULT_PORT = 7465
+#: Largest request body; larger ones get 413.
+MAX_BODY_SIZE = 64 * 1024
+
+_log = logging.getLogger("golem_vpn.netapi")
+ACCESS_LOG = logging.getLogger("golem_vpn.netapi.access")
+
+T = TypeVar("T")
+
+
+class ApiError(Exception):
+    """An HTTP error answer: JSON ``{"message": ...}``, or an empty body if ``message`` is None."""
+
+    def __init__(self, status: int, message: str | None) -> None:
+        super().__init__(status, message)
+        self.status = status
+        self.message = message
+
+    def response(self) -> web.Response:
+        """The answer to send."""
+        if self.message is None:
+            return web.Response(status=self.status)
+        return _message(self.status, self.message)
+
+
+def _message(status: int, message: str, headers: Any = None) -> web.Response:
+    return web.json_response({"message": message}, status=status, headers=headers)
+
+
+def _not_found() -> ApiError:
+    return ApiError(404, "Network not found")
+
+
+def _taken(ip: IPAddress) -> ApiError:
+    return ApiError(409, f"IP address is taken: {ip}")
+
+
+@dataclass(eq=False)
+class _Entry:
+    """One network as the server keeps it."""
+
+    model: Network
+    owner: str
+    ip: str  # createNetwork's "ip": the given address with the prefix
+    created: float
+    addresses: list[IPAddress] = field(default_factory=list)  # the requestor's extra ones
+
+    def to_json(self) -> dict[str, str]:
+        return {
+            "id": self.model.id,
+            "ip": self.ip,
+            "mask": str(self.model.network.netmask),
+            "gateway": str(self.model.gateway),
+        }
+
+    def with_prefix(self, ip: IPAddress) -> str:
+        return f"{ip}/{self.model.network.prefixlen}"
+
+    def stored(self) -> StoredNetwork:
+        return StoredNetwork(
+            id=self.model.id,
+            ip=self.ip,
+            mask=str(self.model.network.netmask),
+            gateway=str(self.model.gateway),
+            requestor_id=self.model.requestor_id,
+            requestor_ip=str(self.model.requestor_ip),
+            owner=self.owner,
+            created=self.created,
+            nodes=tuple((n.id, str(n.ip)) for n in self.model.nodes.values()),
+            addresses=tuple(str(ip) for ip in self.addresses),
+        )
+
+
+#: The identity (node id) of the request's app key, set by the auth middleware.
+IDENTITY = web.RequestKey("golem_vpn.identity", str)
+
+
+async def _body(
+    request: web.Request, required: tuple[str, ...], optional: tuple[str, ...] = ()
+) -> dict[str, str | None]:
+    """Read a JSON object body and its string fields (None for absent optional ones).
+
+    Raises:
+        ApiError: 400 for malformed JSON, a non-object, a missing or non-string field.
+        web.HTTPRequestEntityTooLarge: The body is over the size limit (413).
+    """
+    raw = await request.read()
+    try:
+        data = json.loads(raw)
+    except (ValueError, UnicodeDecodeError) as exc:
+        raise ApiError(400, f"Malformed JSON body: {exc}") from None
+    if not isinstance(data, dict):
+        raise ApiError(400, f"Expected a JSON object, got {type(data).__name__}")
+    fields: dict[str, str | None] = {}
+    for name in required + optional:
+        value = data.get(name)
+        if value is None:
+            if name in required:
+                raise ApiError(400, f"Missing field '{name}'")
+        elif not isinstance(value, str):
+            shown = json.dumps(value)
+            shown = shown if len(shown) <= 40 else shown[:37] + "..."
+            raise ApiError(400, f"Field '{name}' must be a string, got {shown}")
+        fields[name] = value
+    return fields
+
+
+def _bearer(request: web.Request) -> str | None:
+    """The app key of a request: ``Authorization: Bearer`` first, then ``?authToken=``."""
+    header = request.headers.get("Authorization")
+    if header is not None:
+        scheme, _, key = header.strip().partition(" ")
+        return key.strip() if scheme.lower() == "bearer" else ""
+    token = request.query.get("authToken")
+    return token
+
+
+class NetApi:
+    """The server's state and handlers; :func:`create_app` wires it into an application.
+
+    Args:
+        backend: What makes the changes real.
+        store: Where networks and app keys persist.
+        gate: The WebSocket gate.
+    """
+
+    def __init__(self, backend: VpnBackend, store: Store, gate: Gate) -> None:
+        self.backend = backend
+        self.store = store
+        self.gate = gate
+        self.app_keys = AppKeys(store)
+        self._networks: dict[str, _Entry] = {}
+        self._lock = asyncio.Lock()
+
+    # -- helpers ---------------------------------------------------------------------------
+
+    async def _db(self, fn: Callable[..., T], *args: Any) -> T:
+        """Run a store call in a thread: a commit waits for fsync, the loop must not."""
+        return await asyncio.to_thread(fn, *args)
+
+    def _owned(self, identity: str, network_id: str) -> _Entry:
+        """The network if ``identity`` owns it, with yagna's 404/403 rule otherwise."""
+        entry = self._networks.get(network_id)
+        if entry is None:
+            raise _not_found()
+        if entry.owner != identity:
+            if any(e.owner == identity for e in self._networks.values()):
+                raise ApiError(403, None)
+            raise _not_found()
+        return entry
+
+    def _entry(self, request: web.Request) -> _Entry:
+        return self._owned(request[IDENTITY], request.match_info["net_id"])
+
+    # -- startup ---------------------------------------------------------------------------
+
+    async def restore(self) -> None:
+        """Re-create the stored networks (model and backend); run once at startup."""
+        async with self._lock:
+            for stored in await self._db(self.store.load):
+                try:
+                    await self._restore(stored)
+                except Exception:
+                    _log.exception("cannot restore network %s; it stays stored", stored.id)
+
+    async def _restore(self, stored: StoredNetwork) -> None:
+        model = Network(
+            parse_network(stored.ip),
+            requestor_id=stored.requestor_id,
+            requestor_ip=stored.requestor_ip,
+            gateway=stored.gateway,
+            id=stored.id,
+        )
+        entry = _Entry(model, stored.owner, stored.ip, stored.created)
+        for node_id, ip in stored.nodes:
+            model.add_node(node_id, ip)
+        entry.addresses = [check_host(model.network, ip) for ip in stored.addresses]
+        await self.backend.network_created(model)
+        self._networks[model.id] = entry
+        for extra in entry.addresses:
+            await self.backend.address_added(model.id, str(extra))
+        for node in model.nodes.values():
+            await self.backend.node_added(model, node)
+        _log.info("restored network %s (%s, %d nodes)", model.id, stored.ip, len(model.nodes))
+
+    # -- networks --------------------------------------------------------------------------
+
+    async def get_networks(self, request: web.Request) -> web.Response:
+        identity = request[IDENTITY]
+        return web.json_response(
+            [e.to_json() for e in self._networks.values() if e.owner == identity]
+        )
+
+    async def create_network(self, request: web.Request) -> web.Response:
+        body = await _body(request, ("ip",), ("mask", "gateway"))
+        ip = body["ip"]
+        assert ip is not None
+        model = Network.create(ip, body["mask"], body["gateway"], requestor_id=self.backend.node_id)
+        given = parse_ip(ip.partition("/")[0])
+        entry = _Entry(model, request[IDENTITY], f"{given}/{model.network.prefixlen}", time.time())
+        async with self._lock:
+            await self._db(self.store.add_network, entry.stored())
+            try:
+                await self.backend.network_created(model)
+            except BaseException:
+                await self._db(self.store.remove_network, model.id)
+                raise
+            self._networks[model.id] = entry
+        _log.info("created network %s (%s)", model.id, entry.ip)
+        return web.json_response(entry.to_json())
+
+    async def get_network(self, request: web.Request) -> web.Response:
+        return web.json_response(self._entry(request).to_json())
+
+    async def remove_network(self, request: web.Request) -> web.Response:
+        async with self._lock:
+            entry = self._entry(request)
+            network_id = entry.model.id
+            await self._db(self.store.remove_network, network_id)
+            del self._networks[network_id]
+            self.gate.close_network(network_id)
+            with contextlib.suppress(NetworkNotFound):
+                await self.backend.network_removed(network_id)
+        _log.info("removed network %s", network_id)
+        return web.json_response(None)
+
+    # -- addresses -------------------------------------------------------------------------
+
+    async def get_addresses(self, request: web.Request) -> web.Response:
+        entry = self._entry(request)
+        ips = [entry.model.requestor_ip, *entry.addresses]
+        return web.json_response([{"ip": entry.with_prefix(ip)} for ip in ips])
+
+    async def add_address(self, request: web.Request) -> web.Response:
+        body = await _body(request, ("ip",))
+        async with self._lock:
+            entry = self._entry(request)
+            await self._add_address(entry, _address_in(entry, body["ip"]))
+        return web.json_response(None)
+
+    async def _add_address(self, entry: _Entry, ip: IPAddress) -> None:
+        model = entry.model
+        if ip == model.requestor_ip or ip in entry.addresses:
+            return  # the stack has it already (yagna adds no duplicates)
+        if str(ip) in model.nodes_dict():
+            raise _taken(ip)
+        await self._db(self.store.add_address, model.id, str(ip))
+        entry.addresses.append(ip)
+        try:
+            await self.backend.address_added(model.id, str(ip))
+        except BaseException:
+            entry.addresses.remove(ip)
+            await self._db(self.store.remove_address, model.id, str(ip))
+            raise
+
+    # -- nodes -----------------------------------------------------------------------------
+
+    async def get_nodes(self, request: web.Request) -> web.Response:
+        entry = self._entry(request)
+        return web.json_response(
+            [{"id": n.id, "ip": str(n.ip)} for n in entry.model.nodes.values()]
+        )
+
+    async def add_node(self, request: web.Request) -> web.Response:
+        body = await _body(request, ("id", "ip"))
+        async with self._lock:
+            entry = self._entry(request)
+            node_id = parse_node_id(body["id"])
+            ip = _address_in(entry, body["ip"])
+            model = entry.model
+            if node_id in (model.requestor_id, entry.owner):
+                await self._add_address(entry, ip)  # golem-js registers the requestor so
+                return web.json_response(None)
+            current = model.nodes.get(node_id)
+            if current is not None and current.ip == ip:
+                # yagna's refresh: nothing changes here, the providers are told again.
+                await self.backend.node_added(model, current)
+                return web.json_response(None)
+            if ip == model.requestor_ip or ip in entry.addresses:
+                raise _taken(ip)
+            if str(ip) in model.nodes_dict():
+                raise _taken(ip)
+            node = model.add_node(node_id, ip)  # AddressTaken if it holds another address
+            try:
+                await self._db(self.store.add_node, model.id, node.id, str(node.ip))
+            except BaseException:
+                model.remove_node(node.id)
+                raise
+            try:
+                await self.backend.node_added(model, node)
+            except BaseException:
+                model.remove_node(node.id)
+                await self._db(self.store.remove_node, model.id, node.id)
+                raise
+        _log.info("added node %s at %s to network %s", node.id, node.ip, model.id)
+        return web.json_response(None)
+
+    async def remove_node(self, request: web.Request) -> web.Response:
+        node_id = parse_node_id(request.match_info["node_id"])
+        async with self._lock:
+            entry = self._entry(request)
+            model = entry.model
+            if node_id == model.requestor_id:
+                raise ApiError(400, f"The requestor {node_id} cannot be removed from its network")
+            node = model.nodes.get(node_id)
+            if node is None:
+                return web.json_response(None)  # as yagna: removing an unknown node is fine
+            await self._db(self.store.remove_node, model.id, node_id)
+            model.remove_node(node_id)
+            self.gate.close_peer(model.id, str(node.ip))
+            await self.backend.node_removed(model.id, node_id)
+        _log.info("removed node %s from network %s", node_id, model.id)
+        return web.json_response(None)
+
+    # -- gate ------------------------------------------------------------------------------
+
+    async def get_connections(self, request: web.Request) -> web.Response:
+        entry = self._entry(request)
+        return web.json_response([c.to_json() for c in self.gate.connections(entry.model.id)])
+
+    def _target(self, request: web.Request, entry: _Entry) -> tuple[str, int]:
+        ip = check_host(entry.model.network, request.match_info["ip"])
+        text = request.match_info["port"]
+        if not text.isdigit() or not 1 <= int(text) <= 65535:
+            raise ApiError(400, f"Port must be an integer from 1 to 65535, got {text!r}")
+        return str(ip), int(text)
+
+    async def connect_tcp(self, request: web.Request) -> StreamResponse:
+        entry = self._entry(request)
+        ip, port = self._target(request, entry)
+        return await self.gate.tcp(request, entry.model.id, ip, port)
+
+    async def connect_udp(self, request: web.Request) -> StreamResponse:
+        entry = self._entry(request)
+        ip, port = self._target(request, entry)
+        return await self.gate.udp(request, entry.model.id, ip, port)
+
+    # -- node ------------------------------------------------------------------------------
+
+    async def status(self, request: web.Request) -> web.Response:
+        return web.json_response(self.backend.status())
+
+
+def _address_in(entry: _Entry, value: str | None) -> IPAddress:
+    """An address for ``entry``'s network, as ``"a.b.c.d"`` or ``"a.b.c.d/prefix"``."""
+    assert value is not None
+    text, slash, prefix = value.partition("/")
+    if slash and prefix != str(entry.model.network.prefixlen):
+        raise ApiError(
+            400, f"{value!r} does not have the network's prefix /{entry.model.network.prefixlen}"
+        )
+    return check_host(entry.model.network, text)
+
+
+NETAPI = web.AppKey("golem_vpn.netapi", NetApi)
+
+
+# -- middlewares ---------------------------------------------------------------------------
+
+# Errors of the model and the stack, as yagna maps its own (404, 403 and 409 by kind, 504 for a
+# connect timeout, everything else about the request 400).
+_ERRORS: tuple[tuple[type[BaseException], int, bool], ...] = (
+    (NotWebSocket, 400, True),
+    (ConnectTimeout, 504, False),
+    (ConnectionRefused, 502, True),
+    (AddressTaken, 409, True),
+    (NetworkNotFound, 404, True),
+    (NodeNotFound, 404, True),
+    (Forbidden, 403, False),
+    (InvalidNodeId, 400, True),
+    (AddressError, 400, True),
+    (AddressesExhausted, 400, True),
+    (DeployConfigError, 400, True),
+    (StoreError, 500, True),
+    (GolemVpnError, 400, True),
+    (OSError, 502, True),
+)
+
+
+@web.middleware
+async def _error_middleware(request: web.Request, handler: Handler) -> StreamResponse:
+    try:
+        return await handler(request)
+    except ApiError as exc:
+        return exc.response()
+    except web.HTTPException as exc:
+        if exc.status < 400:
+            raise
+        text = exc.text or ""
+        message = exc.reason if not text or text.startswith(f"{exc.status}:") else text
+        headers = {k: v for k, v in exc.headers.items() if k.lower() == "allow"}
+        return _message(exc.status, message, headers)
+    except asyncio.CancelledError:
+        raise
+    except Exception as exc:
+        for kind, status, with_message in _ERRORS:
+            if isinstance(exc, kind):
+                if status >= 500 and status not in (502, 504):
+                    _log.error("%s %s failed: %s", request.method, request.path, exc)
+                return ApiError(status, str(exc) if with_message else None).response()
+        _log.exception("%s %s failed", request.method, request.path)
+        return _message(500, "Internal server error")
+
+
+@web.middleware
+async def _auth_middleware(request: web.Request, handler: Handler) -> StreamResponse:
+    key = _bearer(request)
+    if key is None:
+        raise ApiError(401, "Missing application key")
+    api = request.app[NETAPI]
+    identity = await asyncio.to_thread(api.app_keys.verify, key) if key else None
+    if identity is None:
+        raise ApiError(401, "Invalid application key")
+    request[IDENTITY] = identity
+    return await handler(request)
+
+
+_TOKEN_RE = re.compile(r"([?&]authToken=)[^&#]*", re.IGNORECASE)
+
+
+class AccessLogger(AbstractAccessLogger):
+    """An access log line per request, with ``authToken`` values masked; never any header."""
+
+    def log(self, request: BaseRequest, response: StreamResponse, time: float) -> None:
+        self.logger.info(
+            '%s "%s %s" %d %d %.3fs',
+            request.remote,
+            request.method,
+            _TOKEN_RE.sub(r"\1***", request.raw_path),
+            response.status,
+            response.body_length,
+            time,
+        )
+
+
+# -- assembly ------------------------------------------------------------------------------
+
+
+def create_app(
+    backend: VpnBackend,
+    store: Store,
+    *,
+    connect_timeout: float = CONNECT_TIMEOUT,
+    heartbeat: float = HEARTBEAT_INTERVAL,
+    idle_timeout: float = CLIENT_TIMEOUT,
+    close_timeout: float = CLOSE_TIMEOUT,
+    max_body_size: int = MAX_BODY_SIZE,
+) -> web.Application:
+    """Build the Net API application over ``backend`` and ``store``.
+
+    The application restores the stored networks into ``backend`` when it starts and closes
+    the gate's connections when it stops; ``backend`` and ``store`` stay the caller's to
+    close.
+
+    Args:
+        backend: What makes changes real and gives the gate its sockets.
+        store: Networks, nodes, addresses and app keys.
+        connect_timeout: Seconds the TCP gate waits for a handshake (then 504).
+        heartbeat: Seconds between the gate's pings.
+        idle_timeout: Seconds without a client message before the gate closes a WebSocket.
+        close_timeout: Seconds a WebSocket close waits for the client.
+        max_body_size: Largest request body in bytes (then 413).
+    """
+    gate = Gate(
+        backend,
+        connect_timeout=connect_timeout,
+        heartbeat=heartbeat,
+        idle_timeout=idle_timeout,
+        close_timeout=close_timeout,
+    )
+    api = NetApi(backend, store, gate)
+    app = web.Application(
+        middlewares=[_error_middleware, _auth_middleware], client_max_size=max_body_size
+    )
+    app[NETAPI] = api
+
+    async def restore(_: web.Application) -> None:
+        await api.restore()
+
+    async def shutdown(_: web.Application) -> None:
+        await gate.close_all()
+
+    app.on_startup.append(restore)
+    app.on_shutdown.append(shutdown)
+
+    router = app.router
+    for prefix in API_PREFIXES:
+        net = prefix + "/net"
+        one = net + "/{net_id}"
+        router.add_get(net, api.get_networks)
+        router.add_post(net, api.create_network)
+        router.add_get(one, api.get_network)
+        router.add_delete(one, api.remove_network)
+        router.add_get(one + "/addresses", api.get_addresses)
+        router.add_post(one + "/addresses", api.add_address)
+        router.add_get(one + "/nodes", api.get_nodes)
+        router.add_post(one + "/nodes", api.add_node)
+        router.add_delete(one + "/nodes/{node_id}", api.remove_node)
+        router.add_get(one + "/tcp", api.get_connections)
+        router.add_get(one + "/tcp/{ip}/{port}", api.connect_tcp, allow_head=False)
+        router.add_get(one + "/udp/{ip}/{port}", api.connect_udp, allow_head=False)
+    router.add_get(STATUS_PATH, api.status)
+    return app
+
+
+async def serve(
+    backend: VpnBackend,
+    store: Store,
+    host: str = DEFAULT_HOST,
+    port: int = DEFAULT_PORT,
+    *,
+    shutdown_timeout: float = 10.0,
+    **options: Any,
+) -> web.AppRunner:
+    """Start the Net API on ``host:port`` (0: any free port); return the runner.
+
+    The bound address is ``runner.addresses[0]``; ``await runner.cleanup()`` stops the
+    server (closing the gate's connections first). ``options`` go to :func:`create_app`.
+    """
+    app = create_app(backend, store, **options)
+    runner = web.AppRunner(
+        app,
+        access_log_class=AccessLogger,
+        access_log=ACCESS_LOG,
+        shutdown_timeout=shutdown_timeout,
+    )
+    await runner.setup()
+    try:
+        await web.TCPSite(runner, host, port).start()
+    except BaseException:
+        await runner.cleanup()
+        raise
+    return runner
