@@ -1,0 +1,173 @@
+"""One VPN node in its own process, for the network-namespace tests.
+
+Run as ``ip netns exec NS python tests/netns_node.py ROLE ...``: the node binds its
+:class:`~golem_vpn.node.transport.UdpTransport` to an underlay address of that namespace
+and speaks JSON lines on stdout (one object per line, an ``"event"`` key in each) so the
+test can follow it. Not a test module (no ``test_`` prefix); the tests start it.
+
+Roles:
+
+``provider``
+    Joins the network, serves a TCP echo (and SHA-256 of what each connection sent) and a
+    UDP echo on its VPN address, prints ``ready``, then a ``peer`` line for each session
+    event (its ``detail`` is the peer's UDP address as the tunnel sees it) and a ``tcp``
+    line per finished connection. On SIGTERM (or after ``--lifetime`` seconds) it prints
+    ``stats`` and exits.
+
+``requestor``
+    Joins the network, knows the provider's node id and UDP address, sends
+    ``--tcp-bytes`` of ``random.Random(--seed)`` bytes through a TCP echo and hashes what
+    comes back, does a UDP round trip and a ping, prints ``result`` (with its transport
+    stats) and exits.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import hashlib
+import json
+import random
+import signal
+import sys
+from typing import Any
+
+import golem_vpn
+from golem_vpn.node.transport import UdpTransport
+
+
+def emit(event: str, **fields: Any) -> None:
+    print(json.dumps({"event": event, **fields}), flush=True)
+
+
+def host_port(text: str) -> tuple[str, int]:
+    host, _, port = text.rpartition(":")
+    return host, int(port)
+
+
+def payload(seed: int, size: int) -> bytes:
+    """The bytes the requestor sends; the test recomputes their digest itself."""
+    return random.Random(seed).randbytes(size)
+
+
+def make_link(args: argparse.Namespace) -> tuple[UdpTransport, golem_vpn.Interface]:
+    identity = golem_vpn.Identity.from_secret(bytes.fromhex(args.secret))
+    link = UdpTransport(identity, args.bind, args.port)
+    iface = link.join(args.net, args.cidr, args.ip)
+    link.on_peer = lambda kind, node, detail: emit("peer", kind=kind, node=node, detail=detail)
+    peer_addr = host_port(args.peer_addr) if args.peer_addr else None
+    link.add_peer(args.net, args.peer_id, args.peer_ip, peer_addr)
+    return link, iface
+
+
+async def provider(args: argparse.Namespace) -> None:
+    link, iface = make_link(args)
+
+    async def echo(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        digest, count = hashlib.sha256(), 0
+        while data := await reader.read(1 << 16):
+            digest.update(data)
+            count += len(data)
+            writer.write(data)
+            await writer.drain()
+        writer.close()
+        emit("tcp", received=count, sha256=digest.hexdigest())
+
+    async def udp_echo(endpoint: golem_vpn.DatagramEndpoint) -> None:
+        while True:
+            data, addr = await endpoint.recv()
+            endpoint.send(data, addr)
+
+    server = await golem_vpn.start_server(echo, iface, args.tcp_port)
+    endpoint = await golem_vpn.open_datagram_endpoint(iface, args.udp_port)
+    udp_task = asyncio.create_task(udp_echo(endpoint))
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    loop.add_signal_handler(signal.SIGTERM, stop.set)
+    emit("ready", node_id=link.node_id, local_addr=list(link.local_addr))
+    with contextlib.suppress(TimeoutError):
+        await asyncio.wait_for(stop.wait(), args.lifetime)
+    emit("stats", stats=link.native.stats())
+    udp_task.cancel()
+    endpoint.close()
+    server.close()
+    link.close()
+
+
+async def requestor(args: argparse.Namespace) -> None:
+    link, iface = make_link(args)
+    emit("ready", node_id=link.node_id, local_addr=list(link.local_addr))
+    blob = payload(args.seed, args.tcp_bytes)
+    reader, writer = await golem_vpn.open_connection(
+        iface, args.peer_ip, args.tcp_port, timeout=args.timeout
+    )
+
+    async def drain_echo() -> tuple[int, str]:
+        digest, count = hashlib.sha256(), 0
+        while data := await reader.read(1 << 20):
+            digest.update(data)
+            count += len(data)
+        return count, digest.hexdigest()
+
+    echo = asyncio.create_task(drain_echo())
+    for i in range(0, len(blob), 1 << 16):
+        writer.write(blob[i : i + (1 << 16)])
+        await writer.drain()
+    writer.write_eof()
+    echoed, echo_sha = await asyncio.wait_for(echo, args.timeout)
+    writer.close()
+
+    endpoint = await golem_vpn.open_datagram_endpoint(iface)
+    udp_reply = None
+    for attempt in range(5):  # UDP is unreliable; a clean link needs one try
+        message = f"udp-probe-{attempt}".encode()
+        endpoint.send(message, (args.peer_ip, args.udp_port))
+        with contextlib.suppress(TimeoutError):
+            data, addr = await asyncio.wait_for(endpoint.recv(), 2)
+            udp_reply = {"data": data.decode(), "from": list(addr), "sent": message.decode()}
+            break
+    endpoint.close()
+    rtt = await iface.ping(args.peer_ip, timeout=5)
+    emit(
+        "result",
+        sent=len(blob),
+        echoed=echoed,
+        echo_sha256=echo_sha,
+        udp=udp_reply,
+        ping_rtt=rtt,
+        stats=link.native.stats(),
+        up=link.native.is_up(args.peer_id),
+    )
+    link.close()
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("role", choices=["provider", "requestor"])
+    parser.add_argument("--secret", required=True, help="the node's secret key, hex")
+    parser.add_argument("--bind", required=True, help="underlay address to bind")
+    parser.add_argument("--port", type=int, default=0)
+    parser.add_argument("--net", required=True, help="network id")
+    parser.add_argument("--cidr", required=True)
+    parser.add_argument("--ip", required=True, help="this node's VPN address")
+    parser.add_argument("--peer-id", required=True)
+    parser.add_argument("--peer-ip", required=True)
+    parser.add_argument("--peer-addr", help="the peer's UDP address HOST:PORT, if known")
+    parser.add_argument("--tcp-port", type=int, default=7)
+    parser.add_argument("--udp-port", type=int, default=5353)
+    parser.add_argument("--tcp-bytes", type=int, default=1 << 20)
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--timeout", type=float, default=30.0)
+    parser.add_argument("--lifetime", type=float, default=60.0)
+    args = parser.parse_args()
+    run = provider if args.role == "provider" else requestor
+    try:
+        asyncio.run(asyncio.wait_for(run(args), args.lifetime + 10))
+    except Exception as exc:
+        emit("error", error=f"{type(exc).__name__}: {exc}")
+        sys.exit(1)
+
+
+if __name__ == "__main__":
+    main()
