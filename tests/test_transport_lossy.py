@@ -10,7 +10,8 @@ timer is ``REKEY_TIMEOUT``, 5 s plus jitter).
 
 The lossy transfers are one-way (A sends, B answers with a digest): a full echo under
 loss can freeze for good in the TCP stack itself, which the last test reproduces
-deterministically on two bare stacks in virtual time (marked xfail: a known bug).
+deterministically on two bare stacks in virtual time: a regression test for smoltcp 0.14's
+rewound-ACK livelock, which `golem_vpn.Stack` works around (ACKs carry SND.MAX).
 """
 
 from __future__ import annotations
@@ -331,21 +332,50 @@ def test_one_way_tcp_survives_the_loss_pattern_that_stalls_an_echo() -> None:
     assert (outcome, moved) == ("done", 2 << 20)
 
 
-@pytest.mark.xfail(
-    reason=(
-        "bug: smoltcp 0.14 (golem_vpn.Stack) livelocks a bidirectional transfer after loss: "
-        "on a retransmission timeout it rewinds SND.NXT (remote_last_seq) to SND.UNA and "
-        "stamps its ACKs with that rewound sequence number; when both ends time out while "
-        "each has received segments the other still counts as unacknowledged, each end's "
-        "ACKs carry SEG.SEQ < the peer's RCV.NXT, fail the peer's acceptability test "
-        "(zero-length segment not inside window) and are dropped with their ACK field "
-        "unprocessed, so neither SND.UNA ever advances and both ends retransmit the same "
-        "segment forever (backoff 1, 2, 4, 8 s...). Seen through the tunnel too: a 2 MiB "
-        "echo at 1 % loss froze in 4 of 5 runs."
-    ),
-    strict=True,
-)
 def test_bidirectional_tcp_recovers_after_both_ends_time_out() -> None:
     # Seed 3 deterministically reaches the livelock after 4 lost packets (~140 KB in).
     outcome, when, moved = _simulated_transfer(3, 0.01, 0.03, 2 << 20, echo=True)
     assert outcome == "done", f"{outcome} at {when:.1f} virtual s after {moved} bytes back"
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_tcp_echo_both_ways_through_a_lossy_tunnel(seed: int) -> None:
+    """A full echo (both directions busy) at 1 % loss completes: before the stack's ACK fix
+    this froze in 4 of 5 runs."""
+
+    async def main() -> None:
+        proxy = await LossyProxy.start(seed, 0.01)
+        pair: Pair | None = None
+        try:
+            pair = await _nodes_via(proxy)
+
+            async def echo(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+                while data := await reader.read(1 << 16):
+                    writer.write(data)
+                    await writer.drain()
+                writer.close()
+
+            server = await golem_vpn.start_server(echo, pair.ib, 7)
+            blob = random.Random(seed).randbytes(1 << 20)
+            async with asyncio.timeout(45):
+                reader, writer = await golem_vpn.open_connection(pair.ia, B_IP, 7, timeout=None)
+
+                async def send() -> None:
+                    for i in range(0, len(blob), 1 << 16):
+                        writer.write(blob[i : i + (1 << 16)])
+                        await writer.drain()
+                    writer.write_eof()
+
+                sender = asyncio.create_task(send())
+                echoed = await reader.readexactly(len(blob))
+                await sender
+            assert hashlib.sha256(echoed).digest() == hashlib.sha256(blob).digest()
+            assert proxy.dropped > 0
+            writer.close()
+            server.close()
+        finally:
+            if pair is not None:
+                pair.close()
+            proxy.close()
+
+    asyncio.run(main())

@@ -261,6 +261,8 @@ pub struct Stack {
     rst_seen: HashSet<Tuple>,
     /// Per listening port: SYNs it can still take before the next poll.
     syn_budget: FxHashMap<u16, usize>,
+    /// Per outgoing TCP flow `(local, remote)`: the highest sequence number sent (SND.MAX).
+    snd_max: FxHashMap<Tuple, u32>,
 }
 
 impl std::fmt::Debug for Stack {
@@ -295,6 +297,71 @@ fn closed_failure(prev: tcp::State, rst_arrived: bool) -> Option<TcpFailure> {
         }
         // LAST-ACK and TIME-WAIT end in CLOSED normally.
         _ => None,
+    }
+}
+
+/// Most flows tracked for [`fix_ack_sequence`]; beyond it the table starts over (a flow
+/// then only loses the fix until its next data segment).
+const SND_MAX_FLOWS: usize = 65536;
+
+/// Stamps pure ACKs with the highest sequence number sent, as Linux does.
+///
+/// After a retransmission timeout smoltcp 0.14 rewinds its next sequence number to the
+/// oldest unacknowledged byte and stamps its pure ACKs with it. When both ends of a
+/// connection time out while each holds data the other still counts as unacknowledged,
+/// each end's ACKs then fall below the peer's RCV.NXT, fail its acceptability test and are
+/// discarded unread: the transfer livelocks. An ACK carrying SND.MAX is always acceptable
+/// (the peer's RCV.NXT <= SND.MAX < RCV.NXT + RCV.WND) and carries the same
+/// acknowledgement, so the outgoing segment is rewritten and its checksum recomputed.
+fn fix_ack_sequence(snd_max: &mut FxHashMap<Tuple, u32>, packet: &mut [u8]) {
+    use smoltcp::wire::{IpProtocol, Ipv4Packet, Ipv6Packet, TcpPacket};
+    let (src, dst, start): (IpAddress, IpAddress, usize) = match packet.first().map(|b| b >> 4) {
+        Some(4) => match Ipv4Packet::new_checked(&packet[..]) {
+            Ok(ip) if ip.next_header() == IpProtocol::Tcp => (
+                ip.src_addr().into(),
+                ip.dst_addr().into(),
+                usize::from(ip.header_len()),
+            ),
+            _ => return,
+        },
+        Some(6) => match Ipv6Packet::new_checked(&packet[..]) {
+            Ok(ip) if ip.next_header() == IpProtocol::Tcp => {
+                (ip.src_addr().into(), ip.dst_addr().into(), 40)
+            }
+            _ => return,
+        },
+        _ => return,
+    };
+    let segment_len = packet.len().saturating_sub(start);
+    let Ok(mut tcp) = TcpPacket::new_checked(&mut packet[start..]) else {
+        return;
+    };
+    let key = (
+        IpEndpoint::new(src, tcp.src_port()),
+        IpEndpoint::new(dst, tcp.dst_port()),
+    );
+    if tcp.rst() {
+        snd_max.remove(&key);
+        return;
+    }
+    let seq = tcp.seq_number().0 as u32;
+    let payload = segment_len.saturating_sub(usize::from(tcp.header_len())) as u32;
+    let len = payload + u32::from(tcp.syn()) + u32::from(tcp.fin());
+    let end = seq.wrapping_add(len);
+    let max = match snd_max.get(&key) {
+        // Wrapping comparison: `end` is ahead of `max` if their difference is below 2^31.
+        Some(&max) if (end.wrapping_sub(max) as i32) <= 0 => max,
+        _ => {
+            if snd_max.len() >= SND_MAX_FLOWS {
+                snd_max.clear();
+            }
+            snd_max.insert(key, end);
+            end
+        }
+    };
+    if len == 0 && tcp.ack() && (seq.wrapping_sub(max) as i32) < 0 {
+        tcp.set_seq_number(smoltcp::wire::TcpSeqNumber(max as i32));
+        tcp.fill_checksum(&src, &dst);
     }
 }
 
@@ -427,6 +494,7 @@ impl Stack {
             stats: StackStats::default(),
             rst_seen: HashSet::new(),
             syn_budget: FxHashMap::default(),
+            snd_max: FxHashMap::default(),
         })
     }
 
@@ -481,7 +549,10 @@ impl Stack {
         loop {
             self.iface.poll(now, &mut self.device, &mut self.sockets);
             let produced = self.device.tx.len();
-            out.extend(self.device.tx.drain(..));
+            for mut packet in self.device.tx.drain(..) {
+                fix_ack_sequence(&mut self.snd_max, &mut packet);
+                out.push(packet);
+            }
             self.maintain();
             if produced < self.device.tx_limit || out.len() >= budget {
                 break;
