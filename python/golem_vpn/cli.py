@@ -1,7 +1,8 @@
 """The ``golem-vpn`` command.
 
 Subcommands grow with the project; today: ``demo`` (the local routing demo), ``version``,
-``id show|create`` (this node's key and node id) and ``relay`` (run a relay).
+``id show|create`` (this node's key and node id), ``relay`` (run a relay), ``daemon`` (run a
+node: transport + Net API) and ``app-key create|list|rm`` (Net API keys).
 
 Exit codes: 0 success, 1 a user-facing error (the message goes to stderr), 2 bad usage.
 """
@@ -43,7 +44,174 @@ def _parser() -> argparse.ArgumentParser:
         metavar="HOST:PORT",
         help="address to listen on (env GOLEM_VPN_RELAY_LISTEN; default 0.0.0.0:7464)",
     )
+    _add_daemon_parser(sub)
+    _add_app_key_parser(sub)
     return parser
+
+
+def _data_dir_arg(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--data-dir",
+        type=Path,
+        metavar="DIR",
+        help="where the node keeps its state (env GOLEM_VPN_DATA_DIR; default: the "
+        "platform's user data dir, e.g. ~/.local/share/golem-vpn)",
+    )
+
+
+def _add_daemon_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    daemon = sub.add_parser(
+        "daemon",
+        help="run a node daemon: encrypted UDP transport + the Net API",
+        description="Runs a node: its identity (created on first run), the encrypted UDP "
+        "transport, and the yagna-compatible Net API with its WebSocket gate. Networks "
+        "created through the API are stored in the data dir and come back after a restart.",
+    )
+    _data_dir_arg(daemon)
+    daemon.add_argument(
+        "--api",
+        metavar="HOST:PORT",
+        help="Net API address (env GOLEM_VPN_API_LISTEN; default 127.0.0.1:7465)",
+    )
+    daemon.add_argument(
+        "--listen",
+        metavar="HOST:PORT",
+        help="UDP transport address (env GOLEM_VPN_LISTEN; default 0.0.0.0:11500)",
+    )
+    daemon.add_argument(
+        "--relay",
+        metavar="HOST:PORT",
+        help="relay for peers without a direct path (env GOLEM_VPN_RELAY; default none)",
+    )
+    daemon.add_argument(
+        "--no-hole-punching",
+        action="store_true",
+        help="keep relayed peers on the relay (no direct probes)",
+    )
+
+
+def _add_app_key_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    keys = sub.add_parser(
+        "app-key",
+        help="manage the Net API's app keys",
+        description="App keys authenticate Net API clients (Authorization: Bearer KEY, as "
+        "YAGNA_APPKEY). A key acts as this node's identity; only its hash is stored.",
+    )
+    actions = keys.add_subparsers(dest="key_command", metavar="ACTION", required=True)
+    create = actions.add_parser("create", help="create a key and print it (shown only once)")
+    create.add_argument("name")
+    listing = actions.add_parser("list", help="list key names (never the keys)")
+    remove = actions.add_parser("rm", help="delete a key")
+    remove.add_argument("name")
+    for action in (create, listing, remove):
+        _data_dir_arg(action)
+        action.add_argument("--json", action="store_true", help="machine-readable output")
+
+
+def _setting(flag: str | None, env: str, default: str) -> str:
+    import os
+
+    return flag or os.environ.get(env) or default
+
+
+def _daemon(args: argparse.Namespace) -> int:
+    import asyncio
+    import signal
+
+    from golem_vpn import config
+    from golem_vpn.errors import GolemVpnError
+    from golem_vpn.node import daemon
+
+    try:
+        data_dir = config.data_dir(args.data_dir)
+        api = daemon.parse_hostport(
+            _setting(args.api, "GOLEM_VPN_API_LISTEN", "127.0.0.1:7465"), "--api"
+        )
+        listen = daemon.parse_hostport(
+            _setting(args.listen, "GOLEM_VPN_LISTEN", "0.0.0.0:11500"), "--listen"
+        )
+        relay_text = _setting(args.relay, "GOLEM_VPN_RELAY", "")
+        relay = daemon.parse_hostport(relay_text, "--relay") if relay_text else None
+    except (ValueError, OSError) as exc:
+        print(f"golem-vpn: error: {exc}", file=sys.stderr)
+        return 1
+
+    def ready(info: dict[str, object]) -> None:
+        print(
+            f"golem-vpn daemon {info['nodeId']}: Net API {info['api']}, UDP {info['udp']}"
+            + (f", relay {info['relay']}" if info["relay"] else "")
+            + f", data {info['dataDir']}",
+            flush=True,
+        )
+
+    async def main() -> None:
+        stop = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            loop.add_signal_handler(sig, stop.set)
+        await daemon.run(
+            data_dir,
+            api=api,
+            listen=listen,
+            relay=relay,
+            hole_punching=not args.no_hole_punching,
+            ready=ready,
+            stop=stop,
+        )
+
+    try:
+        asyncio.run(main())
+    except (GolemVpnError, OSError) as exc:
+        print(f"golem-vpn: error: {exc}", file=sys.stderr)
+        return 1
+    return 0
+
+
+def _app_key(args: argparse.Namespace) -> int:
+    from golem_vpn import config
+    from golem_vpn.errors import GolemVpnError
+    from golem_vpn.netapi.appkeys import AppKeys
+    from golem_vpn.netapi.store import Store
+    from golem_vpn.node import identity
+
+    try:
+        data_dir = config.data_dir(args.data_dir)
+        with Store.in_data_dir(data_dir) as store:
+            keys = AppKeys(store)
+            if args.key_command == "create":
+                ident, _ = identity.load_or_create(data_dir)
+                key = keys.create(args.name, ident.node_id)
+                if args.json:
+                    print(json.dumps({"name": args.name, "key": key, "nodeId": ident.node_id}))
+                else:
+                    print(f"app key {args.name!r} for node {ident.node_id} (shown only once):")
+                    print(key)
+            elif args.key_command == "list":
+                infos = keys.list()
+                if args.json:
+                    print(
+                        json.dumps(
+                            [
+                                {"name": k.name, "nodeId": k.identity, "created": k.created}
+                                for k in infos
+                            ]
+                        )
+                    )
+                else:
+                    width = max([len(k.name) for k in infos] + [4])
+                    print(f"{'NAME':<{width}}  NODE ID")
+                    for k in infos:
+                        print(f"{k.name:<{width}}  {k.identity}")
+            else:
+                keys.delete(args.name)
+                if args.json:
+                    print(json.dumps({"removed": args.name}))
+                else:
+                    print(f"removed app key {args.name!r}")
+    except (GolemVpnError, OSError, ValueError) as exc:
+        print(f"golem-vpn: error: {exc}", file=sys.stderr)
+        return 1
+    return 0
 
 
 def _relay(args: argparse.Namespace) -> int:
@@ -156,5 +324,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         return _id(args)
     if args.command == "relay":
         return _relay(args)
+    if args.command == "daemon":
+        return _daemon(args)
+    if args.command == "app-key":
+        return _app_key(args)
     parser.print_help(sys.stderr)
     return 2

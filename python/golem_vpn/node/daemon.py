@@ -121,3 +121,71 @@ class DaemonBackend:
     def close(self) -> None:
         self._plane.close()
         self._transport.close()
+
+
+def parse_hostport(text: str, what: str) -> tuple[str, int]:
+    """``HOST:PORT`` (IPv6 in brackets) → ``(host, port)``.
+
+    Raises:
+        ValueError: The text is not HOST:PORT with a port in 0..65535.
+    """
+    host, sep, port = text.rpartition(":")
+    if not sep or not port.isdigit() or int(port) > 65535:
+        raise ValueError(f"{what} expects HOST:PORT, got {text!r}")
+    return host.strip("[]") or "0.0.0.0", int(port)
+
+
+async def run(
+    data_dir: Any,
+    *,
+    api: tuple[str, int],
+    listen: tuple[str, int],
+    relay: tuple[str, int] | None = None,
+    hole_punching: bool = True,
+    ready: Any = None,
+    stop: asyncio.Event | None = None,
+) -> None:
+    """Runs a node daemon until ``stop`` is set (or forever).
+
+    Loads (or creates) the node's identity in ``data_dir``, binds the encrypted UDP transport
+    at ``listen`` (registering with ``relay`` if given), opens the Net API store in the data
+    dir and serves the Net API at ``api``; networks stored by an earlier run come back.
+
+    Args:
+        data_dir: The daemon's data dir (see :func:`golem_vpn.config.data_dir`).
+        api: The Net API's ``(host, port)``.
+        listen: The UDP transport's ``(host, port)``.
+        relay: A relay's ``(host, port)``.
+        hole_punching: Try direct paths to relayed peers.
+        ready: Called with a dict describing the running daemon (node id, addresses).
+        stop: Set it to stop the daemon.
+    """
+    from golem_vpn.netapi.server import serve
+    from golem_vpn.netapi.store import Store
+    from golem_vpn.node.identity import load_or_create
+
+    identity, _created = load_or_create(data_dir)
+    transport = UdpTransport(
+        identity, listen[0], listen[1], relay=relay, hole_punching=hole_punching
+    )
+    backend = DaemonBackend(transport)
+    store = Store.in_data_dir(data_dir)
+    runner = None
+    try:
+        runner = await serve(backend, store, api[0], api[1])
+        host, port = runner.addresses[0][:2]
+        info = {
+            "nodeId": identity.node_id,
+            "api": f"http://{host}:{port}",
+            "udp": "{}:{}".format(*transport.local_addr),
+            "relay": None if relay is None else "{}:{}".format(*relay),
+            "dataDir": str(data_dir),
+        }
+        if ready is not None:
+            ready(info)
+        await (stop or asyncio.Event()).wait()
+    finally:
+        if runner is not None:
+            await runner.cleanup()
+        backend.close()
+        store.close()

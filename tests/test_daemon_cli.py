@@ -1,0 +1,120 @@
+"""`golem-vpn daemon` and `golem-vpn app-key`: a real daemon process driven over its Net API."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import signal
+import subprocess
+import sys
+from pathlib import Path
+
+from golem_vpn.netapi.client import Client
+
+
+def _cli(*args: str, data_dir: Path) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "golem_vpn", *args, "--data-dir", str(data_dir)],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+
+
+def _start_daemon(data_dir: Path) -> tuple[subprocess.Popen[str], str, str]:
+    proc = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "golem_vpn",
+            "daemon",
+            "--data-dir",
+            str(data_dir),
+            "--api",
+            "127.0.0.1:0",
+            "--listen",
+            "127.0.0.1:0",
+        ],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env={**os.environ, "GOLEM_VPN_RELAY": ""},
+    )
+    assert proc.stdout is not None
+    line = proc.stdout.readline()
+    assert line.startswith("golem-vpn daemon 0x"), (line, proc.stderr.read() if proc.stderr else "")
+    node_id = line.split()[2].rstrip(":")
+    api = line.split("Net API ")[1].split(",")[0]
+    return proc, node_id, api
+
+
+def _stop(proc: subprocess.Popen[str]) -> None:
+    proc.send_signal(signal.SIGTERM)
+    try:
+        _, err = proc.communicate(timeout=20)
+        assert proc.returncode == 0, err
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.communicate()
+
+
+def test_app_keys_and_a_daemon_that_keeps_its_networks(tmp_path: Path) -> None:
+    created = _cli("app-key", "create", "ci", "--json", data_dir=tmp_path)
+    assert created.returncode == 0, created.stderr
+    key = json.loads(created.stdout)["key"]
+    assert len(key) >= 32
+    listed = _cli("app-key", "list", "--json", data_dir=tmp_path)
+    assert [k["name"] for k in json.loads(listed.stdout)] == ["ci"]
+    assert key not in listed.stdout
+
+    proc, node_id, api = _start_daemon(tmp_path)
+    try:
+        assert node_id == json.loads(created.stdout)["nodeId"]
+
+        async def create() -> str:
+            async with Client(api, key) as client:
+                status = await client.status()
+                assert status.node_id == node_id
+                net = await client.create_network("192.168.60.0/24")
+                await client.add_node(net.id, "0x" + "ab" * 20, "192.168.60.7")
+                return net.id
+
+        network_id = asyncio.run(create())
+    finally:
+        _stop(proc)
+
+    # A restarted daemon serves the same network and node.
+    proc, _, api = _start_daemon(tmp_path)
+    try:
+
+        async def check() -> None:
+            async with Client(api, key) as client:
+                nets = await client.list_networks()
+                assert [n.id for n in nets] == [network_id]
+                nodes = await client.list_nodes(network_id)
+                assert [(n.id, n.ip) for n in nodes] == [("0x" + "ab" * 20, "192.168.60.7")]
+
+        asyncio.run(check())
+    finally:
+        _stop(proc)
+
+    removed = _cli("app-key", "rm", "ci", data_dir=tmp_path)
+    assert removed.returncode == 0
+    again = _cli("app-key", "rm", "ci", data_dir=tmp_path)
+    assert again.returncode == 1
+    assert "ci" in again.stderr
+
+
+def test_daemon_rejects_bad_addresses(tmp_path: Path) -> None:
+    bad = subprocess.run(
+        [sys.executable, "-m", "golem_vpn", "daemon", "--data-dir", str(tmp_path), "--api", "x"],
+        capture_output=True,
+        text=True,
+        timeout=30,
+        check=False,
+    )
+    assert bad.returncode == 1
+    assert "HOST:PORT" in bad.stderr
