@@ -50,6 +50,7 @@ bench-python:
 
 bench-stack:
 	$(PYTHON) benches/stack_throughput.py --size 256 --runs 3
+	$(PYTHON) benches/transport_throughput.py --size 128 --runs 3 --mtu 1400 9000 --buffer 1048576
 
 demo: install
 	$(PYTHON) -m golem_vpn demo
