@@ -2,7 +2,8 @@
 
 Subcommands grow with the project; today: ``demo`` (the local routing demo), ``version``,
 ``id show|create`` (this node's key and node id), ``relay`` (run a relay), ``daemon`` (run a
-node: transport + Net API) and ``app-key create|list|rm`` (Net API keys).
+node: transport + Net API), ``app-key create|list|rm`` (Net API keys) and ``net ...`` (drive a
+Net API: networks, nodes, ``connect`` a local port through the WebSocket gate).
 
 Exit codes: 0 success, 1 a user-facing error (the message goes to stderr), 2 bad usage.
 """
@@ -46,6 +47,9 @@ def _parser() -> argparse.ArgumentParser:
     )
     _add_daemon_parser(sub)
     _add_app_key_parser(sub)
+    from golem_vpn.netcli import add_net_parser
+
+    add_net_parser(sub)
     return parser
 
 
@@ -328,5 +332,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         return _daemon(args)
     if args.command == "app-key":
         return _app_key(args)
+    if args.command == "net":
+        from golem_vpn.netcli import run_net
+
+        return run_net(args)
     parser.print_help(sys.stderr)
     return 2

@@ -80,7 +80,7 @@ class AppKeys:
                 "and '._@:+-', starting with a letter or digit)"
             )
         identity = parse_node_id(identity)
-        key = secrets.token_urlsafe(KEY_BYTES)
+        key = secrets.token_hex(KEY_BYTES)  # hex: never starts with "-" on a command line
         salt = secrets.token_bytes(_SALT_BYTES)
         try:
             self._store.add_app_key(
