@@ -351,3 +351,76 @@ fn hole_punching_moves_relayed_peers_to_a_direct_path() {
     assert!(ib.frames.len() >= 10);
     assert_eq!(relay.server.stats().forwarded, forwarded);
 }
+
+#[test]
+fn packets_for_a_network_the_sender_is_not_in_are_dropped() {
+    const OTHER: &str = "ffffffffffffffffffffffffffffffff";
+    let (mut a, mut b) = pair();
+    let (a_id, b_id) = (a.node_id(), b.node_id());
+    // B is in a second network without A. A claims B is in it with A, and sends there.
+    let b_other = Router::new(RouterConfig {
+        network_id: OTHER.into(),
+        cidrs: vec!["10.8.0.0/24".parse().unwrap()],
+        local_node: b_id,
+        local_ips: vec!["10.8.0.2".parse().unwrap()],
+        medium: Medium::Ip,
+        requestor: None,
+    })
+    .unwrap();
+    b.add_network(b_other);
+    let mut a_other = Router::new(RouterConfig {
+        network_id: OTHER.into(),
+        cidrs: vec!["10.8.0.0/24".parse().unwrap()],
+        local_node: a_id,
+        local_ips: vec!["10.8.0.1".parse().unwrap()],
+        medium: Medium::Ip,
+        requestor: None,
+    })
+    .unwrap();
+    a_other.add_node(b_id, "10.8.0.2".parse().unwrap()).unwrap();
+    a.add_network(a_other);
+    let sneaky = udp_v4(
+        Ipv4Addr::new(10, 8, 0, 1),
+        Ipv4Addr::new(10, 8, 0, 2),
+        1,
+        2,
+        b"let me in",
+    );
+    let legit = udp_v4(
+        Ipv4Addr::new(10, 7, 0, 1),
+        Ipv4Addr::new(10, 7, 0, 2),
+        1,
+        2,
+        b"hello",
+    );
+    a.send_packets(OTHER, [sneaky.as_slice()], Instant::now())
+        .unwrap();
+    a.send_packets(NET, [legit.as_slice()], Instant::now())
+        .unwrap();
+    let (_, ib) = pump(&mut a, &mut b, Duration::from_secs(5), |_, ib| {
+        !ib.frames.is_empty()
+    });
+    std::thread::sleep(Duration::from_millis(50));
+    let mut rest = Inbound::default();
+    b.receive(Instant::now(), 1024, &mut rest);
+    let frames: Vec<_> = ib.frames.iter().chain(&rest.frames).collect();
+    assert_eq!(
+        frames.len(),
+        1,
+        "only the packet of the shared network arrives"
+    );
+    assert_eq!(frames[0].0, NET);
+    assert_eq!(frames[0].1, legit);
+    assert_eq!(
+        b.stats().router_drops,
+        1,
+        "the other network's router refused A"
+    );
+    assert_eq!(
+        b.router(OTHER)
+            .unwrap()
+            .drops()
+            .get(crate::router::DropReason::UnknownNode),
+        1
+    );
+}
