@@ -317,3 +317,36 @@ def test_hole_punching_moves_relayed_peers_to_a_direct_path() -> None:
             b.close()
 
     asyncio.run(main())
+
+
+def test_several_relays_a_dead_one_is_passed_over() -> None:
+    from golem_vpn.node.relay import RelayService
+
+    async def main() -> None:
+        loop = asyncio.get_running_loop()
+        dead, _ = await loop.create_datagram_endpoint(
+            asyncio.DatagramProtocol, local_addr=("127.0.0.1", 0)
+        )
+        dead_addr = dead.get_extra_info("sockname")[:2]
+        try:
+            async with RelayService("127.0.0.1", 0) as relay:
+                relays = [tuple(dead_addr), relay.local_addr]
+                a = UdpTransport(Identity.generate(), relay=relays, hole_punching=False)
+                b = UdpTransport(Identity.generate(), relay=relays, hole_punching=False)
+                ia = a.join(NET, CIDR, "192.168.7.2")
+                b.join(NET, CIDR, "192.168.7.3")
+                a.add_peer(NET, b.node_id, "192.168.7.3")
+                b.add_peer(NET, a.node_id, "192.168.7.2")
+                for _ in range(200):
+                    if a.native.relay == relay.local_addr and b.native.relay == relay.local_addr:
+                        break
+                    await asyncio.sleep(0.01)
+                assert a.native.relay == relay.local_addr
+                assert await ia.ping("192.168.7.3", timeout=5) > 0
+                assert relay.relay.stats()["forwarded"] >= 2
+                a.close()
+                b.close()
+        finally:
+            dead.close()
+
+    asyncio.run(main())

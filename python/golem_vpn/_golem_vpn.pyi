@@ -437,6 +437,12 @@ class NodeTransport:
     @property
     def public_addr(self) -> tuple[str, int] | None:
         """Our address as the relay sees it, once it answered a registration."""
+    def set_relays(self, relays: list[tuple[str, int]], now: float) -> None:
+        """Several relays in order of preference: registers with all, sends through the first
+        that answered lately (so a relay that goes away is replaced by the next)."""
+    @property
+    def relay(self) -> tuple[str, int] | None:
+        """The relay in use."""
     def set_hole_punching(self, enabled: bool) -> None:
         """Whether relayed peers are looked up and probed for a direct path (default on)."""
     def is_relayed(self, node_id: str) -> bool: ...

@@ -85,7 +85,8 @@ def _add_daemon_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser])
     daemon.add_argument(
         "--relay",
         metavar="HOST:PORT",
-        help="relay for peers without a direct path (env GOLEM_VPN_RELAY; default none)",
+        help="relay(s) for peers without a direct path, comma-separated in order of "
+        "preference (env GOLEM_VPN_RELAY; default none)",
     )
     daemon.add_argument(
         "--no-hole-punching",
@@ -135,7 +136,11 @@ def _daemon(args: argparse.Namespace) -> int:
             _setting(args.listen, "GOLEM_VPN_LISTEN", "0.0.0.0:11500"), "--listen"
         )
         relay_text = _setting(args.relay, "GOLEM_VPN_RELAY", "")
-        relay = daemon.parse_hostport(relay_text, "--relay") if relay_text else None
+        relay = [
+            daemon.parse_hostport(part.strip(), "--relay")
+            for part in relay_text.split(",")
+            if part.strip()
+        ]
     except (ValueError, OSError) as exc:
         print(f"golem-vpn: error: {exc}", file=sys.stderr)
         return 1

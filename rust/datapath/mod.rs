@@ -127,7 +127,11 @@ pub struct UdpNode {
     tx: Vec<u8>,
     wrapped: Vec<u8>,
     stats: DatapathStats,
+    /// The relay in use: the first configured one that answered a registration lately
+    /// (the first configured one until any answers).
     relay: Option<SocketAddr>,
+    /// Every configured relay, in order of preference, with its last registration answer.
+    relays: Vec<(SocketAddr, Option<Instant>)>,
     next_register: Option<Instant>,
     public_addr: Option<SocketAddr>,
     /// Placeholder address → the peer reached through the relay.
@@ -176,6 +180,7 @@ impl UdpNode {
             wrapped: Vec::with_capacity(MAX_DATAGRAM),
             stats: DatapathStats::default(),
             relay: None,
+            relays: Vec::new(),
             next_register: None,
             public_addr: None,
             relayed: FxHashMap::default(),
@@ -200,15 +205,46 @@ impl UdpNode {
     /// Uses `relay` (None: none) to reach peers without a direct address; registers at
     /// once and every [`relay::REGISTER_INTERVAL`] after.
     pub fn set_relay(&mut self, relay: Option<SocketAddr>, now: Instant) {
-        self.relay = relay;
+        self.set_relays(relay.into_iter().collect(), now);
+    }
+
+    /// Uses several relays, in order of preference: the node registers with all of them
+    /// and sends through the first that answered a registration within the last two
+    /// registration intervals, so a relay that goes away is replaced by the next one.
+    pub fn set_relays(&mut self, relays: Vec<SocketAddr>, now: Instant) {
+        self.relays = relays.into_iter().map(|r| (r, None)).collect();
+        self.relay = self.relays.first().map(|r| r.0);
         self.public_addr = None;
-        self.next_register = relay.map(|_| now);
+        self.next_register = self.relay.map(|_| now);
         self.register_if_due(now);
     }
 
-    /// The configured relay.
+    /// The relay in use.
     pub fn relay(&self) -> Option<SocketAddr> {
         self.relay
+    }
+
+    /// Every configured relay.
+    pub fn relays(&self) -> Vec<SocketAddr> {
+        self.relays.iter().map(|r| r.0).collect()
+    }
+
+    /// Picks the relay in use: the first that answered lately, else the first configured.
+    fn choose_relay(&mut self, now: Instant) {
+        let fresh = |answered: Option<Instant>| {
+            answered
+                .is_some_and(|t| now.saturating_duration_since(t) < 2 * relay::REGISTER_INTERVAL)
+        };
+        let chosen = self
+            .relays
+            .iter()
+            .find(|r| fresh(r.1))
+            .or(self.relays.first())
+            .map(|r| r.0);
+        if chosen != self.relay {
+            // Relayed peers keep their placeholder addresses: they now go through `chosen`.
+            self.relay = chosen;
+        }
     }
 
     /// Our address as the relay sees it (after NAT), once it has answered.
@@ -224,19 +260,22 @@ impl UdpNode {
     }
 
     fn register_if_due(&mut self, now: Instant) {
-        let (Some(relay), Some(due)) = (self.relay, self.next_register) else {
+        let Some(due) = self.next_register else {
             return;
         };
-        if now < due {
+        if now < due || self.relays.is_empty() {
             return;
         }
+        self.choose_relay(now);
         let unix = SystemTime::now()
             .duration_since(UNIX_EPOCH)
             .map_or(0, |d| d.as_secs());
         let msg = relay::register_message(&self.identity, unix);
-        match self.socket.send_to(&msg, relay) {
-            Ok(_) => self.stats.datagrams_out += 1,
-            Err(_) => self.stats.send_errors += 1,
+        for &(relay, _) in &self.relays {
+            match self.socket.send_to(&msg, relay) {
+                Ok(_) => self.stats.datagrams_out += 1,
+                Err(_) => self.stats.send_errors += 1,
+            }
         }
         self.next_register = Some(now + relay::REGISTER_INTERVAL);
     }
@@ -514,7 +553,7 @@ impl UdpNode {
     /// Handles a relay message in `self.rx[..len]`. For a forwarded tunnel datagram,
     /// returns the sender's placeholder address and where the datagram starts.
     fn relay_message(&mut self, from: SocketAddr, len: usize) -> Option<(SocketAddr, usize)> {
-        if Some(from) != self.relay {
+        if !self.relays.iter().any(|r| r.0 == from) {
             self.stats.relay_drops += 1;
             return None;
         }
@@ -532,7 +571,14 @@ impl UdpNode {
                 }
             },
             relay::REGISTERED => {
-                self.public_addr = relay::decode_registered(&self.rx[..len]);
+                let now = Instant::now();
+                if let Some(r) = self.relays.iter_mut().find(|r| r.0 == from) {
+                    r.1 = Some(now);
+                }
+                self.choose_relay(now);
+                if Some(from) == self.relay {
+                    self.public_addr = relay::decode_registered(&self.rx[..len]);
+                }
                 None
             }
             relay::UNKNOWN_PEER => {
@@ -569,7 +615,7 @@ impl UdpNode {
         if !self.hole_punching
             || !self.knows(&node)
             || !self.is_relayed(&node)
-            || self.relay == Some(addr)
+            || self.relays.iter().any(|r| r.0 == addr)
         {
             return;
         }

@@ -424,3 +424,53 @@ fn packets_for_a_network_the_sender_is_not_in_are_dropped() {
         1
     );
 }
+
+#[test]
+fn a_dead_first_relay_is_passed_over_for_the_next() {
+    let dead = UdpSocket::bind("127.0.0.1:0").unwrap(); // bound, never answers
+    let mut relay = TestRelay::new();
+    let relays = vec![dead.local_addr().unwrap(), relay.addr()];
+    let mut a = node(1);
+    let mut b = node(2);
+    let now = Instant::now();
+    for n in [&mut a, &mut b] {
+        n.set_relays(relays.clone(), now);
+        n.set_hole_punching(false);
+    }
+    assert_eq!(
+        a.relay(),
+        Some(relays[0]),
+        "the first relay until one answers"
+    );
+    a.add_network(router_for(&a, 1));
+    b.add_network(router_for(&b, 2));
+    let (a_id, b_id) = (a.node_id(), b.node_id());
+    a.add_peer(NET, b_id, ip(2), None).unwrap();
+    b.add_peer(NET, a_id, ip(1), None).unwrap();
+    let packet = udp_v4(
+        Ipv4Addr::new(10, 7, 0, 1),
+        Ipv4Addr::new(10, 7, 0, 2),
+        7,
+        8,
+        b"x",
+    );
+    let (mut ia, mut ib) = (Inbound::default(), Inbound::default());
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while ib.frames.is_empty() && Instant::now() < deadline {
+        relay.run();
+        let now = Instant::now();
+        a.receive(now, 1024, &mut ia);
+        b.receive(now, 1024, &mut ib);
+        if a.relay() == Some(relays[1]) && b.relay() == Some(relays[1]) {
+            a.send_packets(NET, [packet.as_slice()], now).unwrap();
+        }
+        a.handle_timeout(now, &mut ia);
+        b.handle_timeout(now, &mut ib);
+        std::thread::sleep(Duration::from_millis(2));
+    }
+    assert_eq!(a.relay(), Some(relays[1]));
+    assert_eq!(a.relays(), relays);
+    assert!(!ib.frames.is_empty());
+    assert!(ib.frames.iter().all(|(_, f)| *f == packet));
+    assert!(relay.server.stats().forwarded >= 1);
+}

@@ -335,6 +335,21 @@ impl PyNodeTransport {
         Ok(())
     }
 
+    fn set_relays(&mut self, py: Python<'_>, relays: Vec<(String, u16)>, now: f64) -> PyResult<()> {
+        let relays = relays
+            .iter()
+            .map(|a| sockaddr(py, a))
+            .collect::<PyResult<Vec<_>>>()?;
+        let now = self.instant(now);
+        self.inner.set_relays(relays, now);
+        Ok(())
+    }
+
+    #[getter]
+    fn relay(&self) -> Option<(String, u16)> {
+        self.inner.relay().map(|a| (a.ip().to_string(), a.port()))
+    }
+
     fn set_hole_punching(&mut self, enabled: bool) {
         self.inner.set_hole_punching(enabled);
     }

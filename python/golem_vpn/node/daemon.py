@@ -140,7 +140,7 @@ async def run(
     *,
     api: tuple[str, int],
     listen: tuple[str, int],
-    relay: tuple[str, int] | None = None,
+    relay: tuple[str, int] | list[tuple[str, int]] | None = None,
     hole_punching: bool = True,
     ready: Any = None,
     stop: asyncio.Event | None = None,
@@ -155,7 +155,7 @@ async def run(
         data_dir: The daemon's data dir (see :func:`golem_vpn.config.data_dir`).
         api: The Net API's ``(host, port)``.
         listen: The UDP transport's ``(host, port)``.
-        relay: A relay's ``(host, port)``.
+        relay: A relay's ``(host, port)``, or several in order of preference.
         hole_punching: Try direct paths to relayed peers.
         ready: Called with a dict describing the running daemon (node id, addresses).
         stop: Set it to stop the daemon.
@@ -178,7 +178,10 @@ async def run(
             "nodeId": identity.node_id,
             "api": f"http://{host}:{port}",
             "udp": "{}:{}".format(*transport.local_addr),
-            "relay": None if relay is None else "{}:{}".format(*relay),
+            "relay": ", ".join(
+                "{}:{}".format(*r) for r in ([relay] if isinstance(relay, tuple) else relay or [])
+            )
+            or None,
             "dataDir": str(data_dir),
         }
         if ready is not None:

@@ -40,8 +40,9 @@ class UdpTransport:
         host: The address to bind (``127.0.0.1``, ``0.0.0.0``, an underlay address...).
         port: The UDP port (0: any free one).
         keepalive: Seconds between keep-alives on idle sessions (for NAT), None: off.
-        relay: A relay's ``(host, port)``: the node registers there (signed) and reaches
-            peers it has no direct address for through it.
+        relay: A relay's ``(host, port)``, or a list of them in order of preference: the node
+            registers there (signed) and reaches peers it has no direct address for through
+            the first relay that answers.
         hole_punching: Look relayed peers up at the relay and probe their public address,
             moving to a direct path when the probes get through NAT (default: on).
 
@@ -59,7 +60,7 @@ class UdpTransport:
         port: int = 0,
         *,
         keepalive: float | None = None,
-        relay: tuple[str, int] | None = None,
+        relay: tuple[str, int] | list[tuple[str, int]] | None = None,
         hole_punching: bool = True,
     ) -> None:
         self._loop = asyncio.get_running_loop()
@@ -120,9 +121,11 @@ class UdpTransport:
         interface.close()
         self._native.remove_network(network_id)
 
-    def set_relay(self, relay: tuple[str, int] | None) -> None:
-        """Uses ``relay`` for peers without a direct address (None: no relay)."""
-        self._native.set_relay(relay, self._loop.time())
+    def set_relay(self, relay: tuple[str, int] | list[tuple[str, int]] | None) -> None:
+        """Uses ``relay`` (one, or several in order of preference) for peers without a
+        direct address (None: no relay)."""
+        relays = [] if relay is None else [relay] if isinstance(relay, tuple) else list(relay)
+        self._native.set_relays(relays, self._loop.time())
         self._arm()
 
     @property
