@@ -19,6 +19,14 @@ Roles:
     ``--tcp-bytes`` of ``random.Random(--seed)`` bytes through a TCP echo and hashes what
     comes back, does a UDP round trip and a ping, prints ``result`` (with its transport
     stats) and exits.
+
+With ``--relay HOST:PORT`` a node registers with that relay and waits until the relay
+has answered (its ``ready`` line then carries ``public_addr``, its address as the relay
+sees it); a peer given without ``--peer-addr`` is reached through the relay.
+``--hole-punching on`` lets the nodes probe each other's public address for a direct
+path; with ``--wait-direct SECONDS`` the requestor first waits (pinging) for the peer to
+leave the relay, and its ``result`` carries a ``before`` snapshot of its stats taken just
+before the echo, so the test can tell which path the echo took.
 """
 
 from __future__ import annotations
@@ -51,9 +59,34 @@ def payload(seed: int, size: int) -> bytes:
     return random.Random(seed).randbytes(size)
 
 
-def make_link(args: argparse.Namespace) -> tuple[UdpTransport, golem_vpn.Interface]:
+def _addr(addr: tuple[str, int] | None) -> list[Any] | None:
+    return None if addr is None else list(addr)
+
+
+def path(link: UdpTransport, peer_id: str) -> dict[str, Any]:
+    """How this node reaches the peer right now, and how the relay sees this node."""
+    return {
+        "public_addr": _addr(link.public_addr),
+        "relayed": link.native.is_relayed(peer_id),
+        "peer_address": _addr(link.native.peer_address(peer_id)),
+    }
+
+
+async def make_link(args: argparse.Namespace) -> tuple[UdpTransport, golem_vpn.Interface]:
     identity = golem_vpn.Identity.from_secret(bytes.fromhex(args.secret))
-    link = UdpTransport(identity, args.bind, args.port)
+    relay = host_port(args.relay) if args.relay else None
+    link = UdpTransport(
+        identity,
+        args.bind,
+        args.port,
+        relay=relay,
+        hole_punching=args.hole_punching == "on",
+    )
+    if relay is not None:
+        # Registered (the relay answered) before anyone looks this node up.
+        async with asyncio.timeout(10):
+            while link.public_addr is None:
+                await asyncio.sleep(0.01)
     iface = link.join(args.net, args.cidr, args.ip)
     link.on_peer = lambda kind, node, detail: emit("peer", kind=kind, node=node, detail=detail)
     peer_addr = host_port(args.peer_addr) if args.peer_addr else None
@@ -61,8 +94,29 @@ def make_link(args: argparse.Namespace) -> tuple[UdpTransport, golem_vpn.Interfa
     return link, iface
 
 
+def emit_ready(link: UdpTransport) -> None:
+    emit(
+        "ready",
+        node_id=link.node_id,
+        local_addr=list(link.local_addr),
+        public_addr=_addr(link.public_addr),
+    )
+
+
+async def wait_direct(
+    link: UdpTransport, iface: golem_vpn.Interface, args: argparse.Namespace
+) -> None:
+    """Pings the peer until it is reached directly (or ``--wait-direct`` runs out)."""
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + args.wait_direct
+    while link.native.is_relayed(args.peer_id) and loop.time() < deadline:
+        with contextlib.suppress(TimeoutError):
+            await iface.ping(args.peer_ip, timeout=0.2)
+        await asyncio.sleep(0.05)
+
+
 async def provider(args: argparse.Namespace) -> None:
-    link, iface = make_link(args)
+    link, iface = await make_link(args)
 
     async def echo(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         digest, count = hashlib.sha256(), 0
@@ -85,10 +139,10 @@ async def provider(args: argparse.Namespace) -> None:
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     loop.add_signal_handler(signal.SIGTERM, stop.set)
-    emit("ready", node_id=link.node_id, local_addr=list(link.local_addr))
+    emit_ready(link)
     with contextlib.suppress(TimeoutError):
         await asyncio.wait_for(stop.wait(), args.lifetime)
-    emit("stats", stats=link.native.stats())
+    emit("stats", stats=link.native.stats(), **path(link, args.peer_id))
     udp_task.cancel()
     endpoint.close()
     server.close()
@@ -96,8 +150,11 @@ async def provider(args: argparse.Namespace) -> None:
 
 
 async def requestor(args: argparse.Namespace) -> None:
-    link, iface = make_link(args)
-    emit("ready", node_id=link.node_id, local_addr=list(link.local_addr))
+    link, iface = await make_link(args)
+    emit_ready(link)
+    if args.wait_direct:
+        await wait_direct(link, iface, args)
+    before = {"stats": link.native.stats(), **path(link, args.peer_id)}
     blob = payload(args.seed, args.tcp_bytes)
     reader, writer = await golem_vpn.open_connection(
         iface, args.peer_ip, args.tcp_port, timeout=args.timeout
@@ -138,6 +195,8 @@ async def requestor(args: argparse.Namespace) -> None:
         ping_rtt=rtt,
         stats=link.native.stats(),
         up=link.native.is_up(args.peer_id),
+        before=before,
+        **path(link, args.peer_id),
     )
     link.close()
 
@@ -154,6 +213,14 @@ def main() -> None:
     parser.add_argument("--peer-id", required=True)
     parser.add_argument("--peer-ip", required=True)
     parser.add_argument("--peer-addr", help="the peer's UDP address HOST:PORT, if known")
+    parser.add_argument("--relay", help="a relay's UDP address HOST:PORT")
+    parser.add_argument("--hole-punching", choices=["on", "off"], default="on")
+    parser.add_argument(
+        "--wait-direct",
+        type=float,
+        default=0.0,
+        help="requestor: seconds to wait for a direct path before the echo",
+    )
     parser.add_argument("--tcp-port", type=int, default=7)
     parser.add_argument("--udp-port", type=int, default=5353)
     parser.add_argument("--tcp-bytes", type=int, default=1 << 20)

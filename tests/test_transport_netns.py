@@ -7,7 +7,10 @@ pair (and, in the NAT tests, two forwarding router namespaces). Underlay links u
 the nodes' userspace stacks. Every namespace is named ``gvpn-*-<pid>`` and deleted by
 name when the test ends, pass or fail; node processes are ended by their PIDs.
 
-Needs root and ``ip netns``; skips otherwise. The masquerade test also needs ``nft``.
+The relay tests put two nodes behind masquerading routers with a relay
+(``python -m golem_vpn relay``) between them.
+
+Needs root and ``ip netns``; skips otherwise. The masquerade tests also need ``nft``.
 """
 
 from __future__ import annotations
@@ -394,3 +397,228 @@ def test_provider_learns_the_requestors_address_across_routers(
         assert seen_host == requestor_seen, ups
 
     asyncio.run(main())
+
+
+RELAY_HOST, RELAY_PORT = "198.18.0.10", 7464
+
+# A home router: masquerade out of the public side, and a stateful firewall that drops
+# whatever arrives there unasked. The drop matters for hole punching: without it a probe
+# that reaches a router before the node behind it has sent its own leaves a conntrack
+# entry for the router itself (198.18.0.x:port -> router:port), masquerade then has to
+# pick another source port for the node's probe to the same peer, and the peer's router
+# drops what comes from that port. A dropped packet is never confirmed by conntrack.
+# ``{random}``: "random" makes the mapping endpoint-dependent (a new random port per
+# destination, like a symmetric NAT); empty keeps the source port when it is free.
+NFT_HOME_ROUTER = """
+table ip gvpn_nat {{
+    chain postrouting {{
+        type nat hook postrouting priority 100; policy accept;
+        oifname "{pub}" masquerade {random}
+    }}
+    chain input {{
+        type filter hook input priority 0; policy accept;
+        iifname "{pub}" ct state established,related accept
+        iifname "{pub}" drop
+    }}
+    chain forward {{
+        type filter hook forward priority 0; policy accept;
+        iifname "{pub}" ct state established,related accept
+        iifname "{pub}" drop
+    }}
+}}
+"""
+
+
+class Relay:
+    """``python -m golem_vpn relay`` in a namespace."""
+
+    def __init__(self, proc: asyncio.subprocess.Process, stderr: Path) -> None:
+        self.proc = proc
+        self.stderr = stderr
+
+    @classmethod
+    async def start(cls, ns: str, listen: str, stderr: Path) -> Relay:
+        argv = ["ip", "netns", "exec", ns, sys.executable, "-m", "golem_vpn", "relay"]
+        with stderr.open("wb") as err:
+            proc = await asyncio.create_subprocess_exec(
+                *argv,
+                "--listen",
+                listen,
+                stdin=subprocess.DEVNULL,
+                stdout=subprocess.PIPE,
+                stderr=err,
+            )
+        return cls(proc, stderr)
+
+    async def listening(self, timeout: float) -> str:
+        assert self.proc.stdout is not None
+        with contextlib.suppress(TimeoutError):
+            line = await asyncio.wait_for(self.proc.stdout.readline(), timeout)
+            if line:
+                return line.decode().strip()
+        pytest.fail(f"relay did not start: {self.stderr.read_text(errors='replace')[-3000:]}")
+
+    async def kill(self) -> None:
+        if self.proc.returncode is None:
+            with contextlib.suppress(ProcessLookupError):
+                self.proc.kill()
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(self.proc.wait(), 10)
+
+
+@pytest.mark.parametrize("mode", ["relayed", "punched", "symmetric"])
+def test_nodes_behind_masquerade_meet_through_the_relay(
+    underlay: Underlay, tmp_path: Path, mode: str
+) -> None:
+    """Two nodes, each behind its own masquerading router (nftables, no port forwarding,
+    unasked inbound dropped), know only each other's node id and VPN address; a relay on
+    the "internet" is the one address both can reach, and there is no route between the
+    private sides.
+
+    ``relayed`` (hole punching off): the 1 MiB echo, UDP round trip and ping all go
+    through the relay; the relay reports each node's public address as its router's.
+    ``punched`` (hole punching on, masquerade keeping the source port): the nodes learn
+    each other's public address from the relay, their probes open both NATs and they move
+    to a direct path before the echo, which then never touches the relay.
+    ``symmetric`` (hole punching on, ``masquerade random``: a new port per destination):
+    the probes cannot get through, and everything still flows through the relay.
+
+    Underlay plan (all in 198.18.0.0/15; the "internet" is a bridge in its own namespace,
+    which also holds the relay's address)::
+
+        node A 198.18.1.2/30 -- 198.18.1.1/30 NAT A 198.18.0.1/24 --+
+                                                                    bridge, relay 198.18.0.10/24
+        node B 198.18.2.2/30 -- 198.18.2.1/30 NAT B 198.18.0.2/24 --+
+    """
+    if shutil.which("nft") is None:
+        pytest.skip("nftables CLI `nft` is not installed here: cannot set up masquerade")
+    punching = mode != "relayed"
+    nat = "symmetric" if mode == "symmetric" else "cone"
+    ns_inet = underlay.netns(f"gvpn-inet-{PID}")
+    ns_nat_a = underlay.netns(f"gvpn-nata-{PID}")
+    ns_nat_b = underlay.netns(f"gvpn-natb-{PID}")
+    ns_a = underlay.netns(f"gvpn-hosta-{PID}")
+    ns_b = underlay.netns(f"gvpn-hostb-{PID}")
+    bridge = f"gbr-{PID}"
+    _ip("-n", ns_inet, "link", "add", bridge, "type", "bridge")
+    _ip("-n", ns_inet, "addr", "add", f"{RELAY_HOST}/24", "dev", bridge)
+    _ip("-n", ns_inet, "link", "set", bridge, "up")
+    for router, pub, port, public in (
+        (ns_nat_a, f"gpa-{PID}", f"gxa-{PID}", "198.18.0.1/24"),
+        (ns_nat_b, f"gpb-{PID}", f"gxb-{PID}", "198.18.0.2/24"),
+    ):
+        peer = ["peer", "name", port, "netns", ns_inet]
+        _ip("link", "add", pub, "netns", router, "type", "veth", *peer)
+        _ip("-n", router, "addr", "add", public, "dev", pub)
+        _ip("-n", router, "link", "set", pub, "up")
+        _ip("-n", ns_inet, "link", "set", port, "master", bridge)
+        _ip("-n", ns_inet, "link", "set", port, "up")
+        done = underlay.run(router, "sysctl", "-qw", "net.ipv4.ip_forward=1")
+        assert done.returncode == 0, done.stderr
+        ruleset = tmp_path / f"{router}.nft"
+        random = "random" if nat == "symmetric" else ""
+        ruleset.write_text(NFT_HOME_ROUTER.format(pub=pub, random=random))
+        loaded = underlay.run(router, "nft", "-f", str(ruleset))
+        if loaded.returncode != 0:
+            pytest.skip(f"nft cannot load a NAT ruleset here: {loaded.stderr.strip()}")
+    underlay.veth((ns_a, f"gha-{PID}", "198.18.1.2/30"), (ns_nat_a, f"gla-{PID}", "198.18.1.1/30"))
+    underlay.veth((ns_b, f"ghb-{PID}", "198.18.2.2/30"), (ns_nat_b, f"glb-{PID}", "198.18.2.1/30"))
+    _ip("-n", ns_a, "route", "add", "198.18.0.0/15", "via", "198.18.1.1")
+    _ip("-n", ns_b, "route", "add", "198.18.0.0/15", "via", "198.18.2.1")
+    # Neither private side is routed anywhere outside its own router.
+    for ns, private in ((ns_inet, "198.18.1.2"), (ns_inet, "198.18.2.2"), (ns_nat_a, "198.18.2.2")):
+        assert _ip("-n", ns, "route", "get", private, check=False).returncode != 0, (ns, private)
+    assert _ip("-n", ns_nat_b, "route", "get", "198.18.1.2", check=False).returncode != 0
+
+    requestor_id, provider_id = Identity.generate(), Identity.generate()
+    size, seed = 1 << 20, 2024
+    relay_addr = f"{RELAY_HOST}:{RELAY_PORT}"
+    common = {"relay": relay_addr, "hole_punching": "on" if punching else "off", "port": UDP_PORT}
+
+    async def main() -> tuple[dict[str, Any], ...]:
+        relay = await Relay.start(ns_inet, relay_addr, tmp_path / "relay.err")
+        provider: Node | None = None
+        requestor: Node | None = None
+        try:
+            assert await relay.listening(20) == f"relay listening on {relay_addr}"
+            provider = await Node.start(
+                ns_b,
+                "provider",
+                tmp_path / "provider.err",
+                **_common(provider_id, requestor_id),
+                **common,
+                bind="198.18.2.2",
+                ip=PROV_IP,
+                peer_ip=REQ_IP,
+            )
+            prov_ready = await provider.expect("ready", 20)
+            requestor = await Node.start(
+                ns_a,
+                "requestor",
+                tmp_path / "requestor.err",
+                **_common(requestor_id, provider_id),
+                **common,
+                bind="198.18.1.2",
+                ip=REQ_IP,
+                peer_ip=PROV_IP,
+                tcp_bytes=size,
+                seed=seed,
+                timeout=15,
+                # A punch is 8 probes 0.2 s apart; both nodes start one at once.
+                wait_direct=3 if punching else 0,
+            )
+            req_ready = await requestor.expect("ready", 20)
+            result = await requestor.expect("result", 25)
+            provider.terminate()
+            prov_end = await provider.expect("stats", 10)
+        finally:
+            for proc in (requestor, provider, relay):
+                if proc is not None:
+                    await proc.kill()
+        _check_echo(result, provider, size, seed)
+        return prov_ready, req_ready, result, prov_end
+
+    prov_ready, req_ready, result, prov_end = asyncio.run(main())
+
+    # Behind NAT: the relay sees each node at its router's public address.
+    assert prov_ready["local_addr"] == ["198.18.2.2", UDP_PORT]
+    assert req_ready["local_addr"] == ["198.18.1.2", UDP_PORT]
+    prov_public, req_public = prov_ready["public_addr"], req_ready["public_addr"]
+    assert prov_public is not None, prov_ready
+    assert prov_public[0] == "198.18.0.2", prov_ready
+    assert req_public is not None, req_ready
+    assert req_public[0] == "198.18.0.1", req_ready
+    if nat == "cone":  # masquerade keeps the port when it is free
+        assert prov_public[1] == req_public[1] == UDP_PORT
+
+    stats, prov_stats = result["stats"], prov_end["stats"]
+    before = result["before"]["stats"]
+    min_packets = size // 1400
+    both = (stats, prov_stats)
+    if mode == "punched":
+        # Direct before the echo started, and the echo never touched the relay.
+        assert result["before"]["relayed"] is False, result["before"]
+        assert result["relayed"] is False, result
+        assert prov_end["relayed"] is False, prov_end
+        # One probe ack is enough: the other side follows the authenticated traffic.
+        assert stats["punched"] + prov_stats["punched"] >= 1, both
+        assert result["peer_address"] == prov_public, result
+        assert prov_end["peer_address"] == req_public, prov_end
+        assert stats["relayed_out"] == before["relayed_out"], (before, stats)
+        assert stats["relayed_in"] == before["relayed_in"], (before, stats)
+        assert stats["datagrams_out"] - before["datagrams_out"] >= min_packets, stats
+        assert stats["datagrams_in"] - before["datagrams_in"] >= min_packets, stats
+        return
+    # Relayed: the whole echo went through the relay, both ways, on both nodes.
+    assert result["relayed"] is True, result
+    assert prov_end["relayed"] is True, prov_end
+    assert stats["punched"] == prov_stats["punched"] == 0, both
+    assert stats["relayed_out"] - before["relayed_out"] >= min_packets, (before, stats)
+    assert stats["relayed_in"] - before["relayed_in"] >= min_packets, (before, stats)
+    assert prov_stats["relayed_out"] >= min_packets, prov_stats
+    assert prov_stats["relayed_in"] >= min_packets, prov_stats
+    if punching:  # tried, and fell back
+        assert stats["probes_sent"] >= 1, both
+        assert prov_stats["probes_sent"] >= 1, both
+    else:
+        assert stats["probes_sent"] == prov_stats["probes_sent"] == 0, both
