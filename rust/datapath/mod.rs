@@ -30,6 +30,7 @@ use crate::tunnel::{
     Config, DownReason, Endpoint, Event, Payload, PayloadKind, SendError, TunnelStats,
 };
 
+mod mmsg;
 mod relay_shell;
 
 pub use relay_shell::UdpRelay;
@@ -123,8 +124,12 @@ pub struct UdpNode {
     identity: Identity,
     networks: FxHashMap<String, Router>,
     rx: Vec<u8>,
+    /// Receive buffers for one `recvmmsg` (allocated lazily, zero pages until used).
+    rx_batch: Vec<Vec<u8>>,
     plaintext: Vec<u8>,
-    tx: Vec<u8>,
+    /// Datagrams waiting for one `sendmmsg`: buffers reused across calls.
+    tx_batch: Vec<Vec<u8>>,
+    tx_dsts: Vec<SocketAddr>,
     wrapped: Vec<u8>,
     stats: DatapathStats,
     /// The relay in use: the first configured one that answered a registration lately
@@ -175,8 +180,10 @@ impl UdpNode {
             identity: identity.clone(),
             networks: FxHashMap::default(),
             rx: vec![0u8; MAX_DATAGRAM],
+            rx_batch: (0..mmsg::BATCH).map(|_| vec![0u8; MAX_DATAGRAM]).collect(),
             plaintext: Vec::with_capacity(MAX_DATAGRAM),
-            tx: Vec::with_capacity(MAX_DATAGRAM),
+            tx_batch: Vec::new(),
+            tx_dsts: Vec::new(),
             wrapped: Vec::with_capacity(MAX_DATAGRAM),
             stats: DatapathStats::default(),
             relay: None,
@@ -434,7 +441,8 @@ impl UdpNode {
             socket,
             endpoint,
             networks,
-            tx,
+            tx_batch,
+            tx_dsts,
             wrapped,
             stats,
             relay,
@@ -444,6 +452,7 @@ impl UdpNode {
         let router = networks
             .get_mut(network)
             .ok_or_else(|| DatapathError::UnknownNetwork(network.to_owned()))?;
+        let mut queued = 0usize;
         for packet in packets {
             let _ = router.inject(packet, |node, bytes| {
                 if *node == local {
@@ -455,12 +464,35 @@ impl UdpNode {
                     network,
                     bytes,
                 };
+                if queued == tx_batch.len() {
+                    tx_batch.push(Vec::with_capacity(2048));
+                    tx_dsts.push(SocketAddr::from(([0, 0, 0, 0], 0)));
+                }
                 // A refused payload (peer gone, too large) is counted by the tunnel.
-                if let Ok(Some(dst)) = endpoint.send_into(node, payload, now, tx) {
-                    send_datagram(socket, stats, *relay, relayed, wrapped, tx, dst);
+                if let Ok(Some(dst)) = endpoint.send_into(node, payload, now, &mut tx_batch[queued])
+                {
+                    if relayed.contains_key(&dst) {
+                        send_datagram(
+                            socket,
+                            stats,
+                            *relay,
+                            relayed,
+                            wrapped,
+                            &tx_batch[queued],
+                            dst,
+                        );
+                    } else {
+                        tx_dsts[queued] = dst;
+                        queued += 1;
+                        if queued == mmsg::BATCH {
+                            send_queued(socket, stats, &tx_batch[..queued], &tx_dsts[..queued]);
+                            queued = 0;
+                        }
+                    }
                 }
             });
         }
+        send_queued(socket, stats, &tx_batch[..queued], &tx_dsts[..queued]);
         self.flush();
         Ok(answers)
     }
@@ -483,63 +515,88 @@ impl UdpNode {
         Ok(())
     }
 
-    /// Reads up to `max` datagrams (stopping early when the socket has none), and
-    /// appends what they carried to `inbound`. Returns the number read.
+    /// Handles one datagram of `len` bytes in `self.rx` from `from`.
+    fn process_datagram(
+        &mut self,
+        len: usize,
+        from: SocketAddr,
+        now: Instant,
+        inbound: &mut Inbound,
+    ) {
+        if len == 0 {
+            return;
+        }
+        if matches!(self.rx[0], relay::PROBE | relay::PROBE_ACK) {
+            self.probe_message(from, len);
+            return;
+        }
+        let (from, start) = if relay::is_relay_message(&self.rx[..len]) {
+            match self.relay_message(from, len) {
+                Some(unwrapped) => unwrapped,
+                None => return,
+            }
+        } else {
+            (from, 0)
+        };
+        let UdpNode {
+            endpoint,
+            networks,
+            rx,
+            plaintext,
+            stats,
+            ..
+        } = self;
+        let Some(delivery) = endpoint.receive_into(from, &rx[start..len], now, plaintext) else {
+            return;
+        };
+        match delivery.kind {
+            PayloadKind::Ip => match networks.get_mut(delivery.network) {
+                Some(router) => match router.receive(delivery.bytes, &delivery.peer) {
+                    Ok(frame) => inbound
+                        .frames
+                        .push((delivery.network.to_owned(), frame.to_vec())),
+                    Err(_) => stats.router_drops += 1,
+                },
+                None => stats.unknown_network += 1,
+            },
+            PayloadKind::Control => inbound.control.push((
+                delivery.peer,
+                delivery.network.to_owned(),
+                delivery.bytes.to_vec(),
+            )),
+        }
+    }
+
+    /// Reads up to `max` datagrams (stopping early when the socket has none), with batched
+    /// `recvmmsg` calls, and appends what they carried to `inbound`. Returns the number read.
     pub fn receive(&mut self, now: Instant, max: usize, inbound: &mut Inbound) -> usize {
         let mut read = 0;
+        let mut batch = std::mem::take(&mut self.rx_batch);
+        let mut got: Vec<(usize, SocketAddr)> = Vec::with_capacity(mmsg::BATCH);
         while read < max {
-            let (len, from) = match self.socket.recv_from(&mut self.rx) {
-                Ok(got) => got,
-                Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
+            got.clear();
+            let want = (max - read).min(batch.len());
+            match mmsg::recv_batch(&self.socket, &mut batch[..want], &mut got) {
+                Ok(()) if got.is_empty() => break,
+                Ok(()) => {}
                 // ICMP errors surface as ECONNREFUSED and friends on Linux: not fatal.
                 Err(_) => {
                     read += 1;
                     continue;
                 }
-            };
-            read += 1;
-            self.stats.datagrams_in += 1;
-            if matches!(self.rx[0], relay::PROBE | relay::PROBE_ACK) {
-                self.probe_message(from, len);
-                continue;
             }
-            let (from, start) = if relay::is_relay_message(&self.rx[..len]) {
-                match self.relay_message(from, len) {
-                    Some(unwrapped) => unwrapped,
-                    None => continue,
-                }
-            } else {
-                (from, 0)
-            };
-            let UdpNode {
-                endpoint,
-                networks,
-                rx,
-                plaintext,
-                stats,
-                ..
-            } = self;
-            let Some(delivery) = endpoint.receive_into(from, &rx[start..len], now, plaintext)
-            else {
-                continue;
-            };
-            match delivery.kind {
-                PayloadKind::Ip => match networks.get_mut(delivery.network) {
-                    Some(router) => match router.receive(delivery.bytes, &delivery.peer) {
-                        Ok(frame) => inbound
-                            .frames
-                            .push((delivery.network.to_owned(), frame.to_vec())),
-                        Err(_) => stats.router_drops += 1,
-                    },
-                    None => stats.unknown_network += 1,
-                },
-                PayloadKind::Control => inbound.control.push((
-                    delivery.peer,
-                    delivery.network.to_owned(),
-                    delivery.bytes.to_vec(),
-                )),
+            for (i, &(len, from)) in got.iter().enumerate() {
+                read += 1;
+                self.stats.datagrams_in += 1;
+                std::mem::swap(&mut self.rx, &mut batch[i]);
+                self.process_datagram(len, from, now, inbound);
+                std::mem::swap(&mut self.rx, &mut batch[i]);
+            }
+            if got.len() < want {
+                break;
             }
         }
+        self.rx_batch = batch;
         for node in std::mem::take(&mut self.keep_direct) {
             if let Some(&direct) = self.punched.get(&node) {
                 self.endpoint.set_peer_address(node, direct);
@@ -807,6 +864,21 @@ pub fn bind_udp(addr: SocketAddr) -> io::Result<UdpSocket> {
     socket.set_nonblocking(true)?;
     socket.bind(&addr.into())?;
     Ok(socket.into())
+}
+
+/// Sends the queued datagrams with batched syscalls, counting what the socket refused.
+fn send_queued(
+    socket: &UdpSocket,
+    stats: &mut DatapathStats,
+    bufs: &[Vec<u8>],
+    dsts: &[SocketAddr],
+) {
+    if bufs.is_empty() {
+        return;
+    }
+    let sent = mmsg::send_batch(socket, bufs, dsts);
+    stats.datagrams_out += sent as u64;
+    stats.send_errors += (bufs.len() - sent) as u64;
 }
 
 /// Sends a tunnel datagram: directly, or through the relay for a relayed peer.
