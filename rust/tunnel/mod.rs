@@ -19,7 +19,7 @@
 //! WireGuard's design with a Noise XX handshake, so that either side learns the other's
 //! identity from the handshake itself:
 //!
-//! - **Handshake**: `Noise_XX_25519_AESGCM_BLAKE2s` (ring-accelerated AES-256-GCM), prologue `golem-vpn/tunnel/v1`,
+//! - **Handshake**: `Noise_XX_25519_AESGCM_BLAKE2s` or `Noise_XX_25519_ChaChaPoly_BLAKE2s` (the initiator's [`Cipher`], named in message 1; ring-accelerated), prologue `golem-vpn/tunnel/v1`,
 //!   with a fresh X25519 static key per endpoint. The Noise payload of messages 2 and 3
 //!   is the sender's *identity proof*: a recoverable secp256k1 signature by its node key
 //!   ([`crate::identity`], `v ‖ r ‖ s` over sha256) of
@@ -31,7 +31,7 @@
 //!   Message 2's payload also repeats the responder's index, which authenticates the
 //!   cleartext copy. A refused handshake message spends that try (snow 0.10 cannot
 //!   roll a handshake state back completely); the retry timer starts a new one.
-//! - **Data**: AES-256-GCM under the session's keys with the 64-bit counter as the
+//! - **Data**: the session's AEAD (AES-256-GCM by default on CPUs with AES instructions, else ChaCha20-Poly1305) under the session's keys with the 64-bit counter as the
 //!   nonce (`snow`'s stateless transport), so datagrams may arrive out of order. As in
 //!   WireGuard, the header is not AEAD additional data (snow 0.10 has no AD in
 //!   stateless mode): the counter is bound through the nonce and the receiver index
@@ -55,7 +55,7 @@
 //!
 //! | type | message | layout after the type byte | size |
 //! |---|---|---|---|
-//! | 1 | handshake init | sender index `u32`, Noise message 1 (`e`, 32) | 37 |
+//! | 1 | handshake init | sender index `u32`, cipher suite `u8` (0 AES-256-GCM, 1 ChaCha20-Poly1305), Noise message 1 (`e`, 32) | 38 |
 //! | 2 | handshake response | sender index `u32`, receiver index `u32`, Noise message 2 (`e` 32, `s` 32+16, payload 69+16: proof ‖ sender index again) | 174 |
 //! | 3 | handshake final | receiver index `u32`, Noise message 3 (`s` 32+16, proof 65+16) | 134 |
 //! | 4 | data | receiver index `u32`, counter `u64`, ciphertext (inner plaintext + 16-byte tag) | 13 + n + 16 |
@@ -119,12 +119,67 @@ use crate::node_id::NodeId;
 use peer::{Attempt, Handshake, Indices, Peer, Slot};
 use session::Session;
 use wire::{
-    FINAL_LEN, HANDSHAKE_FINAL, HANDSHAKE_INIT, HANDSHAKE_RESPONSE, INIT_LEN, Inner, KEEPALIVE,
-    MAX_PLAINTEXT, PROOF_LEN, RESPONSE_LEN, RESPONSE_PAYLOAD_LEN,
+    FINAL_LEN, HANDSHAKE_FINAL, HANDSHAKE_INIT, HANDSHAKE_RESPONSE, INIT_LEN, INIT_NOISE_AT, Inner,
+    KEEPALIVE, MAX_PLAINTEXT, PROOF_LEN, RESPONSE_LEN, RESPONSE_PAYLOAD_LEN,
 };
 
-/// The Noise protocol of the handshake.
+/// The Noise protocol of the handshake with the default cipher (AES-256-GCM).
 pub const NOISE_PARAMS: &str = "Noise_XX_25519_AESGCM_BLAKE2s";
+/// The Noise protocol with ChaCha20-Poly1305 (for hosts without AES instructions).
+pub const NOISE_PARAMS_CHACHA: &str = "Noise_XX_25519_ChaChaPoly_BLAKE2s";
+
+/// The AEAD a session uses. The initiator chooses (its [`Config::cipher`]) and says so in
+/// message 1; a responder speaks both. The choice is part of the Noise protocol name, so
+/// an attacker who changes it only breaks the handshake.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Cipher {
+    /// AES-256-GCM (ring, hardware-accelerated where the CPU has AES instructions).
+    #[default]
+    Aes256Gcm,
+    /// ChaCha20-Poly1305 (ring): fast without AES instructions.
+    ChaCha20Poly1305,
+}
+
+impl Cipher {
+    /// AES-256-GCM where the CPU has AES instructions, else ChaCha20-Poly1305.
+    pub fn for_this_cpu() -> Self {
+        #[cfg(target_arch = "x86_64")]
+        let aes = std::arch::is_x86_feature_detected!("aes");
+        #[cfg(target_arch = "aarch64")]
+        let aes = std::arch::is_aarch64_feature_detected!("aes");
+        #[cfg(not(any(target_arch = "x86_64", target_arch = "aarch64")))]
+        let aes = false;
+        if aes {
+            Cipher::Aes256Gcm
+        } else {
+            Cipher::ChaCha20Poly1305
+        }
+    }
+
+    fn suite(self) -> u8 {
+        match self {
+            Cipher::Aes256Gcm => 0,
+            Cipher::ChaCha20Poly1305 => 1,
+        }
+    }
+
+    fn from_suite(suite: u8) -> Option<Self> {
+        match suite {
+            0 => Some(Cipher::Aes256Gcm),
+            1 => Some(Cipher::ChaCha20Poly1305),
+            _ => None,
+        }
+    }
+
+    fn params(self) -> NoiseParams {
+        match self {
+            Cipher::Aes256Gcm => NOISE_PARAMS,
+            Cipher::ChaCha20Poly1305 => NOISE_PARAMS_CHACHA,
+        }
+        .parse()
+        .expect("a pattern snow supports")
+    }
+}
 /// Hashed into every handshake: both sides must speak this protocol version.
 const PROLOGUE: &[u8] = b"golem-vpn/tunnel/v1";
 /// Domain separation for the identity proof (the signed message is this, then the key).
@@ -250,6 +305,9 @@ pub struct Config {
     /// Send a keep-alive when nothing was sent for this long, to keep NAT mappings and the
     /// session alive. Default `None` (off).
     pub persistent_keepalive: Option<Duration>,
+    /// The cipher of the sessions this endpoint initiates. Default:
+    /// [`Cipher::for_this_cpu`].
+    pub cipher: Cipher,
 }
 
 impl Default for Config {
@@ -259,6 +317,7 @@ impl Default for Config {
             max_pending_handshakes: 1024,
             rekey_after_messages: REKEY_AFTER_MESSAGES,
             persistent_keepalive: None,
+            cipher: Cipher::for_this_cpu(),
         }
     }
 }
@@ -341,7 +400,7 @@ impl Endpoint {
     /// give each endpoint a different one (from the OS in production, fixed in tests).
     /// The endpoint keeps the proof, not the node key.
     pub fn new(identity: &Identity, config: Config, rng_seed: u64) -> Result<Self, EndpointError> {
-        let params: NoiseParams = NOISE_PARAMS.parse().expect("a pattern snow supports");
+        let params = Cipher::Aes256Gcm.params();
         let keypair = Builder::new(params.clone())
             .generate_keypair()
             .map_err(|e| EndpointError::StaticKey(e.to_string()))?;
@@ -638,8 +697,16 @@ impl Endpoint {
         self.stats.drops.add(reason, 1);
     }
 
-    fn new_handshake(&self, initiator: bool) -> Result<HandshakeState, snow::Error> {
-        let builder = Builder::new(self.params.clone())
+    fn new_handshake(
+        &self,
+        initiator: bool,
+        cipher: Cipher,
+    ) -> Result<HandshakeState, snow::Error> {
+        let params = match cipher {
+            Cipher::Aes256Gcm => self.params.clone(),
+            other => other.params(),
+        };
+        let builder = Builder::new(params)
             .local_private_key(&self.static_private)?
             .prologue(PROLOGUE)?;
         if initiator {
@@ -698,12 +765,14 @@ impl Endpoint {
 
     /// A new initiator state and its message 1 (`None` only if snow fails: no randomness).
     fn initiation(&self, index: u32) -> Option<(HandshakeState, Vec<u8>)> {
-        let mut state = self.new_handshake(true).ok()?;
+        let cipher = self.config.cipher;
+        let mut state = self.new_handshake(true, cipher).ok()?;
         // snow wants room for a tag even where message 1 has none.
         let mut msg = vec![0u8; INIT_LEN + wire::TAG_LEN];
         msg[0] = HANDSHAKE_INIT;
         msg[1..5].copy_from_slice(&index.to_le_bytes());
-        if state.write_message(&[], &mut msg[5..]) != Ok(INIT_LEN - 5) {
+        msg[5] = cipher.suite();
+        if state.write_message(&[], &mut msg[INIT_NOISE_AT..]) != Ok(INIT_LEN - INIT_NOISE_AT) {
             return None;
         }
         msg.truncate(INIT_LEN);
@@ -723,10 +792,13 @@ impl Endpoint {
             }
         }
         let remote_index = wire::read_u32(&data[1..]);
-        let Ok(mut state) = self.new_handshake(false) else {
+        let Some(cipher) = Cipher::from_suite(data[5]) else {
+            return self.count_drop(DropReason::Malformed);
+        };
+        let Ok(mut state) = self.new_handshake(false, cipher) else {
             return self.count_drop(DropReason::HandshakeFailed);
         };
-        if state.read_message(&data[5..], &mut []).is_err() {
+        if state.read_message(&data[INIT_NOISE_AT..], &mut []).is_err() {
             return self.count_drop(DropReason::HandshakeFailed);
         }
         let index = self.alloc_index();

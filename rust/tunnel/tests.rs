@@ -342,7 +342,7 @@ fn handshake_completes_and_both_sides_know_the_peer() {
         vec![1, 2, 3, 4, 4],
         "init, response, final, data, confirming keep-alive"
     );
-    assert_eq!(p.log[0].bytes.len(), 37);
+    assert_eq!(p.log[0].bytes.len(), 38);
     assert_eq!(p.log[1].bytes.len(), 174);
     assert_eq!(p.log[2].bytes.len(), 134);
     assert_eq!(p.log[3].bytes.len(), 13 + 2 + 5 + 5 + 16);
@@ -1047,7 +1047,8 @@ fn a_flood_of_initiations_is_capped() {
     };
     let mut ep = Endpoint::new(&identity(5), config, 5).unwrap();
     let now = Instant::now();
-    let mut init = vec![1u8; 37];
+    let mut init = vec![1u8; 38];
+    init[5] = 0; // a known cipher suite
     for i in 0..6u8 {
         init[1] = i;
         ep.handle_datagram(addr(7, 7), &init, now);
@@ -1127,7 +1128,7 @@ proptest! {
                 prop_assert_eq!(after.datagrams_in, before.datagrams_in + 1);
                 prop_assert_eq!(after.packets_in, before.packets_in, "nothing delivered");
                 // Only a well-formed initiation (unauthenticated by design) gets a reply.
-                let init = bytes.len() == 37 && bytes[0] == 1;
+                let init = bytes.len() == 38 && bytes[0] == 1 && bytes[5] <= 1;
                 prop_assert_eq!((dropped, answered), if init { (0, 1) } else { (1, 0) });
                 while p.b.ep.poll_transmit().is_some() {}
             }
@@ -1135,4 +1136,58 @@ proptest! {
             Ok(())
         })?;
     }
+}
+
+#[test]
+fn each_side_may_initiate_with_either_cipher() {
+    for (cipher, suite) in [(Cipher::Aes256Gcm, 0u8), (Cipher::ChaCha20Poly1305, 1)] {
+        let config = Config {
+            cipher,
+            ..Config::default()
+        };
+        let mut p = Pair::with(config, Link::default());
+        p.send_ab("net-1", b"over the chosen cipher");
+        p.settle();
+        assert_eq!(p.log[0].bytes[5], suite, "message 1 names the suite");
+        assert_eq!(p.b.received.len(), 1);
+        assert_eq!(p.b.received[0].3, b"over the chosen cipher");
+        p.send_ba("net-1", b"and back");
+        p.settle();
+        assert_eq!(p.a.received.len(), 1);
+    }
+}
+
+#[test]
+fn an_unknown_cipher_suite_is_dropped_and_a_changed_one_fails() {
+    let now = Instant::now();
+    let mut ep = Endpoint::new(&identity(5), Config::default(), 5).unwrap();
+    let mut init = vec![1u8; 38];
+    init[5] = 9;
+    ep.handle_datagram(addr(7, 7), &init, now);
+    assert_eq!(ep.stats().drops.get(DropReason::Malformed), 1);
+    assert!(ep.poll_transmit().is_none());
+    // Flipping the suite of a genuine initiation: the responder answers with the other
+    // cipher's protocol, which the initiator's handshake hash rejects.
+    let (ia, ib) = (identity(1), identity(2));
+    let mut a = Endpoint::new(&ia, Config::default(), 1).unwrap();
+    let mut b = Endpoint::new(&ib, Config::default(), 2).unwrap();
+    let (aa, ba) = (addr(1, 4000), addr(2, 5000));
+    a.allow(ib.node_id());
+    a.set_peer_address(ib.node_id(), ba);
+    b.allow(ia.node_id());
+    b.set_peer_address(ia.node_id(), aa);
+    a.send(&ib.node_id(), ip("net-1", b"never"), now).unwrap();
+    let mut init = a.poll_transmit().unwrap().bytes;
+    init[5] ^= 1;
+    b.handle_datagram(aa, &init, now);
+    let response = b
+        .poll_transmit()
+        .expect("the responder answers what looks well-formed");
+    a.handle_datagram(ba, &response.bytes, now);
+    assert!(
+        a.poll_transmit().is_none(),
+        "no message 3: the handshake failed"
+    );
+    assert!(!a.is_up(&ib.node_id()));
+    assert!(a.stats().drops.total() >= 1);
 }

@@ -28,8 +28,10 @@ pub(crate) const MAX_PLAINTEXT: usize = MAX_DATAGRAM_LEN - DATA_HEADER_LEN - TAG
 /// The recoverable secp256k1 signature carried as the Noise payload of messages 2 and 3.
 pub(crate) const PROOF_LEN: usize = 65;
 const KEY_LEN: usize = 32;
-/// Message 1: type, sender index, `e`.
-pub(crate) const INIT_LEN: usize = 1 + 4 + KEY_LEN;
+/// Message 1: type, sender index, cipher suite, `e`.
+pub(crate) const INIT_LEN: usize = 1 + 4 + 1 + KEY_LEN;
+/// Where message 1's Noise part starts (after type, sender index and suite).
+pub(crate) const INIT_NOISE_AT: usize = 1 + 4 + 1;
 /// The Noise payload of message 2: the proof, then the responder's index again, so that
 /// the cleartext copy in the header is authenticated.
 pub(crate) const RESPONSE_PAYLOAD_LEN: usize = PROOF_LEN + 4;
