@@ -18,6 +18,7 @@ from collections.abc import Callable
 
 import golem_vpn
 from golem_vpn import LocalNetwork
+from loopback import kernel_raw
 
 CHUNK = 256 * 1024
 
@@ -111,39 +112,6 @@ async def kernel(size: int) -> float:
     client_writer.close()
     server_writer.close()
     server.close()
-    return size * 8 / elapsed / 1e9
-
-
-def kernel_raw(size: int) -> float:
-    """Kernel loopback TCP with blocking sockets in two threads: the OS's own ceiling."""
-    import socket
-    import threading
-
-    listener = socket.create_server(("127.0.0.1", 0))
-    port = listener.getsockname()[1]
-    received = 0
-
-    def sink() -> None:
-        nonlocal received
-        conn, _ = listener.accept()
-        buf = bytearray(1 << 20)
-        while (n := conn.recv_into(buf)) > 0:
-            received += n
-        conn.close()
-
-    thread = threading.Thread(target=sink)
-    thread.start()
-    block = b"\xa5" * (1 << 20)
-    start = time.perf_counter()
-    with socket.create_connection(("127.0.0.1", port)) as client:
-        left = size
-        while left > 0:
-            client.sendall(block[: min(left, len(block))])
-            left -= len(block)
-    thread.join()
-    elapsed = time.perf_counter() - start
-    listener.close()
-    assert received == size
     return size * 8 / elapsed / 1e9
 
 

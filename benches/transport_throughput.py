@@ -14,15 +14,14 @@ import argparse
 import asyncio
 import multiprocessing as mp
 import platform
-import socket
 import sys
-import threading
 import time
 from typing import Any
 
 import golem_vpn
 from golem_vpn import Identity
 from golem_vpn.node.transport import UdpTransport
+from loopback import kernel_raw
 
 NET = "bench" * 6
 CIDR = "192.168.77.0/24"
@@ -84,33 +83,6 @@ async def vpn(size: int, mtu: int, buffer: int) -> float:
     proc.join(10)
     node.close()
     return size * 8 / elapsed / 1e9
-
-
-def kernel_raw(size: int) -> float:
-    listener = socket.create_server(("127.0.0.1", 0))
-    port = listener.getsockname()[1]
-    received = 0
-
-    def sink() -> None:
-        nonlocal received
-        conn, _ = listener.accept()
-        buf = bytearray(1 << 20)
-        while (n := conn.recv_into(buf)) > 0:
-            received += n
-        conn.close()
-
-    thread = threading.Thread(target=sink)
-    thread.start()
-    block = b"\xa5" * (1 << 20)
-    start = time.perf_counter()
-    with socket.create_connection(("127.0.0.1", port)) as client:
-        left = size
-        while left > 0:
-            client.sendall(block[: min(left, len(block))])
-            left -= len(block)
-    thread.join()
-    listener.close()
-    return size * 8 / (time.perf_counter() - start) / 1e9
 
 
 def main() -> None:

@@ -304,6 +304,36 @@ impl RelayServer {
         out.push((from, encode_addr(from)));
     }
 
+    /// The parts every request from a node shares: the node id it names (with the rest of
+    /// the message), the registered sender, and that node's live registration, if any.
+    /// Counts and answers what is wrong (malformed, unregistered sender, unknown node).
+    fn request<'d>(
+        &mut self,
+        from: SocketAddr,
+        data: &'d [u8],
+        now: Instant,
+        out: &mut Vec<(SocketAddr, Vec<u8>)>,
+    ) -> Option<(NodeId, &'d [u8], NodeId, SocketAddr)> {
+        let Some((target, rest)) = unwrap(data) else {
+            self.stats.malformed += 1;
+            return None;
+        };
+        let Some(&sender) = self.by_addr.get(&from) else {
+            self.stats.unregistered_sender += 1;
+            return None;
+        };
+        match self.nodes.get(&target) {
+            Some(r) if r.expires > now => Some((target, rest, sender, r.addr)),
+            _ => {
+                self.stats.unknown_destination += 1;
+                let mut msg = Vec::with_capacity(FORWARD_HEADER);
+                wrap(UNKNOWN_PEER, &target, &[], &mut msg);
+                out.push((from, msg));
+                None
+            }
+        }
+    }
+
     fn forward(
         &mut self,
         from: SocketAddr,
@@ -311,28 +341,12 @@ impl RelayServer {
         now: Instant,
         out: &mut Vec<(SocketAddr, Vec<u8>)>,
     ) {
-        let Some((dst, payload)) = unwrap(data) else {
-            self.stats.malformed += 1;
-            return;
-        };
-        let Some(&src) = self.by_addr.get(&from) else {
-            self.stats.unregistered_sender += 1;
-            return;
-        };
-        match self.nodes.get(&dst) {
-            Some(r) if r.expires > now => {
-                let mut msg = Vec::with_capacity(FORWARD_HEADER + payload.len());
-                wrap(FORWARDED, &src, payload, &mut msg);
-                self.stats.forwarded += 1;
-                self.stats.forwarded_bytes += payload.len() as u64;
-                out.push((r.addr, msg));
-            }
-            _ => {
-                self.stats.unknown_destination += 1;
-                let mut msg = Vec::with_capacity(FORWARD_HEADER);
-                wrap(UNKNOWN_PEER, &dst, &[], &mut msg);
-                out.push((from, msg));
-            }
+        if let Some((_, payload, src, dst_addr)) = self.request(from, data, now, out) {
+            let mut msg = Vec::with_capacity(FORWARD_HEADER + payload.len());
+            wrap(FORWARDED, &src, payload, &mut msg);
+            self.stats.forwarded += 1;
+            self.stats.forwarded_bytes += payload.len() as u64;
+            out.push((dst_addr, msg));
         }
     }
 
@@ -343,26 +357,10 @@ impl RelayServer {
         now: Instant,
         out: &mut Vec<(SocketAddr, Vec<u8>)>,
     ) {
-        let Some((target, _)) = unwrap(data) else {
-            self.stats.malformed += 1;
-            return;
-        };
-        let Some(&asker) = self.by_addr.get(&from) else {
-            self.stats.unregistered_sender += 1;
-            return;
-        };
-        match self.nodes.get(&target) {
-            Some(r) if r.expires > now => {
-                self.stats.lookups += 1;
-                out.push((from, node_addr_message(PEER_ADDRESS, &target, r.addr)));
-                out.push((r.addr, node_addr_message(PUNCH, &asker, from)));
-            }
-            _ => {
-                self.stats.unknown_destination += 1;
-                let mut msg = Vec::with_capacity(FORWARD_HEADER);
-                wrap(UNKNOWN_PEER, &target, &[], &mut msg);
-                out.push((from, msg));
-            }
+        if let Some((target, _, asker, target_addr)) = self.request(from, data, now, out) {
+            self.stats.lookups += 1;
+            out.push((from, node_addr_message(PEER_ADDRESS, &target, target_addr)));
+            out.push((target_addr, node_addr_message(PUNCH, &asker, from)));
         }
     }
 
