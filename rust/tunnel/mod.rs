@@ -31,10 +31,12 @@
 //!   Message 2's payload also repeats the responder's index, which authenticates the
 //!   cleartext copy. A refused handshake message spends that try (snow 0.10 cannot
 //!   roll a handshake state back completely); the retry timer starts a new one.
-//! - **Data**: the session's AEAD (AES-256-GCM by default on CPUs with AES instructions, else ChaCha20-Poly1305) under the session's keys with the 64-bit counter as the
-//!   nonce (`snow`'s stateless transport), so datagrams may arrive out of order. As in
-//!   WireGuard, the header is not AEAD additional data (snow 0.10 has no AD in
-//!   stateless mode): the counter is bound through the nonce and the receiver index
+//! - **Data**: the session's AEAD (AES-256-GCM by default on CPUs with AES instructions,
+//!   else ChaCha20-Poly1305) under the Noise split keys, with the 64-bit counter as the
+//!   nonce exactly as Noise's CipherState forms it, so datagrams may arrive out of order.
+//!   The data path seals and opens with ring in place (the inner plaintext is written
+//!   straight into the datagram); snow runs the handshake. As in WireGuard, the header is
+//!   not additional data: the counter is bound through the nonce and the receiver index
 //!   selects the key, so a changed header fails authentication all the same.
 //! - **Replay**: a sliding window of [`REPLAY_WINDOW`] counters per session (RFC 6479
 //!   bitmap, as in WireGuard); the window is checked before and updated after
@@ -356,6 +358,8 @@ pub enum SendError {
 /// A responder handshake waiting for message 3.
 struct Pending {
     state: Box<HandshakeState>,
+    /// The cipher the initiator chose.
+    cipher: Cipher,
     /// The initiator's index.
     remote_index: u32,
     created: Instant,
@@ -527,9 +531,11 @@ impl Endpoint {
             Some(p) if p.allowed => p,
             _ => return Err(SendError::NotAllowed(*node)),
         };
-        let pt = &mut self.tx_plaintext;
-        wire::write_inner(pt, payload.kind, payload.network, payload.bytes);
-        if let Some(dst) = peer.encrypt(pt, now, out, self.config.persistent_keepalive) {
+        let persistent = self.config.persistent_keepalive;
+        let write = |buf: &mut Vec<u8>| {
+            wire::append_inner(buf, payload.kind, payload.network, payload.bytes);
+        };
+        if let Some(dst) = peer.encrypt_with(write, false, now, out, persistent) {
             self.stats.packets_out += 1;
             self.stats.bytes_out += payload.bytes.len() as u64;
             self.stats.datagrams_out += 1;
@@ -541,6 +547,8 @@ impl Endpoint {
         if peer.addr.is_none() {
             return Err(SendError::NoAddress(*node));
         }
+        let pt = &mut self.tx_plaintext;
+        wire::write_inner(pt, payload.kind, payload.network, payload.bytes);
         if self.config.queue_len == 0 {
             self.stats.drops.add(DropReason::QueueFull, 1);
         } else {
@@ -816,6 +824,7 @@ impl Endpoint {
             index,
             Pending {
                 state: Box::new(state),
+                cipher,
                 remote_index,
                 created: now,
             },
@@ -885,20 +894,20 @@ impl Endpoint {
         else {
             return;
         };
-        let transport = match written {
-            Ok(n) if n == FINAL_LEN - 5 => state.into_stateless_transport_mode(),
-            _ => Err(snow::Error::Input),
+        let mut state = state;
+        let session = match written {
+            Ok(n) if n == FINAL_LEN - 5 => {
+                Session::from_handshake(&mut state, self.config.cipher, index, remote_index, now)
+            }
+            _ => None,
         };
-        let Ok(transport) = transport else {
+        let Some(session) = session else {
             h.attempt = Attempt::Failed;
             self.indices.remove(&index);
             self.stats.handshakes_failed += 1;
             return self.count_drop(DropReason::HandshakeFailed);
         };
-        peer.install_unconfirmed(
-            Session::new(transport, index, remote_index, now),
-            &mut self.indices,
-        );
+        peer.install_unconfirmed(session, &mut self.indices);
         self.indices.insert(index, id);
         peer.addr = Some(from);
         peer.new_handshake_at = None;
@@ -944,14 +953,17 @@ impl Endpoint {
             self.stats.handshakes_failed += 1;
             return self.count_drop(DropReason::NotAllowed);
         };
-        let Ok(transport) = pending.state.into_stateless_transport_mode() else {
+        let Some(session) = Session::from_handshake(
+            &mut pending.state,
+            pending.cipher,
+            index,
+            pending.remote_index,
+            now,
+        ) else {
             self.stats.handshakes_failed += 1;
             return self.count_drop(DropReason::HandshakeFailed);
         };
-        peer.install_current(
-            Session::new(transport, index, pending.remote_index, now),
-            &mut self.indices,
-        );
+        peer.install_current(session, &mut self.indices);
         self.indices.insert(index, claimed);
         // A session is up: an initiation of ours in flight has nothing left to do.
         peer.end_handshake(&mut self.indices);

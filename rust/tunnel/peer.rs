@@ -143,12 +143,32 @@ impl Peer {
         out: &mut Vec<u8>,
         persistent: Option<Duration>,
     ) -> Option<SocketAddr> {
+        let keepalive = plaintext.first() == Some(&KIND_KEEPALIVE);
+        self.encrypt_with(
+            |buf| buf.extend_from_slice(plaintext),
+            keepalive,
+            now,
+            out,
+            persistent,
+        )
+    }
+
+    /// [`encrypt`](Self::encrypt) with the plaintext written by `write` straight into the
+    /// outgoing datagram (no intermediate copy).
+    pub(crate) fn encrypt_with(
+        &mut self,
+        write: impl FnOnce(&mut Vec<u8>),
+        keepalive: bool,
+        now: Instant,
+        out: &mut Vec<u8>,
+        persistent: Option<Duration>,
+    ) -> Option<SocketAddr> {
         let addr = self.addr?;
-        if !self.sending_session(now)?.encrypt_into(plaintext, out) {
+        if !self.sending_session(now)?.encrypt_with(write, out) {
             return None;
         }
         self.keepalive_at = None;
-        if plaintext.first() != Some(&KIND_KEEPALIVE) && self.new_handshake_at.is_none() {
+        if !keepalive && self.new_handshake_at.is_none() {
             self.new_handshake_at = Some(now + KEEPALIVE_TIMEOUT + REKEY_TIMEOUT);
         }
         self.persistent_at = persistent.map(|p| now + p);

@@ -65,9 +65,14 @@ pub(crate) fn read_u64(b: &[u8]) -> u64 {
 /// checked the network and payload lengths.
 #[inline]
 pub(crate) fn write_inner(buf: &mut Vec<u8>, kind: PayloadKind, network: &str, bytes: &[u8]) {
-    debug_assert!(network.len() <= MAX_NETWORK_LEN);
     buf.clear();
-    buf.reserve(2 + network.len() + bytes.len());
+    append_inner(buf, kind, network, bytes);
+}
+
+/// Appends an inner plaintext to `buf` (after whatever it holds).
+pub(crate) fn append_inner(buf: &mut Vec<u8>, kind: PayloadKind, network: &str, bytes: &[u8]) {
+    debug_assert!(network.len() <= MAX_NETWORK_LEN);
+    buf.reserve(2 + network.len() + bytes.len() + TAG_LEN);
     buf.push(match kind {
         PayloadKind::Ip => KIND_IP,
         PayloadKind::Control => KIND_CONTROL,
