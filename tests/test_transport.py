@@ -335,13 +335,15 @@ def test_several_relays_a_dead_one_is_passed_over() -> None:
                 b = UdpTransport(Identity.generate(), relay=relays, hole_punching=False)
                 ia = a.join(NET, CIDR, "192.168.7.2")
                 b.join(NET, CIDR, "192.168.7.3")
-                a.add_peer(NET, b.node_id, "192.168.7.3")
-                b.add_peer(NET, a.node_id, "192.168.7.2")
+                # Until a relay answers, the first configured one is in use.
+                assert a.native.relay == tuple(dead_addr)
                 for _ in range(200):
                     if a.native.relay == relay.local_addr and b.native.relay == relay.local_addr:
                         break
                     await asyncio.sleep(0.01)
                 assert a.native.relay == relay.local_addr
+                a.add_peer(NET, b.node_id, "192.168.7.3")
+                b.add_peer(NET, a.node_id, "192.168.7.2")
                 assert await ia.ping("192.168.7.3", timeout=5) > 0
                 assert relay.relay.stats()["forwarded"] >= 2
                 a.close()

@@ -251,9 +251,11 @@ def test_handshake_completes_when_the_first_initiation_is_lost() -> None:
             assert (count, digest) == (len(blob), hashlib.sha256(blob).hexdigest())
             assert proxy.log[0] == (HANDSHAKE_INIT, "drop")
             assert (HANDSHAKE_INIT, "pass") in proxy.log[1:]
-            tunnel = a.native.stats()["tunnel"]
-            assert tunnel["handshakes_started"] >= 2, tunnel
-            assert tunnel["handshakes_completed"] >= 1, tunnel
+            # The lost initiation was made good by another one: B's own (each node starts a
+            # handshake as soon as it learns of a peer) or A's retry.
+            ta, tb = a.native.stats()["tunnel"], b.native.stats()["tunnel"]
+            assert ta["handshakes_started"] + tb["handshakes_started"] >= 2, (ta, tb)
+            assert ta["handshakes_completed"] >= 1, ta
             assert a.native.is_up(b.node_id)
             assert b.native.is_up(a.node_id)
         finally:

@@ -396,6 +396,8 @@ impl UdpNode {
                 }
                 None => {}
             }
+            self.endpoint.connect(node, Instant::now());
+            self.flush();
         }
         Ok(added)
     }

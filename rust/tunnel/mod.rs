@@ -485,6 +485,19 @@ impl Endpoint {
         self.peers.get(node).is_some_and(|p| p.up)
     }
 
+    /// Starts a handshake with `node` now, unless it is up, a handshake is under way, or
+    /// it is not an allowed peer with an address. A node that has just learned of a peer
+    /// calls this so that the session is there before the first packet (the peer may have
+    /// tried earlier, while we did not allow it yet, and be waiting for its retry timer).
+    pub fn connect(&mut self, node: NodeId, now: Instant) {
+        let ready = self.peers.get(&node).is_some_and(|p| {
+            p.allowed && p.addr.is_some() && p.handshake.is_none() && !p.up
+        });
+        if ready {
+            self.start_handshake(node, now);
+        }
+    }
+
     /// A snapshot of the counters.
     pub fn stats(&self) -> TunnelStats {
         self.stats
