@@ -490,9 +490,10 @@ impl Endpoint {
     /// calls this so that the session is there before the first packet (the peer may have
     /// tried earlier, while we did not allow it yet, and be waiting for its retry timer).
     pub fn connect(&mut self, node: NodeId, now: Instant) {
-        let ready = self.peers.get(&node).is_some_and(|p| {
-            p.allowed && p.addr.is_some() && p.handshake.is_none() && !p.up
-        });
+        let ready = self
+            .peers
+            .get(&node)
+            .is_some_and(|p| p.allowed && p.addr.is_some() && p.handshake.is_none() && !p.up);
         if ready {
             self.start_handshake(node, now);
         }
