@@ -250,7 +250,17 @@ impl UdpNode {
             .map(|r| r.0);
         if chosen != self.relay {
             // Relayed peers keep their placeholder addresses: they now go through `chosen`.
+            // Handshakes that went to the old relay will not be answered: start them over.
             self.relay = chosen;
+            let waiting: Vec<NodeId> = self
+                .relay_path
+                .keys()
+                .filter(|n| self.is_relayed(n) && !self.endpoint.is_up(n))
+                .copied()
+                .collect();
+            for node in waiting {
+                self.endpoint.reconnect(node, now);
+            }
         }
     }
 

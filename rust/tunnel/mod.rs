@@ -499,6 +499,18 @@ impl Endpoint {
         }
     }
 
+    /// Like [`connect`](Self::connect), but replaces a handshake in flight: for when the
+    /// path changed under it (its initiation went somewhere that will not answer).
+    pub fn reconnect(&mut self, node: NodeId, now: Instant) {
+        let ready = self
+            .peers
+            .get(&node)
+            .is_some_and(|p| p.allowed && p.addr.is_some() && !p.up);
+        if ready {
+            self.start_handshake(node, now);
+        }
+    }
+
     /// A snapshot of the counters.
     pub fn stats(&self) -> TunnelStats {
         self.stats
