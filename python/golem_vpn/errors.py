@@ -21,6 +21,8 @@ __all__ = [
     "AddressReserved",
     "AddressTaken",
     "AddressesExhausted",
+    "AppKeyError",
+    "BadRequest",
     "ConnectTimeout",
     "ConnectionRefused",
     "ConnectionReset",
@@ -31,12 +33,15 @@ __all__ = [
     "GolemVpnError",
     "IdentityError",
     "InvalidNodeId",
+    "NetApiError",
+    "NetApiUnavailable",
     "NetworkNotFound",
     "NetworkUnreachable",
     "NodeNotFound",
     "NotConnected",
     "SocketClosed",
     "StackConfigError",
+    "StoreError",
     "TunnelError",
     "WouldBlock",
 ]
@@ -174,3 +179,34 @@ class WouldBlock(_SocketError, BlockingIOError):
 
 class StackConfigError(GolemVpnError, ValueError):
     """A userspace stack cannot be built with the given settings."""
+
+
+class AppKeyError(GolemVpnError, ValueError):
+    """An app key cannot be created or removed: a bad or taken name, or no such key."""
+
+
+class StoreError(GolemVpnError):
+    """The database cannot be used: unreadable, from a newer golem-vpn, or a constraint failed."""
+
+
+class NetApiError(GolemVpnError):
+    """The Net API answered with an error there is no more specific class for.
+
+    Attributes:
+        status: The HTTP status, or None when there was no answer.
+        message: The server's ``message`` (or body excerpt), or a description of the failure.
+    """
+
+    def __init__(self, text: str, *, status: int | None = None, message: str = "") -> None:
+        super().__init__(text)
+        self.status = status
+        self.message = message
+
+
+class BadRequest(NetApiError, ValueError):
+    """A request is malformed: the server said so (HTTP 400: a bad IP, node id or body), or,
+    for a port or the API URL, the client saw it before sending."""
+
+
+class NetApiUnavailable(NetApiError, ConnectionError):
+    """The Net API cannot be reached (nothing listens, DNS, TLS, or no answer in time)."""

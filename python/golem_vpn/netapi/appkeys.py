@@ -21,7 +21,7 @@ import secrets
 import time
 from dataclasses import dataclass
 
-from golem_vpn.errors import GolemVpnError
+from golem_vpn.errors import AppKeyError
 from golem_vpn.model import parse_node_id
 from golem_vpn.netapi.store import Store, StoredAppKey, StoreError
 
@@ -31,10 +31,6 @@ __all__ = ["AppKeyError", "AppKeyInfo", "AppKeys"]
 KEY_BYTES = 32
 _SALT_BYTES = 16
 _NAME_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9._@:+-]{0,63}")
-
-
-class AppKeyError(GolemVpnError, ValueError):
-    """An app key cannot be created or removed: a bad or taken name, or no such key."""
 
 
 @dataclass(frozen=True)

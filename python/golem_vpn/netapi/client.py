@@ -69,11 +69,13 @@ from yarl import URL
 
 from golem_vpn.errors import (
     AddressTaken,
+    BadRequest,
     ConnectionRefused,
     ConnectionReset,
     ConnectTimeout,
     Forbidden,
-    GolemVpnError,
+    NetApiError,
+    NetApiUnavailable,
     NetworkNotFound,
 )
 from golem_vpn.model import IPNetwork, parse_network
@@ -115,29 +117,6 @@ _CLEAN_CLOSE = frozenset({None, 0, 1000, 1001, 1005})
 #: Seconds a WebSocket close may take (the server's answer, while data still arrives).
 CLOSE_TIMEOUT = 5.0
 _EXCERPT = 200
-
-
-class NetApiError(GolemVpnError):
-    """The Net API answered with an error this module has no more specific class for.
-
-    Attributes:
-        status: The HTTP status, or None when there was no answer.
-        message: The server's ``message`` (or body excerpt), or a description of the failure.
-    """
-
-    def __init__(self, text: str, *, status: int | None = None, message: str = "") -> None:
-        super().__init__(text)
-        self.status = status
-        self.message = message
-
-
-class BadRequest(NetApiError, ValueError):
-    """A request is malformed: the server said so (HTTP 400: a bad IP, node id or body), or,
-    for a port or the API URL, the client saw it before sending."""
-
-
-class NetApiUnavailable(NetApiError, ConnectionError):
-    """The Net API cannot be reached (nothing listens, DNS, TLS, or no answer in time)."""
 
 
 def _camel(name: str) -> str:

@@ -30,7 +30,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from golem_vpn.errors import GolemVpnError
+from golem_vpn.errors import StoreError
 
 __all__ = [
     "DEFAULT_FILENAME",
@@ -81,10 +81,6 @@ _MIGRATIONS: tuple[str, ...] = (
 )
 #: The schema version this code writes.
 SCHEMA_VERSION = len(_MIGRATIONS)
-
-
-class StoreError(GolemVpnError):
-    """The database cannot be used: unreadable, from a newer golem-vpn, or a constraint failed."""
 
 
 @dataclass(frozen=True)
