@@ -109,12 +109,17 @@ def test_only_the_requestor_speaks_for_its_network() -> None:
             coordinator.add_node(network.id, provider.node_id, str(node.ip))
             (net,) = parse_deploy_net(network.deploy_args(provider.node_id))
             member.join(net, requestor.node_id, requestor.local_addr)
-            # The intruder is no peer of the provider: its tunnel is refused outright, and
-            # even a control message that got through would be ignored.
-            planes[2].send(
-                provider.node_id, AddNodes(network.id, {"192.168.10.99": intruder.node_id})
-            )
-            await asyncio.sleep(1.0)
+            # The intruder is a legitimate member of the network (so its tunnel to the
+            # provider is allowed), but not its requestor: what it says about the network
+            # must be ignored.
+            other = network.add_node(intruder.node_id)
+            coordinator.add_node(network.id, intruder.node_id, str(other.ip))
+            (net_i,) = parse_deploy_net(network.deploy_args(intruder.node_id))
+            Member(intruder, planes[2]).join(net_i, requestor.node_id, requestor.local_addr)
+            await _wait(lambda: intruder.node_id in member.nodes(network.id).values())
+            forged = AddNodes(network.id, {"192.168.10.99": "0x" + "ee" * 20})
+            planes[2].send(provider.node_id, forged)
+            await _wait(lambda: member.ignored >= 1)
             assert "192.168.10.99" not in member.nodes(network.id)
             assert member.nodes(network.id) == network.nodes_dict()
             for plane in planes:

@@ -47,6 +47,7 @@ from golem_vpn.errors import (
     SocketClosed,
     WouldBlock,
 )
+from golem_vpn.flow import WriteFlowControl
 from golem_vpn.interface import Interface
 
 __all__ = [
@@ -74,7 +75,7 @@ def _sockaddr(addr: tuple[str, int] | None) -> tuple[str, int] | tuple[str, int,
     return addr
 
 
-class TcpTransport(asyncio.Transport):
+class TcpTransport(WriteFlowControl, asyncio.Transport):
     """An ``asyncio.Transport`` over one TCP connection of a userspace stack."""
 
     def __init__(
@@ -93,9 +94,7 @@ class TcpTransport(asyncio.Transport):
         }
         self._buffer: deque[bytes] = deque()
         self._buffered = 0
-        self._high = 64 * 1024
-        self._low = 16 * 1024
-        self._protocol_paused = False
+        self._init_flow_control(64 * 1024)
         self._reading_paused = False
         self._eof_pending = False
         self._eof_sent = False
@@ -142,19 +141,6 @@ class TcpTransport(asyncio.Transport):
         self._iface.loop.call_soon(self.on_ready)
 
     # -- asyncio.WriteTransport -----------------------------------------------------------
-
-    def set_write_buffer_limits(self, high: int | None = None, low: int | None = None) -> None:
-        if high is None:
-            high = 64 * 1024 if low is None else 4 * low
-        if low is None:
-            low = high // 4
-        if not high >= low >= 0:
-            raise ValueError(f"high ({high!r}) must be >= low ({low!r}) must be >= 0")
-        self._high, self._low = high, low
-        self._maybe_pause_protocol()
-
-    def get_write_buffer_limits(self) -> tuple[int, int]:
-        return (self._low, self._high)
 
     def get_write_buffer_size(self) -> int:
         return self._buffered
@@ -271,16 +257,6 @@ class TcpTransport(asyncio.Transport):
         if sent_any:
             self._iface.schedule()
         self._maybe_resume_protocol()
-
-    def _maybe_pause_protocol(self) -> None:
-        if self._buffered > self._high and not self._protocol_paused:
-            self._protocol_paused = True
-            self._protocol.pause_writing()
-
-    def _maybe_resume_protocol(self) -> None:
-        if self._protocol_paused and self._buffered <= self._low:
-            self._protocol_paused = False
-            self._protocol.resume_writing()
 
     def _fatal(self, exc: Exception) -> None:
         if not self._lost:

@@ -215,6 +215,22 @@ impl TestRelay {
     }
 }
 
+/// One turn of the loopback world: the relay forwards, both nodes read and run timers.
+fn turn(
+    relay: &mut TestRelay,
+    a: &mut UdpNode,
+    b: &mut UdpNode,
+    ia: &mut Inbound,
+    ib: &mut Inbound,
+) {
+    relay.run();
+    let now = Instant::now();
+    a.receive(now, 1024, ia);
+    b.receive(now, 1024, ib);
+    a.handle_timeout(now, ia);
+    b.handle_timeout(now, ib);
+}
+
 #[test]
 fn peers_without_addresses_talk_through_the_relay() {
     let mut relay = TestRelay::new();
@@ -258,12 +274,7 @@ fn peers_without_addresses_talk_through_the_relay() {
     let (mut ia, mut ib) = (Inbound::default(), Inbound::default());
     let deadline = Instant::now() + Duration::from_secs(5);
     while ib.frames.len() < packets.len() && Instant::now() < deadline {
-        relay.run();
-        let now = Instant::now();
-        a.receive(now, 1024, &mut ia);
-        b.receive(now, 1024, &mut ib);
-        a.handle_timeout(now, &mut ia);
-        b.handle_timeout(now, &mut ib);
+        turn(&mut relay, &mut a, &mut b, &mut ia, &mut ib);
         std::thread::sleep(Duration::from_millis(1));
     }
     let got: Vec<Vec<u8>> = ib.frames.into_iter().map(|(_, f)| f).collect();
@@ -308,13 +319,9 @@ fn hole_punching_moves_relayed_peers_to_a_direct_path() {
     while (a.is_relayed(&b_id) || b.is_relayed(&a_id) || ib.frames.is_empty())
         && Instant::now() < deadline
     {
-        relay.run();
-        let now = Instant::now();
-        a.send_packets(NET, [packet.as_slice()], now).unwrap();
-        a.receive(now, 1024, &mut ia);
-        b.receive(now, 1024, &mut ib);
-        a.handle_timeout(now, &mut ia);
-        b.handle_timeout(now, &mut ib);
+        a.send_packets(NET, [packet.as_slice()], Instant::now())
+            .unwrap();
+        turn(&mut relay, &mut a, &mut b, &mut ia, &mut ib);
         std::thread::sleep(Duration::from_millis(2));
     }
     assert!(!a.is_relayed(&b_id), "A talks to B directly");
@@ -327,10 +334,7 @@ fn hole_punching_moves_relayed_peers_to_a_direct_path() {
     assert!(relay.server.stats().lookups >= 1);
     // Let datagrams already in flight through the relay land.
     for _ in 0..20 {
-        relay.run();
-        let now = Instant::now();
-        a.receive(now, 1024, &mut ia);
-        b.receive(now, 1024, &mut ib);
+        turn(&mut relay, &mut a, &mut b, &mut ia, &mut ib);
         std::thread::sleep(Duration::from_millis(2));
     }
     assert!(!a.is_relayed(&b_id) && !b.is_relayed(&a_id));
@@ -457,15 +461,11 @@ fn a_dead_first_relay_is_passed_over_for_the_next() {
     let (mut ia, mut ib) = (Inbound::default(), Inbound::default());
     let deadline = Instant::now() + Duration::from_secs(10);
     while ib.frames.is_empty() && Instant::now() < deadline {
-        relay.run();
-        let now = Instant::now();
-        a.receive(now, 1024, &mut ia);
-        b.receive(now, 1024, &mut ib);
         if a.relay() == Some(relays[1]) && b.relay() == Some(relays[1]) {
-            a.send_packets(NET, [packet.as_slice()], now).unwrap();
+            a.send_packets(NET, [packet.as_slice()], Instant::now())
+                .unwrap();
         }
-        a.handle_timeout(now, &mut ia);
-        b.handle_timeout(now, &mut ib);
+        turn(&mut relay, &mut a, &mut b, &mut ia, &mut ib);
         std::thread::sleep(Duration::from_millis(2));
     }
     assert_eq!(a.relay(), Some(relays[1]));

@@ -1,5 +1,6 @@
 //! Thin PyO3 bindings: unwrap arguments, call the core, map errors. No logic lives here.
 
+mod convert;
 mod errors;
 mod router;
 mod stack;

@@ -1,13 +1,12 @@
 //! `golem_vpn.Router`: the PyO3 face of [`crate::router::Router`].
 
-use std::net::IpAddr;
-
 use pyo3::exceptions::PyTypeError;
 use pyo3::prelude::*;
 use pyo3::types::{PyBytes, PyDict, PyList, PyString, PyTuple};
 use rustc_hash::FxHashMap;
 
-use super::errors::{ToPyErr, error};
+use super::convert;
+use super::errors::ToPyErr;
 use crate::node_id::NodeId;
 use crate::router::{Cidr, Counters, Frame, Medium, Router, RouterConfig};
 
@@ -17,10 +16,6 @@ pub struct PyRouter {
     inner: Router,
     /// Interned node-id strings, so deliveries do not build a new `str` per packet.
     names: FxHashMap<NodeId, Py<PyString>>,
-}
-
-fn parse_node(py: Python<'_>, s: &str) -> PyResult<NodeId> {
-    s.parse::<NodeId>().map_err(|e| e.to_py(py))
 }
 
 /// True for one address or network: a `str`, or an `ipaddress` object (networks are
@@ -39,15 +34,6 @@ fn strings(obj: &Bound<'_, PyAny>) -> PyResult<Vec<String>> {
     obj.try_iter()?
         .map(|item| item.and_then(|i| Ok(i.str()?.to_str()?.to_owned())))
         .collect()
-}
-
-fn parse_ip(py: Python<'_>, obj: &Bound<'_, PyAny>) -> PyResult<IpAddr> {
-    let text = obj.str()?;
-    let text = text.to_str()?;
-    text.trim().parse::<IpAddr>().map_err(|_| {
-        let shown: String = text.chars().take(64).collect();
-        error(py, "AddressError", format!("invalid IP address {shown:?}"))
-    })
 }
 
 fn counters_dict<'py>(py: Python<'py>, c: &Counters) -> PyResult<Bound<'py, PyDict>> {
@@ -148,23 +134,23 @@ impl PyRouter {
             .map(|s| s.trim().parse::<Cidr>().map_err(|e| e.to_py(py)))
             .collect::<PyResult<Vec<_>>>()?;
         let local_ips = if is_single(ips)? {
-            vec![parse_ip(py, ips)?]
+            vec![convert::ip_of(py, ips)?]
         } else {
             ips.try_iter()?
-                .map(|i| parse_ip(py, &i?))
+                .map(|i| convert::ip_of(py, &i?))
                 .collect::<PyResult<Vec<_>>>()?
         };
         let config = RouterConfig {
             network_id,
             cidrs,
-            local_node: parse_node(py, node_id)?,
+            local_node: convert::node_id(py, node_id)?,
             local_ips,
             medium: if ethernet {
                 Medium::Ethernet
             } else {
                 Medium::Ip
             },
-            requestor: requestor.map(|r| parse_node(py, r)).transpose()?,
+            requestor: requestor.map(|r| convert::node_id(py, r)).transpose()?,
         };
         let inner = Router::new(config).map_err(|e| e.to_py(py))?;
         Ok(PyRouter {
@@ -206,13 +192,13 @@ impl PyRouter {
     }
 
     fn add_node(&mut self, py: Python<'_>, node_id: &str, ip: &Bound<'_, PyAny>) -> PyResult<bool> {
-        let node = parse_node(py, node_id)?;
-        let ip = parse_ip(py, ip)?;
+        let node = convert::node_id(py, node_id)?;
+        let ip = convert::ip_of(py, ip)?;
         self.inner.add_node(node, ip).map_err(|e| e.to_py(py))
     }
 
     fn remove_node(&mut self, py: Python<'_>, node_id: &str) -> PyResult<bool> {
-        let node = parse_node(py, node_id)?;
+        let node = convert::node_id(py, node_id)?;
         let removed = self.inner.remove_node(&node).map_err(|e| e.to_py(py))?;
         self.names.remove(&node);
         Ok(removed)
@@ -228,7 +214,7 @@ impl PyRouter {
     }
 
     fn node_of(&self, py: Python<'_>, ip: &Bound<'_, PyAny>) -> PyResult<Option<String>> {
-        let ip = parse_ip(py, ip)?;
+        let ip = convert::ip_of(py, ip)?;
         Ok(self.inner.node_of(ip).map(|n| n.to_string()))
     }
 
@@ -276,7 +262,7 @@ impl PyRouter {
         packet: &Bound<'py, PyBytes>,
         from_node: &str,
     ) -> PyResult<Option<Bound<'py, PyBytes>>> {
-        let from = parse_node(py, from_node)?;
+        let from = convert::node_id(py, from_node)?;
         match self.inner.receive(packet.as_bytes(), &from) {
             Ok(frame) => Ok(Some(frame_bytes(py, packet, &frame)?)),
             Err(_) => Ok(None),
@@ -301,7 +287,7 @@ impl PyRouter {
             let node = match &last {
                 Some((s, id)) if s == from => *id,
                 _ => {
-                    let id = parse_node(py, from)?;
+                    let id = convert::node_id(py, from)?;
                     last = Some((from.to_owned(), id));
                     id
                 }

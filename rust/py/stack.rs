@@ -1,11 +1,12 @@
 //! `golem_vpn.Stack`: the PyO3 face of [`crate::stack::Stack`].
 
-use std::net::{IpAddr, SocketAddr};
+use std::net::SocketAddr;
 
 use pyo3::prelude::*;
 use pyo3::types::{PyBytes, PyDict, PyList, PyString};
 use smoltcp::time::{Duration, Instant};
 
+use super::convert::{self, host_port};
 use super::errors::{ToPyErr, error};
 use crate::stack::{SocketId, Stack, StackConfig, TcpFailure};
 
@@ -60,17 +61,6 @@ fn duration(secs: Option<f64>) -> Option<Duration> {
     secs.map(|s| Duration::from_micros((s.max(0.0) * 1e6) as u64))
 }
 
-fn parse_ip(py: Python<'_>, host: &str) -> PyResult<IpAddr> {
-    host.trim().parse::<IpAddr>().map_err(|_| {
-        let shown: String = host.chars().take(64).collect();
-        error(py, "AddressError", format!("invalid IP address {shown:?}"))
-    })
-}
-
-fn pair(addr: SocketAddr) -> (String, u16) {
-    (addr.ip().to_string(), addr.port())
-}
-
 impl PyStack {
     fn err<T>(py: Python<'_>, r: Result<T, crate::stack::StackError>) -> PyResult<T> {
         r.map_err(|e| e.to_py(py))
@@ -112,7 +102,7 @@ impl PyStack {
                 Some((ip, p)) => (ip, p.parse::<u8>().ok()),
                 None => (text.as_str(), None),
             };
-            let ip = parse_ip(py, ip)?;
+            let ip = convert::ip(py, ip)?;
             let prefix = match prefix {
                 Some(p) => p,
                 None if text.contains('/') => {
@@ -194,7 +184,7 @@ impl PyStack {
     }
 
     fn tcp_connect(&mut self, py: Python<'_>, host: &str, port: u16) -> PyResult<SocketId> {
-        let ip = parse_ip(py, host)?;
+        let ip = convert::ip(py, host)?;
         Self::err(py, self.inner.tcp_connect(SocketAddr::new(ip, port)))
     }
 
@@ -227,8 +217,8 @@ impl PyStack {
                 TcpFailure::Reset => "reset",
                 TcpFailure::TimedOut => "timed_out",
             }),
-            local: s.local.map(pair),
-            remote: s.remote.map(pair),
+            local: s.local.map(host_port),
+            remote: s.remote.map(host_port),
         })
     }
 
@@ -285,7 +275,7 @@ impl PyStack {
         data: &[u8],
         addr: (String, u16),
     ) -> PyResult<()> {
-        let ip = parse_ip(py, &addr.0)?;
+        let ip = convert::ip(py, &addr.0)?;
         Self::err(
             py,
             self.inner
@@ -299,11 +289,11 @@ impl PyStack {
         id: SocketId,
     ) -> PyResult<Option<Received<'py>>> {
         let got = Self::err(py, self.inner.udp_recv_from(id))?;
-        Ok(got.map(|d| (PyBytes::new(py, &d.data), pair(d.src))))
+        Ok(got.map(|d| (PyBytes::new(py, &d.data), host_port(d.src))))
     }
 
     fn max_datagram(&self, py: Python<'_>, host: &str) -> PyResult<usize> {
-        Ok(self.inner.max_datagram(parse_ip(py, host)?))
+        Ok(self.inner.max_datagram(convert::ip(py, host)?))
     }
 
     fn icmp_open(&mut self, py: Python<'_>) -> PyResult<SocketId> {
@@ -318,7 +308,7 @@ impl PyStack {
         seq: u16,
         payload: &[u8],
     ) -> PyResult<()> {
-        let ip = parse_ip(py, host)?;
+        let ip = convert::ip(py, host)?;
         Self::err(py, self.inner.ping_send(id, ip, seq, payload))
     }
 

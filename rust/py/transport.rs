@@ -1,17 +1,17 @@
 //! `golem_vpn.Identity` and `golem_vpn.NodeTransport`: PyO3 faces of
 //! [`crate::identity::Identity`] and [`crate::datapath::UdpNode`].
 
-use std::net::{IpAddr, SocketAddr};
+use std::net::SocketAddr;
 use std::os::fd::AsRawFd;
 use std::time::{Duration, Instant};
 
 use pyo3::prelude::*;
 use pyo3::types::{PyBytes, PyDict, PyList};
 
+use super::convert::{self, host_port};
 use super::errors::{ToPyErr, error};
 use crate::datapath::{DatapathError, Inbound, UdpNode, UdpRelay};
 use crate::identity::{Identity, recover_node_id};
-use crate::node_id::NodeId;
 use crate::router::{Cidr, Medium, Router, RouterConfig};
 use crate::tunnel::{Config, DownReason, Event};
 
@@ -100,20 +100,6 @@ impl ToPyErr for DatapathError {
     }
 }
 
-fn node(py: Python<'_>, s: &str) -> PyResult<NodeId> {
-    s.parse::<NodeId>().map_err(|e| e.to_py(py))
-}
-
-fn ip(py: Python<'_>, s: &str) -> PyResult<IpAddr> {
-    s.trim()
-        .parse()
-        .map_err(|_| error(py, "AddressError", format!("invalid IP address {s:?}")))
-}
-
-fn sockaddr(py: Python<'_>, addr: &(String, u16)) -> PyResult<SocketAddr> {
-    Ok(SocketAddr::new(ip(py, &addr.0)?, addr.1))
-}
-
 type InboundTuple<'py> = (Bound<'py, PyList>, Bound<'py, PyList>, Bound<'py, PyList>);
 
 impl PyNodeTransport {
@@ -165,7 +151,7 @@ impl PyNodeTransport {
         keepalive: Option<f64>,
         seed: Option<u64>,
     ) -> PyResult<Self> {
-        let addr = SocketAddr::new(ip(py, host)?, port);
+        let addr = SocketAddr::new(convert::ip(py, host)?, port);
         let config = Config {
             persistent_keepalive: keepalive.map(Duration::from_secs_f64),
             ..Config::default()
@@ -190,7 +176,7 @@ impl PyNodeTransport {
     #[getter]
     fn local_addr(&self) -> PyResult<(String, u16)> {
         let a = self.inner.local_addr()?;
-        Ok((a.ip().to_string(), a.port()))
+        Ok(host_port(a))
     }
 
     fn fileno(&self) -> i32 {
@@ -213,7 +199,7 @@ impl PyNodeTransport {
             .collect::<PyResult<Vec<_>>>()?;
         let local_ips = ips
             .iter()
-            .map(|s| ip(py, s))
+            .map(|s| convert::ip(py, s))
             .collect::<PyResult<Vec<_>>>()?;
         let router = Router::new(RouterConfig {
             network_id,
@@ -225,7 +211,7 @@ impl PyNodeTransport {
             } else {
                 Medium::Ip
             },
-            requestor: requestor.map(|r| node(py, r)).transpose()?,
+            requestor: requestor.map(|r| convert::node_id(py, r)).transpose()?,
         })
         .map_err(|e| e.to_py(py))?;
         self.inner.add_network(router);
@@ -245,16 +231,16 @@ impl PyNodeTransport {
         ip: &str,
         addr: Option<(String, u16)>,
     ) -> PyResult<bool> {
-        let addr = addr.map(|a| sockaddr(py, &a)).transpose()?;
-        let n = node(py, node_id)?;
-        let ip = self::ip(py, ip)?;
+        let addr = addr.map(|a| convert::socket_addr(py, &a)).transpose()?;
+        let n = convert::node_id(py, node_id)?;
+        let ip = convert::ip(py, ip)?;
         self.inner
             .add_peer(network_id, n, ip, addr)
             .map_err(|e| e.to_py(py))
     }
 
     fn remove_peer(&mut self, py: Python<'_>, network_id: &str, node_id: &str) -> PyResult<bool> {
-        let n = node(py, node_id)?;
+        let n = convert::node_id(py, node_id)?;
         self.inner
             .remove_peer(network_id, &n)
             .map_err(|e| e.to_py(py))
@@ -266,8 +252,9 @@ impl PyNodeTransport {
         node_id: &str,
         addr: (String, u16),
     ) -> PyResult<()> {
-        let n = node(py, node_id)?;
-        self.inner.set_peer_address(n, sockaddr(py, &addr)?);
+        let n = convert::node_id(py, node_id)?;
+        self.inner
+            .set_peer_address(n, convert::socket_addr(py, &addr)?);
         Ok(())
     }
 
@@ -294,7 +281,7 @@ impl PyNodeTransport {
         message: &[u8],
         now: f64,
     ) -> PyResult<()> {
-        let n = node(py, node_id)?;
+        let n = convert::node_id(py, node_id)?;
         let now = self.instant(now);
         self.inner
             .send_control(&n, network_id, message, now)
@@ -329,7 +316,7 @@ impl PyNodeTransport {
 
     #[pyo3(signature = (addr, now))]
     fn set_relay(&mut self, py: Python<'_>, addr: Option<(String, u16)>, now: f64) -> PyResult<()> {
-        let addr = addr.map(|a| sockaddr(py, &a)).transpose()?;
+        let addr = addr.map(|a| convert::socket_addr(py, &a)).transpose()?;
         let now = self.instant(now);
         self.inner.set_relay(addr, now);
         Ok(())
@@ -338,7 +325,7 @@ impl PyNodeTransport {
     fn set_relays(&mut self, py: Python<'_>, relays: Vec<(String, u16)>, now: f64) -> PyResult<()> {
         let relays = relays
             .iter()
-            .map(|a| sockaddr(py, a))
+            .map(|a| convert::socket_addr(py, a))
             .collect::<PyResult<Vec<_>>>()?;
         let now = self.instant(now);
         self.inner.set_relays(relays, now);
@@ -347,7 +334,7 @@ impl PyNodeTransport {
 
     #[getter]
     fn relay(&self) -> Option<(String, u16)> {
-        self.inner.relay().map(|a| (a.ip().to_string(), a.port()))
+        self.inner.relay().map(host_port)
     }
 
     fn set_hole_punching(&mut self, enabled: bool) {
@@ -356,25 +343,23 @@ impl PyNodeTransport {
 
     #[getter]
     fn public_addr(&self) -> Option<(String, u16)> {
-        self.inner
-            .public_addr()
-            .map(|a| (a.ip().to_string(), a.port()))
+        self.inner.public_addr().map(host_port)
     }
 
     fn is_relayed(&self, py: Python<'_>, node_id: &str) -> PyResult<bool> {
-        Ok(self.inner.is_relayed(&node(py, node_id)?))
+        Ok(self.inner.is_relayed(&convert::node_id(py, node_id)?))
     }
 
     fn peer_address(&self, py: Python<'_>, node_id: &str) -> PyResult<Option<(String, u16)>> {
         Ok(self
             .inner
             .endpoint()
-            .peer_address(&node(py, node_id)?)
-            .map(|a| (a.ip().to_string(), a.port())))
+            .peer_address(&convert::node_id(py, node_id)?)
+            .map(host_port))
     }
 
     fn is_up(&self, py: Python<'_>, node_id: &str) -> PyResult<bool> {
-        Ok(self.inner.endpoint().is_up(&node(py, node_id)?))
+        Ok(self.inner.endpoint().is_up(&convert::node_id(py, node_id)?))
     }
 
     fn stats<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyDict>> {
@@ -429,7 +414,7 @@ impl PyRelay {
     #[new]
     #[pyo3(signature = (host = "0.0.0.0", port = 7464))]
     fn new(py: Python<'_>, host: &str, port: u16) -> PyResult<Self> {
-        let addr = SocketAddr::new(ip(py, host)?, port);
+        let addr = SocketAddr::new(convert::ip(py, host)?, port);
         Ok(PyRelay {
             inner: UdpRelay::bind(addr)?,
         })
@@ -438,7 +423,7 @@ impl PyRelay {
     #[getter]
     fn local_addr(&self) -> PyResult<(String, u16)> {
         let a = self.inner.local_addr()?;
-        Ok((a.ip().to_string(), a.port()))
+        Ok(host_port(a))
     }
 
     fn fileno(&self) -> i32 {

@@ -78,6 +78,7 @@ from golem_vpn.errors import (
     NetApiUnavailable,
     NetworkNotFound,
 )
+from golem_vpn.flow import WriteFlowControl
 from golem_vpn.model import IPNetwork, parse_network
 
 __all__ = [
@@ -663,7 +664,7 @@ class Client:
         return reader, writer
 
 
-class WebSocketTransport(asyncio.Transport):
+class WebSocketTransport(WriteFlowControl, asyncio.Transport):
     """An ``asyncio.Transport`` over a WebSocket that carries one byte stream (the TCP gate).
 
     With asyncio's ``StreamReader`` / ``StreamWriter`` on top it behaves as a TCP socket:
@@ -713,9 +714,7 @@ class WebSocketTransport(asyncio.Transport):
         self._extra: dict[str, Any] = {"peername": peername, "sockname": None, "websocket": ws}
         self._queue: deque[bytes] = deque()
         self._queued = 0  # bytes queued or being sent
-        self._high = max(256 * 1024, 4 * chunk_size)
-        self._low = self._high // 4
-        self._protocol_paused = False
+        self._init_flow_control(max(256 * 1024, 4 * chunk_size))
         self._readable = asyncio.Event()
         self._readable.set()
         self._closing = False
@@ -759,19 +758,6 @@ class WebSocketTransport(asyncio.Transport):
         self._readable.set()
 
     # -- asyncio.WriteTransport ---------------------------------------------------------------
-
-    def set_write_buffer_limits(self, high: int | None = None, low: int | None = None) -> None:
-        if high is None:
-            high = 4 * low if low is not None else 256 * 1024
-        if low is None:
-            low = high // 4
-        if not high >= low >= 0:
-            raise ValueError(f"high ({high!r}) must be >= low ({low!r}) must be >= 0")
-        self._high, self._low = high, low
-        self._maybe_pause_protocol()
-
-    def get_write_buffer_limits(self) -> tuple[int, int]:
-        return (self._low, self._high)
 
     def get_write_buffer_size(self) -> int:
         return self._queued
@@ -870,16 +856,6 @@ class WebSocketTransport(asyncio.Transport):
                 await self._ws.close()
 
     # -- helpers ------------------------------------------------------------------------------
-
-    def _maybe_pause_protocol(self) -> None:
-        if self._queued > self._high and not self._protocol_paused:
-            self._protocol_paused = True
-            self._protocol.pause_writing()
-
-    def _maybe_resume_protocol(self) -> None:
-        if self._protocol_paused and self._queued <= self._low:
-            self._protocol_paused = False
-            self._protocol.resume_writing()
 
     def _fatal(self, why: str) -> None:
         if self._lost:
