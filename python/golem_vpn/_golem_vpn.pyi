@@ -366,15 +366,31 @@ class TransportStats(TypedDict):
     punched: int
     tunnel: TunnelStats
 
-class NodeTransport:
-    """One node's UDP transport: a socket, the Noise tunnel endpoint and a router per network.
+class AttachmentInfo(TypedDict):
+    id: int
+    kind: str  # "tun" | "vm"
+    name: str  # the TUN device's name, or the VM endpoint's URL
+    networks: list[str]
+    packets_in: int  # payload -> VPN
+    bytes_in: int
+    packets_out: int  # VPN -> payload
+    bytes_out: int
+    drops: int
+    drop_reasons: dict[str, int]  # no_network, router, write, framing
+    broken: bool
 
-    Packets a local attachment sends are routed, encrypted per destination node and sent in
-    Rust; datagrams that arrive are decrypted, checked by the network's router (the
-    authenticated sender must own the source address) and returned in batches. The socket
-    is non-blocking: watch :meth:`fileno` for readability and call :meth:`handle_timeout`
-    at :meth:`poll_at`. ``now`` is any monotonic clock in seconds (e.g. ``loop.time()``).
+class NodeTransport:
+    """One node's UDP transport: a socket, the Noise tunnel endpoint and a router per network,
+    driven by a native datapath thread.
+
+    The thread reads the socket, decrypts, checks each packet with its network's router (the
+    authenticated sender must own the source address), runs the tunnel's timers, and moves
+    the packets of natively attached networks (:meth:`attach_tun`, :meth:`attach_vm`)
+    between the attachment and the tunnels without Python. What is left for Python (packets
+    of other networks, control messages, peer events) is queued; :meth:`fileno` becomes
+    readable when there is some, and :meth:`receive` takes it.
     :class:`golem_vpn.node.transport.UdpTransport` is the asyncio shell around this.
+    ``now`` arguments are accepted for compatibility and ignored (the thread keeps time).
     """
 
     def __init__(
@@ -383,7 +399,7 @@ class NodeTransport:
         host: str = "127.0.0.1",
         port: int = 0,
         *,
-        now: float,
+        now: float = 0.0,
         keepalive: float | None = None,
         seed: int | None = None,
     ) -> None: ...
@@ -391,7 +407,8 @@ class NodeTransport:
     def node_id(self) -> str: ...
     @property
     def local_addr(self) -> tuple[str, int]: ...
-    def fileno(self) -> int: ...
+    def fileno(self) -> int:
+        """A descriptor that is readable while :meth:`receive` has something."""
     def add_network(
         self,
         network_id: str,
@@ -415,29 +432,30 @@ class NodeTransport:
     def remove_peer(self, network_id: str, node_id: str) -> bool:
         """Removes a node; if it shares no other network, its session is torn down."""
     def set_peer_address(self, node_id: str, addr: tuple[str, int]) -> None: ...
-    def send_packets(self, network_id: str, packets: list[bytes], now: float) -> list[bytes]:
+    def send_packets(
+        self, network_id: str, packets: list[bytes], now: float = 0.0
+    ) -> list[bytes]:
         """Routes, encrypts and sends; returns frames answered locally (ARP/NDP)."""
-    def send_control(self, node_id: str, network_id: str, message: bytes, now: float) -> None: ...
+    def send_control(
+        self, node_id: str, network_id: str, message: bytes, now: float = 0.0
+    ) -> None: ...
     def receive(
-        self, now: float, max: int = 1024
+        self, now: float = 0.0, max: int = 1024
     ) -> tuple[list[tuple[str, bytes]], list[tuple[str, str, bytes]], list[tuple[str, str, str]]]:
-        """Reads up to ``max`` datagrams: ``(frames, control, events)``.
+        """Takes what the datapath thread queued: ``(frames, control, events)``.
 
-        ``frames``: ``(network_id, frame)`` for local attachments; ``control``:
-        ``(sender, network_id, message)``; ``events``: ``("up" | "down", node_id, detail)``.
+        ``frames``: ``(network_id, frame)`` for networks without a native attachment;
+        ``control``: ``(sender, network_id, message)``; ``events``:
+        ``("up" | "down", node_id, detail)``.
         """
-    def handle_timeout(
-        self, now: float
-    ) -> tuple[
-        list[tuple[str, bytes]], list[tuple[str, str, bytes]], list[tuple[str, str, str]]
-    ]: ...
-    def poll_at(self) -> float | None: ...
-    def set_relay(self, addr: tuple[str, int] | None, now: float) -> None:
+    def poll_at(self) -> float | None:
+        """Always None: the datapath thread runs the timers."""
+    def set_relay(self, addr: tuple[str, int] | None, now: float = 0.0) -> None:
         """Uses a relay for peers without a direct address; registers at once."""
     @property
     def public_addr(self) -> tuple[str, int] | None:
         """Our address as the relay sees it, once it answered a registration."""
-    def set_relays(self, relays: list[tuple[str, int]], now: float) -> None:
+    def set_relays(self, relays: list[tuple[str, int]], now: float = 0.0) -> None:
         """Several relays in order of preference: registers with all, sends through the first
         that answered lately (so a relay that goes away is replaced by the next)."""
     @property
@@ -449,6 +467,28 @@ class NodeTransport:
     def peer_address(self, node_id: str) -> tuple[str, int] | None:
         """Where the tunnel currently sends to the peer (a ``100::`` placeholder if relayed)."""
     def is_up(self, node_id: str) -> bool: ...
+    def attach_tun(self, name: str, networks: list[str], *, mtu: int = 1400) -> int:
+        """Creates TUN device ``name`` (bare IP packets) in this process's network namespace
+        and carries ``networks``' packets through it; returns the attachment id.
+
+        Raises:
+            PermissionError: No ``CAP_NET_ADMIN``.
+            OSError: The device cannot be made (``EBUSY``: the name is in use).
+            NetworkNotFound: A network is not joined.
+            AttachError: A network already has an attachment.
+        """
+    def attach_vm(self, url: str, networks: list[str]) -> tuple[int, str]:
+        """Opens a VM frame endpoint (``udp://``, ``tcp-listen://``, ``tcp-connect://``,
+        ``unix://``) for ``networks`` (joined with ``ethernet=True``); returns
+        ``(attachment id, the endpoint URL for the runtime)``."""
+    def detach(self, attachment: int) -> bool:
+        """Closes an attachment (a TUN device is deleted); False if unknown."""
+    def attachments(self) -> list[AttachmentInfo]: ...
+    def close(self) -> None:
+        """Stops the datapath thread (idempotent)."""
+    @property
+    def running(self) -> bool:
+        """True while the datapath thread runs."""
     def stats(self) -> TransportStats: ...
 
 class RelayStats(TypedDict):

@@ -30,10 +30,15 @@ use crate::tunnel::{
     Config, DownReason, Endpoint, Event, Payload, PayloadKind, SendError, TunnelStats,
 };
 
+pub mod attach;
 mod mmsg;
 mod relay_shell;
+mod sys;
+pub mod worker;
 
+pub use attach::{AttachError, Attachment, AttachmentKind, AttachmentStats};
 pub use relay_shell::UdpRelay;
+pub use worker::{State, Worker, WorkerError};
 
 /// Socket buffer size asked for in each direction (the kernel may grant less: on Linux,
 /// up to `net.core.rmem_max` / `wmem_max`). Bursts of a large TCP window must fit, or the

@@ -1,6 +1,7 @@
 //! `golem_vpn.Identity` and `golem_vpn.NodeTransport`: PyO3 faces of
 //! [`crate::identity::Identity`] and [`crate::datapath::UdpNode`].
 
+use std::io;
 use std::net::SocketAddr;
 use std::os::fd::AsRawFd;
 use std::time::{Duration, Instant};
@@ -10,7 +11,9 @@ use pyo3::types::{PyBytes, PyDict, PyList};
 
 use super::convert::{self, host_port};
 use super::errors::{ToPyErr, error};
-use crate::datapath::{DatapathError, Inbound, UdpNode, UdpRelay};
+use crate::datapath::{
+    AttachError, Attachment, DatapathError, Inbound, UdpNode, UdpRelay, Worker, WorkerError,
+};
 use crate::identity::{Identity, recover_node_id};
 use crate::router::{Cidr, Medium, Router, RouterConfig};
 use crate::tunnel::{Config, DownReason, Event};
@@ -81,12 +84,11 @@ impl PyIdentity {
     }
 }
 
-/// A node's UDP transport: tunnel endpoint + routers + socket. See the stub.
+/// A node's UDP transport: tunnel endpoint + routers + socket, driven by the native
+/// datapath thread ([`Worker`]). See the stub.
 #[pyclass(name = "NodeTransport", module = "golem_vpn._golem_vpn")]
 pub struct PyNodeTransport {
-    inner: UdpNode,
-    /// `time` values from Python map to instants through this pair.
-    base: (f64, Instant),
+    worker: Worker,
 }
 
 impl ToPyErr for DatapathError {
@@ -100,48 +102,89 @@ impl ToPyErr for DatapathError {
     }
 }
 
+impl ToPyErr for WorkerError {
+    fn to_py(&self, py: Python<'_>) -> PyErr {
+        match self {
+            WorkerError::UnknownNetwork(_) => error(py, "NetworkNotFound", self.to_string()),
+            WorkerError::AlreadyAttached { .. } => error(py, "AttachError", self.to_string()),
+            WorkerError::NoNetwork => pyo3::exceptions::PyValueError::new_err(self.to_string()),
+            WorkerError::Attach(AttachError::BadUrl(_)) => {
+                pyo3::exceptions::PyValueError::new_err(self.to_string())
+            }
+            WorkerError::Attach(e) => {
+                let message = self.to_string();
+                let errno = e.io_error().and_then(io::Error::raw_os_error).unwrap_or(0);
+                // OSError(errno, message) picks the builtin subclass (PermissionError,
+                // ConnectionRefusedError, TimeoutError...) from the errno.
+                match e.io_error().map(io::Error::kind) {
+                    Some(io::ErrorKind::TimedOut) => {
+                        pyo3::exceptions::PyTimeoutError::new_err(message)
+                    }
+                    _ => pyo3::exceptions::PyOSError::new_err((errno, message)),
+                }
+            }
+        }
+    }
+}
+
 type InboundTuple<'py> = (Bound<'py, PyList>, Bound<'py, PyList>, Bound<'py, PyList>);
 
-impl PyNodeTransport {
-    fn instant(&self, now: f64) -> Instant {
-        self.base.1 + Duration::from_secs_f64((now - self.base.0).max(0.0))
+fn inbound_tuple<'py>(py: Python<'py>, inbound: Inbound) -> PyResult<InboundTuple<'py>> {
+    let frames = PyList::empty(py);
+    for (network, frame) in inbound.frames {
+        frames.append((network, PyBytes::new(py, &frame)))?;
     }
+    let control = PyList::empty(py);
+    for (peer, network, message) in inbound.control {
+        control.append((peer.to_string(), network, PyBytes::new(py, &message)))?;
+    }
+    let events = PyList::empty(py);
+    for event in inbound.events {
+        let item = match event {
+            Event::PeerUp { peer, addr } => ("up", peer.to_string(), format!("{addr}")),
+            Event::PeerDown { peer, reason } => (
+                "down",
+                peer.to_string(),
+                match reason {
+                    DownReason::HandshakeTimeout => "handshake_timeout",
+                    DownReason::Expired => "expired",
+                    DownReason::Disallowed => "disallowed",
+                }
+                .to_owned(),
+            ),
+            Event::Received { .. } => continue,
+        };
+        events.append(item)?;
+    }
+    Ok((frames, control, events))
+}
 
-    fn inbound<'py>(py: Python<'py>, inbound: Inbound) -> PyResult<InboundTuple<'py>> {
-        let frames = PyList::empty(py);
-        for (network, frame) in inbound.frames {
-            frames.append((network, PyBytes::new(py, &frame)))?;
-        }
-        let control = PyList::empty(py);
-        for (peer, network, message) in inbound.control {
-            control.append((peer.to_string(), network, PyBytes::new(py, &message)))?;
-        }
-        let events = PyList::empty(py);
-        for event in inbound.events {
-            let item = match event {
-                Event::PeerUp { peer, addr } => ("up", peer.to_string(), format!("{addr}")),
-                Event::PeerDown { peer, reason } => (
-                    "down",
-                    peer.to_string(),
-                    match reason {
-                        DownReason::HandshakeTimeout => "handshake_timeout",
-                        DownReason::Expired => "expired",
-                        DownReason::Disallowed => "disallowed",
-                    }
-                    .to_owned(),
-                ),
-                Event::Received { .. } => continue,
-            };
-            events.append(item)?;
-        }
-        Ok((frames, control, events))
-    }
+fn attachment_dict<'py>(py: Python<'py>, a: &Attachment) -> PyResult<Bound<'py, PyDict>> {
+    let d = PyDict::new(py);
+    let s = a.stats;
+    d.set_item("id", a.id())?;
+    d.set_item("kind", a.kind().name())?;
+    d.set_item("name", a.name())?;
+    d.set_item("networks", a.networks().to_vec())?;
+    d.set_item("packets_in", s.packets_in)?;
+    d.set_item("bytes_in", s.bytes_in)?;
+    d.set_item("packets_out", s.packets_out)?;
+    d.set_item("bytes_out", s.bytes_out)?;
+    d.set_item("drops", s.drops())?;
+    let reasons = PyDict::new(py);
+    reasons.set_item("no_network", s.no_network)?;
+    reasons.set_item("router", s.router_drops)?;
+    reasons.set_item("write", s.write_drops)?;
+    reasons.set_item("framing", s.framing_errors)?;
+    d.set_item("drop_reasons", reasons)?;
+    d.set_item("broken", a.is_broken())?;
+    Ok(d)
 }
 
 #[pymethods]
 impl PyNodeTransport {
     #[new]
-    #[pyo3(signature = (identity, host = "127.0.0.1", port = 0, *, now, keepalive = None, seed = None))]
+    #[pyo3(signature = (identity, host = "127.0.0.1", port = 0, *, now = 0.0, keepalive = None, seed = None))]
     fn new(
         py: Python<'_>,
         identity: &PyIdentity,
@@ -151,6 +194,7 @@ impl PyNodeTransport {
         keepalive: Option<f64>,
         seed: Option<u64>,
     ) -> PyResult<Self> {
+        let _ = now; // the datapath thread keeps its own (monotonic) time
         let addr = SocketAddr::new(convert::ip(py, host)?, port);
         let config = Config {
             persistent_keepalive: keepalive.map(Duration::from_secs_f64),
@@ -161,31 +205,30 @@ impl PyNodeTransport {
                 .duration_since(std::time::UNIX_EPOCH)
                 .map_or(7, |d| d.as_nanos() as u64)
         });
-        let inner = UdpNode::bind(&identity.inner, addr, config, seed).map_err(|e| e.to_py(py))?;
+        let node = UdpNode::bind(&identity.inner, addr, config, seed).map_err(|e| e.to_py(py))?;
         Ok(PyNodeTransport {
-            inner,
-            base: (now, Instant::now()),
+            worker: Worker::start(node)?,
         })
     }
 
     #[getter]
     fn node_id(&self) -> String {
-        self.inner.node_id().to_string()
+        self.worker.read(|s| s.node().node_id().to_string())
     }
 
     #[getter]
     fn local_addr(&self) -> PyResult<(String, u16)> {
-        let a = self.inner.local_addr()?;
+        let a = self.worker.read(|s| s.node().local_addr())?;
         Ok(host_port(a))
     }
 
     fn fileno(&self) -> i32 {
-        self.inner.socket().as_raw_fd()
+        self.worker.notify_fd()
     }
 
     #[pyo3(signature = (network_id, cidrs, ips, *, ethernet = false, requestor = None))]
     fn add_network(
-        &mut self,
+        &self,
         py: Python<'_>,
         network_id: String,
         cidrs: Vec<String>,
@@ -201,30 +244,32 @@ impl PyNodeTransport {
             .iter()
             .map(|s| convert::ip(py, s))
             .collect::<PyResult<Vec<_>>>()?;
+        let requestor = requestor.map(|r| convert::node_id(py, r)).transpose()?;
+        let local_node = self.worker.read(|s| s.node().node_id());
         let router = Router::new(RouterConfig {
             network_id,
             cidrs,
-            local_node: self.inner.node_id(),
+            local_node,
             local_ips,
             medium: if ethernet {
                 Medium::Ethernet
             } else {
                 Medium::Ip
             },
-            requestor: requestor.map(|r| convert::node_id(py, r)).transpose()?,
+            requestor,
         })
         .map_err(|e| e.to_py(py))?;
-        self.inner.add_network(router);
+        self.worker.with(|s| s.node_mut().add_network(router));
         Ok(())
     }
 
-    fn remove_network(&mut self, network_id: &str) -> bool {
-        self.inner.remove_network(network_id)
+    fn remove_network(&self, network_id: &str) -> bool {
+        self.worker.with(|s| s.remove_network(network_id))
     }
 
     #[pyo3(signature = (network_id, node_id, ip, addr = None))]
     fn add_peer(
-        &mut self,
+        &self,
         py: Python<'_>,
         network_id: &str,
         node_id: &str,
@@ -234,137 +279,198 @@ impl PyNodeTransport {
         let addr = addr.map(|a| convert::socket_addr(py, &a)).transpose()?;
         let n = convert::node_id(py, node_id)?;
         let ip = convert::ip(py, ip)?;
-        self.inner
-            .add_peer(network_id, n, ip, addr)
+        self.worker
+            .with(|s| s.node_mut().add_peer(network_id, n, ip, addr))
             .map_err(|e| e.to_py(py))
     }
 
-    fn remove_peer(&mut self, py: Python<'_>, network_id: &str, node_id: &str) -> PyResult<bool> {
+    fn remove_peer(&self, py: Python<'_>, network_id: &str, node_id: &str) -> PyResult<bool> {
         let n = convert::node_id(py, node_id)?;
-        self.inner
-            .remove_peer(network_id, &n)
+        self.worker
+            .with(|s| s.node_mut().remove_peer(network_id, &n))
             .map_err(|e| e.to_py(py))
     }
 
-    fn set_peer_address(
-        &mut self,
-        py: Python<'_>,
-        node_id: &str,
-        addr: (String, u16),
-    ) -> PyResult<()> {
+    fn set_peer_address(&self, py: Python<'_>, node_id: &str, addr: (String, u16)) -> PyResult<()> {
         let n = convert::node_id(py, node_id)?;
-        self.inner
-            .set_peer_address(n, convert::socket_addr(py, &addr)?);
+        let addr = convert::socket_addr(py, &addr)?;
+        self.worker.with(|s| s.node_mut().set_peer_address(n, addr));
         Ok(())
     }
 
+    #[pyo3(signature = (network_id, packets, now = 0.0))]
     fn send_packets<'py>(
-        &mut self,
+        &self,
         py: Python<'py>,
         network_id: &str,
         packets: Vec<Bound<'py, PyBytes>>,
         now: f64,
     ) -> PyResult<Bound<'py, PyList>> {
-        let now = self.instant(now);
+        let _ = now;
         let answers = self
-            .inner
-            .send_packets(network_id, packets.iter().map(|p| p.as_bytes()), now)
+            .worker
+            .with(|s| {
+                s.node_mut().send_packets(
+                    network_id,
+                    packets.iter().map(|p| p.as_bytes()),
+                    Instant::now(),
+                )
+            })
             .map_err(|e| e.to_py(py))?;
         PyList::new(py, answers.iter().map(|a| PyBytes::new(py, a)))
     }
 
+    #[pyo3(signature = (node_id, network_id, message, now = 0.0))]
     fn send_control(
-        &mut self,
+        &self,
         py: Python<'_>,
         node_id: &str,
         network_id: &str,
         message: &[u8],
         now: f64,
     ) -> PyResult<()> {
+        let _ = now;
         let n = convert::node_id(py, node_id)?;
-        let now = self.instant(now);
-        self.inner
-            .send_control(&n, network_id, message, now)
+        self.worker
+            .with(|s| {
+                s.node_mut()
+                    .send_control(&n, network_id, message, Instant::now())
+            })
             .map_err(|e| e.to_py(py))
     }
 
-    #[pyo3(signature = (now, max = 1024))]
-    fn receive<'py>(
-        &mut self,
-        py: Python<'py>,
-        now: f64,
-        max: usize,
-    ) -> PyResult<InboundTuple<'py>> {
-        let now = self.instant(now);
-        let mut inbound = Inbound::default();
-        self.inner.receive(now, max, &mut inbound);
-        Self::inbound(py, inbound)
-    }
-
-    fn handle_timeout<'py>(&mut self, py: Python<'py>, now: f64) -> PyResult<InboundTuple<'py>> {
-        let now = self.instant(now);
-        let mut inbound = Inbound::default();
-        self.inner.handle_timeout(now, &mut inbound);
-        Self::inbound(py, inbound)
+    /// What the datapath thread queued for Python (the `now` and `max` arguments are
+    /// accepted for compatibility; the thread reads the socket itself).
+    #[pyo3(signature = (now = 0.0, max = 1024))]
+    fn receive<'py>(&self, py: Python<'py>, now: f64, max: usize) -> PyResult<InboundTuple<'py>> {
+        let _ = (now, max);
+        inbound_tuple(py, self.worker.take_inbound())
     }
 
     fn poll_at(&self) -> Option<f64> {
-        self.inner
-            .poll_at()
-            .map(|t| self.base.0 + t.saturating_duration_since(self.base.1).as_secs_f64())
+        // The datapath thread runs the timers itself.
+        None
     }
 
-    #[pyo3(signature = (addr, now))]
-    fn set_relay(&mut self, py: Python<'_>, addr: Option<(String, u16)>, now: f64) -> PyResult<()> {
+    #[pyo3(signature = (addr, now = 0.0))]
+    fn set_relay(&self, py: Python<'_>, addr: Option<(String, u16)>, now: f64) -> PyResult<()> {
+        let _ = now;
         let addr = addr.map(|a| convert::socket_addr(py, &a)).transpose()?;
-        let now = self.instant(now);
-        self.inner.set_relay(addr, now);
+        self.worker
+            .with(|s| s.node_mut().set_relay(addr, Instant::now()));
         Ok(())
     }
 
-    fn set_relays(&mut self, py: Python<'_>, relays: Vec<(String, u16)>, now: f64) -> PyResult<()> {
+    #[pyo3(signature = (relays, now = 0.0))]
+    fn set_relays(&self, py: Python<'_>, relays: Vec<(String, u16)>, now: f64) -> PyResult<()> {
+        let _ = now;
         let relays = relays
             .iter()
             .map(|a| convert::socket_addr(py, a))
             .collect::<PyResult<Vec<_>>>()?;
-        let now = self.instant(now);
-        self.inner.set_relays(relays, now);
+        self.worker
+            .with(|s| s.node_mut().set_relays(relays, Instant::now()));
         Ok(())
     }
 
     #[getter]
     fn relay(&self) -> Option<(String, u16)> {
-        self.inner.relay().map(host_port)
+        self.worker.read(|s| s.node().relay().map(host_port))
     }
 
-    fn set_hole_punching(&mut self, enabled: bool) {
-        self.inner.set_hole_punching(enabled);
+    fn set_hole_punching(&self, enabled: bool) {
+        self.worker
+            .with(|s| s.node_mut().set_hole_punching(enabled));
     }
 
     #[getter]
     fn public_addr(&self) -> Option<(String, u16)> {
-        self.inner.public_addr().map(host_port)
+        self.worker.read(|s| s.node().public_addr().map(host_port))
     }
 
     fn is_relayed(&self, py: Python<'_>, node_id: &str) -> PyResult<bool> {
-        Ok(self.inner.is_relayed(&convert::node_id(py, node_id)?))
+        let n = convert::node_id(py, node_id)?;
+        Ok(self.worker.read(|s| s.node().is_relayed(&n)))
     }
 
     fn peer_address(&self, py: Python<'_>, node_id: &str) -> PyResult<Option<(String, u16)>> {
+        let n = convert::node_id(py, node_id)?;
         Ok(self
-            .inner
-            .endpoint()
-            .peer_address(&convert::node_id(py, node_id)?)
-            .map(host_port))
+            .worker
+            .read(|s| s.node().endpoint().peer_address(&n).map(host_port)))
     }
 
     fn is_up(&self, py: Python<'_>, node_id: &str) -> PyResult<bool> {
-        Ok(self.inner.endpoint().is_up(&convert::node_id(py, node_id)?))
+        let n = convert::node_id(py, node_id)?;
+        Ok(self.worker.read(|s| s.node().endpoint().is_up(&n)))
+    }
+
+    #[pyo3(signature = (name, networks, *, mtu = 1400))]
+    fn attach_tun(
+        &self,
+        py: Python<'_>,
+        name: &str,
+        networks: Vec<String>,
+        mtu: u32,
+    ) -> PyResult<u32> {
+        let _ = mtu; // the device's MTU is set with the rest of its configuration
+        self.worker
+            .with(|s| s.attach(networks, |id, nets| Attachment::tun(id, name, nets)))
+            .map_err(|e| e.to_py(py))
+    }
+
+    fn attach_vm(
+        &self,
+        py: Python<'_>,
+        url: &str,
+        networks: Vec<String>,
+    ) -> PyResult<(u32, String)> {
+        // Connecting may wait (tcp-connect): let other Python threads run meanwhile.
+        let made = py.detach(|| Attachment::vm(0, url, Vec::new()));
+        let made = made.map_err(|e| WorkerError::from(e).to_py(py))?;
+        let endpoint = made.name().to_owned();
+        let id = self
+            .worker
+            .with(|s| s.attach(networks, move |id, nets| Ok(made.renumbered(id, nets))))
+            .map_err(|e| e.to_py(py))?;
+        Ok((id, endpoint))
+    }
+
+    fn detach(&self, attachment: u32) -> bool {
+        self.worker.with(|s| s.detach(attachment))
+    }
+
+    fn attachments<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyList>> {
+        let list = PyList::empty(py);
+        let mut ids: Vec<u32> = self
+            .worker
+            .read(|s| s.attachments().map(Attachment::id).collect());
+        ids.sort_unstable();
+        for id in ids {
+            let d = self
+                .worker
+                .read(|s| s.attachment(id).map(|a| attachment_dict(py, a)));
+            if let Some(d) = d {
+                list.append(d?)?;
+            }
+        }
+        Ok(list)
+    }
+
+    fn close(&mut self) {
+        self.worker.stop();
+    }
+
+    #[getter]
+    fn running(&self) -> bool {
+        self.worker.is_running()
     }
 
     fn stats<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyDict>> {
+        let (s, t) = self
+            .worker
+            .read(|st| (st.node().stats(), st.node().tunnel_stats()));
         let d = PyDict::new(py);
-        let s = self.inner.stats();
         d.set_item("datagrams_in", s.datagrams_in)?;
         d.set_item("datagrams_out", s.datagrams_out)?;
         d.set_item("send_errors", s.send_errors)?;
@@ -376,7 +482,6 @@ impl PyNodeTransport {
         d.set_item("relay_unknown_peer", s.relay_unknown_peer)?;
         d.set_item("probes_sent", s.probes_sent)?;
         d.set_item("punched", s.punched)?;
-        let t = self.inner.tunnel_stats();
         let tunnel = PyDict::new(py);
         tunnel.set_item("handshakes_started", t.handshakes_started)?;
         tunnel.set_item("handshakes_completed", t.handshakes_completed)?;
@@ -395,11 +500,13 @@ impl PyNodeTransport {
     }
 
     fn __repr__(&self) -> String {
-        format!(
-            "NodeTransport(node_id='{}', local_addr={:?})",
-            self.inner.node_id(),
-            self.inner.local_addr().ok()
-        )
+        self.worker.read(|s| {
+            format!(
+                "NodeTransport(node_id='{}', local_addr={:?})",
+                s.node().node_id(),
+                s.node().local_addr().ok()
+            )
+        })
     }
 }
 

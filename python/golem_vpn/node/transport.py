@@ -1,10 +1,13 @@
 """The asyncio shell of the node transport: encrypted UDP tunnels between nodes.
 
-:class:`UdpTransport` runs a native :class:`~golem_vpn.NodeTransport` (one UDP socket, the
-Noise tunnel endpoint, one router per network) on the running event loop: it watches the
-socket with ``loop.add_reader``, runs the tunnel's timers at ``poll_at``, and connects each
-joined network to a userspace :class:`~golem_vpn.interface.Interface`. Per-packet work
-(routing, encryption, the socket calls) stays in Rust; Python sees batches.
+:class:`UdpTransport` wraps a native :class:`~golem_vpn.NodeTransport`: one UDP socket, the
+Noise tunnel endpoint and one router per network, driven by a native datapath thread that
+reads the socket, runs the tunnel's timers and moves the packets of natively attached
+networks (TUN devices, VM frame endpoints: :meth:`UdpTransport.attach_tun`,
+:meth:`UdpTransport.attach_vm`) without Python. What is left for Python (packets of
+networks served by a userspace :class:`~golem_vpn.interface.Interface`, control messages,
+peer events) is queued by the thread, which wakes the event loop through a descriptor it
+watches with ``loop.add_reader``: one wake-up per batch.
 
 Example::
 
@@ -20,11 +23,14 @@ import asyncio
 from collections import defaultdict
 from collections.abc import Callable
 from ipaddress import ip_interface
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from golem_vpn._golem_vpn import Identity, NodeTransport, Stack
 from golem_vpn.errors import NetworkNotFound
 from golem_vpn.interface import Interface
+
+if TYPE_CHECKING:
+    from golem_vpn._golem_vpn import AttachmentInfo
 
 __all__ = ["UdpTransport"]
 
@@ -64,12 +70,9 @@ class UdpTransport:
         hole_punching: bool = True,
     ) -> None:
         self._loop = asyncio.get_running_loop()
-        self._native = NodeTransport(
-            identity, host, port, now=self._loop.time(), keepalive=keepalive
-        )
+        self._native = NodeTransport(identity, host, port, keepalive=keepalive)
         self._interfaces: dict[str, Interface] = {}
-        self._timer: asyncio.TimerHandle | None = None
-        self._timer_at: float | None = None
+        self._native_networks: set[str] = set()
         self._closed = False
         self.on_control: ControlHandler | None = None
         self.on_peer: PeerHandler | None = None
@@ -113,20 +116,89 @@ class UdpTransport:
         self._interfaces[network_id] = interface
         return interface
 
+    def join_native(
+        self, network_id: str, cidr: str | list[str], ip: str | list[str], *, ethernet: bool = False
+    ) -> None:
+        """Joins a network with its router only, for a native attachment to carry.
+
+        Nothing reaches Python for this network: attach it with :meth:`attach_tun` or
+        :meth:`attach_vm`. Until then its packets are dropped (counted).
+
+        Args:
+            network_id: The network's id.
+            cidr: The network's range, or several (IPv4 and IPv6).
+            ip: This node's address in it, or several.
+            ethernet: The attachment speaks Ethernet (VM runtimes): the router answers ARP
+                and neighbour solicitations and frames carry yagna's MACs.
+        """
+        cidrs = [cidr] if isinstance(cidr, str) else list(cidr)
+        ips = [ip] if isinstance(ip, str) else list(ip)
+        self._native.add_network(network_id, cidrs, ips, ethernet=ethernet)
+        self._native_networks.add(network_id)
+
     def leave(self, network_id: str) -> None:
         """Leaves a network: its interface stops, peers only in it are cut off."""
         interface = self._interfaces.pop(network_id, None)
-        if interface is None:
+        if interface is None and network_id not in self._native_networks:
             raise NetworkNotFound(f"network {network_id!r} is not joined")
-        interface.close()
+        self._native_networks.discard(network_id)
+        if interface is not None:
+            interface.close()
         self._native.remove_network(network_id)
+
+    def is_joined(self, network_id: str) -> bool:
+        """True if this node is in the network (with a userspace stack or natively)."""
+        return network_id in self._interfaces or network_id in self._native_networks
+
+    def attach_tun(self, name: str, networks: list[str], *, mtu: int = 1400) -> int:
+        """Creates the TUN device ``name`` and carries ``networks``' packets through it.
+
+        The device is made in this process's network namespace, down and without an
+        address: configuring it (and moving it to another namespace) is the caller's
+        business (:mod:`golem_vpn.exeunit` does it). Closing it (:meth:`detach`) deletes it.
+
+        Returns:
+            The attachment's id.
+
+        Raises:
+            PermissionError: No ``CAP_NET_ADMIN``.
+            OSError: The device could not be made (e.g. the name is in use).
+            NetworkNotFound: A network was not joined with :meth:`join_native`.
+            AttachError: A network already has an attachment.
+        """
+        return self._native.attach_tun(name, networks, mtu=mtu)
+
+    def attach_vm(self, url: str, networks: list[str]) -> tuple[int, str]:
+        """Opens a VM frame endpoint (Ethernet frames, yagna's runtime framing).
+
+        Args:
+            url: ``udp://127.0.0.1:0`` (one datagram per frame), ``tcp-listen://HOST:PORT``
+                or ``tcp-connect://HOST:PORT`` (u32 big-endian length prefix, as QEMU's
+                ``-netdev socket``), ``unix://PATH`` (u16 native-endian prefix).
+            networks: Networks joined with ``join_native(..., ethernet=True)``.
+
+        Returns:
+            ``(attachment id, endpoint URL for the runtime)``, with the bound port.
+
+        Raises:
+            ValueError: A malformed URL.
+            ConnectionRefusedError, TimeoutError, OSError: The endpoint cannot be reached.
+        """
+        return self._native.attach_vm(url, networks)
+
+    def detach(self, attachment_id: int) -> bool:
+        """Closes a native attachment; its networks stay joined. False if unknown."""
+        return self._native.detach(attachment_id)
+
+    def attachments(self) -> list[AttachmentInfo]:
+        """Every native attachment with its counters (see the native stub)."""
+        return self._native.attachments()
 
     def set_relay(self, relay: tuple[str, int] | list[tuple[str, int]] | None) -> None:
         """Uses ``relay`` (one, or several in order of preference) for peers without a
         direct address (None: no relay)."""
         relays = [] if relay is None else [relay] if isinstance(relay, tuple) else list(relay)
-        self._native.set_relays(relays, self._loop.time())
-        self._arm()
+        self._native.set_relays(relays)
 
     @property
     def public_addr(self) -> tuple[str, int] | None:
@@ -149,20 +221,18 @@ class UdpTransport:
 
     def send_control(self, node_id: str, network_id: str, message: bytes) -> None:
         """Sends a control message to a peer over its tunnel (unreliable on its own)."""
-        self._native.send_control(node_id, network_id, message, self._loop.time())
-        self._arm()
+        self._native.send_control(node_id, network_id, message)
 
     def _send(self, network_id: str, packets: list[bytes]) -> None:
         if self._closed:
             return
-        answers = self._native.send_packets(network_id, packets, self._loop.time())
+        answers = self._native.send_packets(network_id, packets)
         if answers:
             self._interfaces[network_id].deliver(answers)
-        self._arm()
 
     def _on_readable(self) -> None:
-        self._dispatch(*self._native.receive(self._loop.time()))
-        self._arm()
+        if not self._closed:
+            self._dispatch(*self._native.receive())
 
     def _dispatch(
         self,
@@ -185,35 +255,16 @@ class UdpTransport:
             for kind, node_id, detail in events:
                 self.on_peer(kind, node_id, detail)
 
-    def _arm(self) -> None:
-        if self._closed:
-            return
-        at = self._native.poll_at()
-        if at is None or (self._timer_at is not None and self._timer_at <= at):
-            return
-        if self._timer is not None:
-            self._timer.cancel()
-        self._timer_at = at
-        self._timer = self._loop.call_at(at, self._on_timer)
-
-    def _on_timer(self) -> None:
-        self._timer = self._timer_at = None
-        if self._closed:
-            return
-        self._dispatch(*self._native.handle_timeout(self._loop.time()))
-        self._arm()
-
     def close(self) -> None:
         """Stops the transport and every joined network's interface."""
         if self._closed:
             return
         self._closed = True
         self._loop.remove_reader(self._native.fileno())
-        if self._timer is not None:
-            self._timer.cancel()
         for interface in self._interfaces.values():
             interface.close()
         self._interfaces.clear()
+        self._native.close()
 
     async def __aenter__(self) -> UdpTransport:
         return self

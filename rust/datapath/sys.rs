@@ -1,0 +1,126 @@
+//! The two system calls that neither std nor nix wraps safely: creating a TUN device
+//! (`TUNSETIFF`) and waiting on several descriptors at once (`ppoll`).
+//!
+//! This is the only module of the crate allowed `unsafe`; each block says why it is sound.
+#![allow(unsafe_code)]
+
+use std::fs::{File, OpenOptions};
+use std::io;
+use std::os::fd::{AsRawFd, RawFd};
+use std::os::unix::fs::OpenOptionsExt;
+use std::time::Duration;
+
+/// `_IOW('T', 202, int)` from `<linux/if_tun.h>`.
+const TUNSETIFF: libc::c_ulong = 0x4004_54ca;
+const IFF_TUN: libc::c_short = 0x0001;
+const IFF_NO_PI: libc::c_short = 0x1000;
+
+/// `struct ifreq` as TUNSETIFF reads it: the name, then a union whose first member is
+/// the flags (40 bytes in all on every Linux ABI we build for).
+#[repr(C)]
+struct IfReq {
+    name: [libc::c_char; libc::IFNAMSIZ],
+    flags: libc::c_short,
+    _union_rest: [u8; 22],
+}
+
+/// Checks an interface name as the kernel would (1..=15 bytes, no `/`, space or NUL).
+pub fn check_ifname(name: &str) -> io::Result<()> {
+    let bad = name.is_empty()
+        || name.len() >= libc::IFNAMSIZ
+        || name == "."
+        || name == ".."
+        || name
+            .bytes()
+            .any(|b| b == b'/' || b == 0 || b.is_ascii_whitespace() || b == b':');
+    if bad {
+        return Err(io::Error::new(
+            io::ErrorKind::InvalidInput,
+            format!(
+                "invalid interface name {name:?}: 1 to {} characters, no '/', ':' or spaces",
+                libc::IFNAMSIZ - 1
+            ),
+        ));
+    }
+    Ok(())
+}
+
+/// Creates (or attaches to) the TUN device `name` (`IFF_TUN | IFF_NO_PI`: bare IP
+/// packets) in the calling thread's network namespace. The file is non-blocking; closing
+/// it deletes the device (it is not persistent).
+pub fn open_tun(name: &str) -> io::Result<File> {
+    check_ifname(name)?;
+    let file = OpenOptions::new()
+        .read(true)
+        .write(true)
+        .custom_flags(libc::O_NONBLOCK | libc::O_CLOEXEC)
+        .open("/dev/net/tun")?;
+    let mut req = IfReq {
+        name: [0; libc::IFNAMSIZ],
+        flags: IFF_TUN | IFF_NO_PI,
+        _union_rest: [0; 22],
+    };
+    for (dst, src) in req.name.iter_mut().zip(name.bytes()) {
+        *dst = src as libc::c_char;
+    }
+    // SAFETY: TUNSETIFF reads and writes one `struct ifreq`; `req` is laid out as one
+    // (checked by the size assertion below) and lives for the whole call.
+    let rc = unsafe { libc::ioctl(file.as_raw_fd(), TUNSETIFF as _, &mut req as *mut IfReq) };
+    if rc < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(file)
+}
+
+const _: () = assert!(std::mem::size_of::<IfReq>() == 40);
+
+/// Readiness asked for and reported by [`poll`].
+pub type PollFd = libc::pollfd;
+
+/// Data to read.
+pub const POLLIN: libc::c_short = libc::POLLIN;
+/// Room to write.
+pub const POLLOUT: libc::c_short = libc::POLLOUT;
+/// Error, hang-up or an invalid descriptor.
+pub const POLLBROKEN: libc::c_short = libc::POLLERR | libc::POLLHUP | libc::POLLNVAL;
+
+/// A poll entry for `fd`.
+pub fn poll_fd(fd: RawFd, events: libc::c_short) -> PollFd {
+    libc::pollfd {
+        fd,
+        events,
+        revents: 0,
+    }
+}
+
+/// Waits until one of `fds` is ready or `timeout` passes (None: forever). Returns the
+/// number of ready entries (0 on timeout or a signal).
+pub fn poll(fds: &mut [PollFd], timeout: Option<Duration>) -> io::Result<usize> {
+    let ts = timeout.map(|t| libc::timespec {
+        tv_sec: t.as_secs().min(i32::MAX as u64) as libc::time_t,
+        tv_nsec: t.subsec_nanos() as _,
+    });
+    let ts_ptr = ts
+        .as_ref()
+        .map_or(std::ptr::null(), |t| t as *const libc::timespec);
+    // SAFETY: `fds` is a valid, exclusively borrowed array of `pollfd` of the length
+    // given; `ts_ptr` is null or points to a timespec that outlives the call; a null
+    // signal mask leaves the mask unchanged. The kernel only reads descriptor numbers
+    // (a closed one is reported as POLLNVAL, never touched).
+    let rc = unsafe {
+        libc::ppoll(
+            fds.as_mut_ptr(),
+            fds.len() as libc::nfds_t,
+            ts_ptr,
+            std::ptr::null(),
+        )
+    };
+    if rc < 0 {
+        let err = io::Error::last_os_error();
+        if err.kind() == io::ErrorKind::Interrupted {
+            return Ok(0);
+        }
+        return Err(err);
+    }
+    Ok(rc as usize)
+}

@@ -1,0 +1,505 @@
+//! The datapath thread: moves packets between local attachments and the encrypted UDP
+//! transport without Python.
+//!
+//! A [`Worker`] owns a [`UdpNode`] behind a mutex and runs one thread that waits (`ppoll`)
+//! on the node's UDP socket, every attachment's descriptors and a wake-up socket, with the
+//! node's next timer as the timeout. Frames a TUN device or VM endpoint sends are routed
+//! to their network and sent in batches; frames that arrive for a network with a native
+//! attachment are written to it straight away. Whatever is left for Python (frames of
+//! networks served by a userspace stack, control messages, peer events) is queued, and a
+//! byte on the notify socket (one per batch, not per packet) tells the event loop to
+//! [`Worker::take_inbound`].
+//!
+//! Python configures the node through [`Worker::with`] (which wakes the thread so a new
+//! deadline or descriptor is seen) and never touches a packet of an attached network.
+
+use std::io;
+use std::net::IpAddr;
+use std::os::fd::{AsRawFd, RawFd};
+use std::os::unix::net::UnixDatagram;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+
+use rustc_hash::FxHashMap;
+
+use super::attach::{AttachError, Attachment, AttachmentKind, MAX_FRAME};
+use super::{Inbound, UdpNode, sys};
+
+/// Frames read from one attachment per round (then the other descriptors get a turn).
+const ATTACHMENT_BATCH: usize = 64;
+/// Datagrams read from the UDP socket per round.
+const SOCKET_BATCH: usize = 256;
+/// The longest the thread sleeps without looking at its timers.
+const MAX_SLEEP: Duration = Duration::from_secs(1);
+
+/// Why an attachment was refused.
+#[derive(Debug, thiserror::Error)]
+pub enum WorkerError {
+    /// A network named for the attachment is not on this node.
+    #[error("network {0:?} is not on this node")]
+    UnknownNetwork(String),
+    /// A network already has a native attachment.
+    #[error("network {network:?} is already attached (attachment {attachment})")]
+    AlreadyAttached {
+        /// The network.
+        network: String,
+        /// The attachment that has it.
+        attachment: u32,
+    },
+    /// An attachment needs at least one network.
+    #[error("an attachment needs at least one network")]
+    NoNetwork,
+    /// The device or endpoint could not be made.
+    #[error(transparent)]
+    Attach(#[from] AttachError),
+}
+
+/// Everything the worker thread and Python share, behind one mutex.
+#[derive(Debug)]
+pub struct State {
+    node: UdpNode,
+    attachments: FxHashMap<u32, Attachment>,
+    by_network: FxHashMap<String, u32>,
+    /// Detached attachments, closed by the thread once it is out of `ppoll` (so a
+    /// descriptor number is never reused under a poll that still watches it).
+    closing: Vec<Attachment>,
+    queue: Inbound,
+    next_id: u32,
+    bufs: Vec<Vec<u8>>,
+    lens: Vec<usize>,
+    scratch: Inbound,
+}
+
+impl State {
+    fn new(node: UdpNode) -> Self {
+        State {
+            node,
+            attachments: FxHashMap::default(),
+            by_network: FxHashMap::default(),
+            closing: Vec::new(),
+            queue: Inbound::default(),
+            next_id: 1,
+            bufs: Vec::new(),
+            lens: Vec::new(),
+            scratch: Inbound::default(),
+        }
+    }
+
+    /// The node (routers, tunnel endpoint, relay).
+    pub fn node(&self) -> &UdpNode {
+        &self.node
+    }
+
+    /// The node, to change.
+    pub fn node_mut(&mut self) -> &mut UdpNode {
+        &mut self.node
+    }
+
+    /// Attaches what `make` opens (given the new id) to `networks`, which must be on
+    /// the node and not attached yet.
+    pub fn attach(
+        &mut self,
+        networks: Vec<String>,
+        make: impl FnOnce(u32, Vec<String>) -> Result<Attachment, AttachError>,
+    ) -> Result<u32, WorkerError> {
+        if networks.is_empty() {
+            return Err(WorkerError::NoNetwork);
+        }
+        for network in &networks {
+            if self.node.router(network).is_none() {
+                return Err(WorkerError::UnknownNetwork(network.clone()));
+            }
+            if let Some(&attachment) = self.by_network.get(network) {
+                return Err(WorkerError::AlreadyAttached {
+                    network: network.clone(),
+                    attachment,
+                });
+            }
+        }
+        let id = self.next_id;
+        let attachment = make(id, networks.clone())?;
+        self.next_id += 1;
+        for network in networks {
+            self.by_network.insert(network, id);
+        }
+        self.attachments.insert(id, attachment);
+        Ok(id)
+    }
+
+    /// Detaches (and closes) an attachment; its networks stay on the node, unattached.
+    pub fn detach(&mut self, id: u32) -> bool {
+        let Some(attachment) = self.attachments.remove(&id) else {
+            return false;
+        };
+        self.by_network.retain(|_, a| *a != id);
+        self.closing.push(attachment);
+        true
+    }
+
+    /// Every attachment.
+    pub fn attachments(&self) -> impl Iterator<Item = &Attachment> {
+        self.attachments.values()
+    }
+
+    /// An attachment by id.
+    pub fn attachment(&self, id: u32) -> Option<&Attachment> {
+        self.attachments.get(&id)
+    }
+
+    /// Leaves a network (see [`UdpNode::remove_network`]); an attachment that carried it
+    /// stops doing so.
+    pub fn remove_network(&mut self, network: &str) -> bool {
+        if let Some(id) = self.by_network.remove(network)
+            && let Some(a) = self.attachments.get_mut(&id)
+        {
+            a.forget_network(network);
+        }
+        self.node.remove_network(network)
+    }
+
+    /// What is queued for Python.
+    fn take_queue(&mut self) -> Inbound {
+        std::mem::take(&mut self.queue)
+    }
+
+    fn has_queue(&self) -> bool {
+        !(self.queue.frames.is_empty()
+            && self.queue.control.is_empty()
+            && self.queue.events.is_empty())
+    }
+
+    /// Hands what the node produced to attachments, and the rest to Python's queue.
+    fn dispatch(&mut self) {
+        let State {
+            attachments,
+            by_network,
+            queue,
+            scratch,
+            ..
+        } = self;
+        for (network, frame) in scratch.frames.drain(..) {
+            match by_network
+                .get(&network)
+                .and_then(|id| attachments.get_mut(id))
+            {
+                Some(attachment) => attachment.write_frame(&frame),
+                None => queue.frames.push((network, frame)),
+            }
+        }
+        queue.control.append(&mut scratch.control);
+        queue.events.append(&mut scratch.events);
+    }
+
+    fn receive(&mut self, now: Instant) {
+        self.node.receive(now, SOCKET_BATCH, &mut self.scratch);
+        self.dispatch();
+    }
+
+    fn handle_timeout(&mut self, now: Instant) {
+        self.node.handle_timeout(now, &mut self.scratch);
+        self.dispatch();
+    }
+
+    /// Reads a batch from attachment `id` and routes it.
+    fn pump(&mut self, id: u32, now: Instant) {
+        let State {
+            node,
+            attachments,
+            bufs,
+            lens,
+            ..
+        } = self;
+        let Some(attachment) = attachments.get_mut(&id) else {
+            return;
+        };
+        if bufs.is_empty() {
+            *bufs = (0..ATTACHMENT_BATCH)
+                .map(|_| vec![0u8; MAX_FRAME])
+                .collect();
+        }
+        attachment.flush();
+        attachment.read_frames(bufs, lens);
+        let kind = attachment.kind();
+        // Consecutive frames for the same network go out in one batch.
+        let mut start = 0;
+        while start < lens.len() {
+            let network = pick_network(
+                node,
+                attachment.networks(),
+                kind,
+                &bufs[start][..lens[start]],
+            );
+            let mut end = start + 1;
+            while end < lens.len()
+                && pick_network(node, attachment.networks(), kind, &bufs[end][..lens[end]])
+                    == network
+            {
+                end += 1;
+            }
+            match network {
+                None => attachment.stats.no_network += (end - start) as u64,
+                Some(i) => {
+                    let network = attachment.networks()[i].clone();
+                    let before = node.router(&network).map_or(0, |r| r.drops().total());
+                    let frames = (start..end).map(|k| &bufs[k][..lens[k]]);
+                    match node.send_packets(&network, frames, now) {
+                        Ok(answers) => {
+                            for answer in answers {
+                                attachment.write_frame(&answer);
+                            }
+                        }
+                        Err(_) => attachment.stats.no_network += (end - start) as u64,
+                    }
+                    let after = node.router(&network).map_or(0, |r| r.drops().total());
+                    attachment.stats.router_drops += after.saturating_sub(before);
+                }
+            }
+            start = end;
+        }
+    }
+}
+
+/// The destination address a payload's frame is for (the ARP target for ARP).
+fn frame_target(kind: AttachmentKind, frame: &[u8]) -> Option<IpAddr> {
+    let ip = match kind {
+        AttachmentKind::Tun => frame,
+        AttachmentKind::Vm => {
+            if frame.len() < 14 {
+                return None;
+            }
+            match u16::from_be_bytes([frame[12], frame[13]]) {
+                0x0800 | 0x86dd => &frame[14..],
+                0x0806 => {
+                    let tpa = frame.get(14 + 24..14 + 28)?;
+                    return Some(IpAddr::from([tpa[0], tpa[1], tpa[2], tpa[3]]));
+                }
+                _ => return None,
+            }
+        }
+    };
+    match ip.first()? >> 4 {
+        4 => {
+            let d = ip.get(16..20)?;
+            Some(IpAddr::from([d[0], d[1], d[2], d[3]]))
+        }
+        6 => {
+            let d: [u8; 16] = ip.get(24..40)?.try_into().ok()?;
+            Some(IpAddr::from(d))
+        }
+        _ => None,
+    }
+}
+
+/// Which of `networks` a frame belongs to: the one whose range holds its destination,
+/// else (multicast, broadcast, link-local) the first of the destination's family.
+fn pick_network(
+    node: &UdpNode,
+    networks: &[String],
+    kind: AttachmentKind,
+    frame: &[u8],
+) -> Option<usize> {
+    let dst = frame_target(kind, frame)?;
+    let ranges = |i: usize| {
+        node.router(&networks[i])
+            .map(|r| r.cidrs().to_vec())
+            .unwrap_or_default()
+    };
+    (0..networks.len())
+        .find(|&i| ranges(i).iter().any(|c| c.contains(dst)))
+        .or_else(|| {
+            (0..networks.len()).find(|&i| {
+                ranges(i)
+                    .iter()
+                    .any(|c| c.network().is_ipv4() == dst.is_ipv4())
+            })
+        })
+}
+
+#[derive(Debug)]
+struct Shared {
+    state: Mutex<State>,
+    wake_tx: UnixDatagram,
+    notify_tx: UnixDatagram,
+    notified: AtomicBool,
+    stop: AtomicBool,
+}
+
+impl Shared {
+    fn lock(&self) -> MutexGuard<'_, State> {
+        // A panic in the thread must not take Python's calls down with it.
+        self.state.lock().unwrap_or_else(|e| e.into_inner())
+    }
+}
+
+/// A [`UdpNode`] driven by its own thread. See the module docs.
+#[derive(Debug)]
+pub struct Worker {
+    shared: Arc<Shared>,
+    notify_rx: UnixDatagram,
+    thread: Option<JoinHandle<()>>,
+}
+
+impl Worker {
+    /// Starts the datapath thread for `node`.
+    pub fn start(node: UdpNode) -> io::Result<Worker> {
+        let (wake_tx, wake_rx) = UnixDatagram::pair()?;
+        let (notify_tx, notify_rx) = UnixDatagram::pair()?;
+        for s in [&wake_tx, &wake_rx, &notify_tx, &notify_rx] {
+            s.set_nonblocking(true)?;
+        }
+        let shared = Arc::new(Shared {
+            state: Mutex::new(State::new(node)),
+            wake_tx,
+            notify_tx,
+            notified: AtomicBool::new(false),
+            stop: AtomicBool::new(false),
+        });
+        let thread_shared = Arc::clone(&shared);
+        let thread = std::thread::Builder::new()
+            .name("golem-vpn-datapath".into())
+            .spawn(move || run(&thread_shared, &wake_rx))?;
+        Ok(Worker {
+            shared,
+            notify_rx,
+            thread: Some(thread),
+        })
+    }
+
+    /// Runs `f` on the shared state, then wakes the thread so it sees new timers and
+    /// descriptors.
+    pub fn with<R>(&self, f: impl FnOnce(&mut State) -> R) -> R {
+        let r = f(&mut self.shared.lock());
+        self.wake();
+        r
+    }
+
+    /// Reads the shared state (the thread is not woken).
+    pub fn read<R>(&self, f: impl FnOnce(&State) -> R) -> R {
+        f(&self.shared.lock())
+    }
+
+    fn wake(&self) {
+        let _ = self.shared.wake_tx.send(&[1]);
+    }
+
+    /// The descriptor that becomes readable when [`Worker::take_inbound`] has something.
+    pub fn notify_fd(&self) -> RawFd {
+        self.notify_rx.as_raw_fd()
+    }
+
+    /// Takes what the thread queued for Python: frames of unattached networks, control
+    /// messages and peer events.
+    pub fn take_inbound(&self) -> Inbound {
+        let mut sink = [0u8; 64];
+        while self.notify_rx.recv(&mut sink).is_ok() {}
+        // Cleared before taking, so a batch queued from here on notifies again.
+        self.shared.notified.store(false, Ordering::SeqCst);
+        self.shared.lock().take_queue()
+    }
+
+    /// Stops the thread (attachments are closed when the worker is dropped).
+    pub fn stop(&mut self) {
+        self.shared.stop.store(true, Ordering::SeqCst);
+        self.wake();
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
+
+    /// True while the thread runs.
+    pub fn is_running(&self) -> bool {
+        self.thread.as_ref().is_some_and(|t| !t.is_finished())
+    }
+}
+
+impl Drop for Worker {
+    fn drop(&mut self) {
+        self.stop();
+    }
+}
+
+/// What one poll entry stands for.
+#[derive(Debug, Clone, Copy)]
+enum Source {
+    Wake,
+    Socket,
+    Attachment(u32),
+}
+
+fn run(shared: &Shared, wake_rx: &UnixDatagram) {
+    let mut fds: Vec<sys::PollFd> = Vec::new();
+    let mut sources: Vec<Source> = Vec::new();
+    let mut attachment_fds: Vec<(RawFd, bool)> = Vec::new();
+    let mut ready: Vec<u32> = Vec::new();
+    while !shared.stop.load(Ordering::SeqCst) {
+        let deadline = {
+            let state = shared.lock();
+            fds.clear();
+            sources.clear();
+            fds.push(sys::poll_fd(wake_rx.as_raw_fd(), sys::POLLIN));
+            sources.push(Source::Wake);
+            fds.push(sys::poll_fd(state.node.socket().as_raw_fd(), sys::POLLIN));
+            sources.push(Source::Socket);
+            for (id, attachment) in &state.attachments {
+                attachment_fds.clear();
+                attachment.poll_fds(&mut attachment_fds);
+                for &(fd, write) in &attachment_fds {
+                    let events = if write {
+                        sys::POLLIN | sys::POLLOUT
+                    } else {
+                        sys::POLLIN
+                    };
+                    fds.push(sys::poll_fd(fd, events));
+                    sources.push(Source::Attachment(*id));
+                }
+            }
+            state.node.poll_at()
+        };
+        let timeout = deadline
+            .map(|d| d.saturating_duration_since(Instant::now()).min(MAX_SLEEP))
+            .unwrap_or(MAX_SLEEP);
+        if sys::poll(&mut fds, Some(timeout)).is_err() {
+            std::thread::sleep(Duration::from_millis(1));
+        }
+        let mut state = shared.lock();
+        state.closing.clear();
+        let now = Instant::now();
+        ready.clear();
+        for (fd, source) in fds.iter().zip(&sources) {
+            if fd.revents == 0 {
+                continue;
+            }
+            match source {
+                Source::Wake => {
+                    let mut sink = [0u8; 64];
+                    while wake_rx.recv(&mut sink).is_ok() {}
+                }
+                Source::Socket => state.receive(now),
+                Source::Attachment(id) => {
+                    if fd.revents & sys::POLLBROKEN != 0
+                        && fd.revents & sys::POLLIN == 0
+                        && let Some(a) = state.attachments.get_mut(id)
+                    {
+                        a.mark_broken();
+                    }
+                    if !ready.contains(id) {
+                        ready.push(*id);
+                    }
+                }
+            }
+        }
+        for &id in &ready {
+            state.pump(id, now);
+        }
+        if state.node.poll_at().is_some_and(|at| at <= Instant::now()) {
+            state.handle_timeout(Instant::now());
+        }
+        let notify = state.has_queue();
+        drop(state);
+        if notify && !shared.notified.swap(true, Ordering::SeqCst) {
+            let _ = shared.notify_tx.send(&[1]);
+        }
+    }
+}
