@@ -503,3 +503,7 @@ fn run(shared: &Shared, wake_rx: &UnixDatagram) {
         }
     }
 }
+
+#[cfg(test)]
+#[path = "worker_tests.rs"]
+mod tests;
