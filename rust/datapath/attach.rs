@@ -12,12 +12,13 @@
 //! and where it goes from there, is the worker's business ([`super::worker`]).
 
 use std::fs::File;
-use std::io::{self, Read, Write};
+use std::io::{self, IoSlice, Read, Write};
 use std::net::{SocketAddr, TcpListener, TcpStream, ToSocketAddrs, UdpSocket};
 use std::os::fd::{AsRawFd, RawFd};
 use std::os::unix::net::UnixStream;
 use std::time::Duration;
 
+use super::offload::{Coalescer, VNET_HDR_LEN, VnetHdr, segment};
 use super::sys;
 
 /// The largest frame an attachment reads or writes (an IP packet plus an Ethernet header).
@@ -294,7 +295,14 @@ impl FrameStream {
 /// The I/O behind an attachment.
 #[derive(Debug)]
 enum Link {
-    Tun(File),
+    Tun {
+        file: File,
+        /// Packets carry a `virtio_net_hdr` (see [`super::offload`]).
+        vnet: bool,
+        coalescer: Coalescer,
+        /// One read of up to 64 KiB (with offloads).
+        scratch: Vec<u8>,
+    },
     Udp {
         socket: UdpSocket,
         /// The runtime's address, learnt from the last frame it sent.
@@ -329,9 +337,15 @@ fn parse_addr(url: &str, rest: &str) -> Result<SocketAddr, AttachError> {
 }
 
 impl Attachment {
-    /// A TUN device named `name` in the calling thread's network namespace.
-    pub fn tun(id: u32, name: &str, networks: Vec<String>) -> Result<Self, AttachError> {
-        let file = sys::open_tun(name).map_err(|e| {
+    /// A TUN device named `name` in the calling thread's network namespace, with TSO/GRO
+    /// offloads if `offload` and the kernel agrees.
+    pub fn tun(
+        id: u32,
+        name: &str,
+        networks: Vec<String>,
+        offload: bool,
+    ) -> Result<Self, AttachError> {
+        let (file, _tso) = sys::open_tun(name, offload).map_err(|e| {
             let hint = match e.raw_os_error() {
                 Some(libc::EPERM) | Some(libc::EACCES) => {
                     " (creating a TUN device needs CAP_NET_ADMIN: run the daemon as root)"
@@ -349,7 +363,16 @@ impl Attachment {
             kind: AttachmentKind::Tun,
             name: name.to_owned(),
             networks,
-            link: Link::Tun(file),
+            link: Link::Tun {
+                file,
+                vnet: offload,
+                coalescer: Coalescer::default(),
+                scratch: if offload {
+                    vec![0u8; VNET_HDR_LEN + MAX_FRAME]
+                } else {
+                    Vec::new()
+                },
+            },
             broken: false,
             stats: AttachmentStats::default(),
         })
@@ -446,6 +469,11 @@ impl Attachment {
         self
     }
 
+    /// True for a TUN device with offloads (`IFF_VNET_HDR`: TSO in, GRO out).
+    pub fn offload(&self) -> bool {
+        matches!(self.link, Link::Tun { vnet: true, .. })
+    }
+
     /// The attachment's id.
     pub fn id(&self) -> u32 {
         self.id
@@ -477,7 +505,7 @@ impl Attachment {
             return;
         }
         match &self.link {
-            Link::Tun(f) => out.push((f.as_raw_fd(), false)),
+            Link::Tun { file, .. } => out.push((file.as_raw_fd(), false)),
             Link::Udp { socket, .. } => out.push((socket.as_raw_fd(), false)),
             Link::Listen { listener, conn } => {
                 out.push((listener.as_raw_fd(), false));
@@ -493,14 +521,47 @@ impl Attachment {
         }
     }
 
-    /// Reads up to `bufs.len()` frames without blocking: frame `i` is `bufs[i][..lens[i]]`.
-    /// Each buffer must hold [`MAX_FRAME`] bytes.
-    pub fn read_frames(&mut self, bufs: &mut [Vec<u8>], lens: &mut Vec<usize>) {
+    /// Reads about `max` frames without blocking: frame `i` is `bufs[i][..lens[i]]`
+    /// (`bufs` grows as needed; each buffer holds [`MAX_FRAME`] bytes). A TUN device with
+    /// offloads may give a few more than `max`: one read is segmented whole.
+    pub fn read_frames(&mut self, max: usize, bufs: &mut Vec<Vec<u8>>, lens: &mut Vec<usize>) {
         lens.clear();
+        while bufs.len() < max {
+            bufs.push(vec![0u8; MAX_FRAME]);
+        }
         let stats = &mut self.stats;
+        let bufs_n = max;
         match &mut self.link {
-            Link::Tun(file) => {
-                while lens.len() < bufs.len() {
+            Link::Tun {
+                file,
+                vnet: true,
+                scratch,
+                ..
+            } => {
+                while lens.len() < bufs_n {
+                    match file.read(scratch) {
+                        Ok(n) if n > VNET_HDR_LEN => {
+                            let Some(hdr) = VnetHdr::parse(scratch) else {
+                                continue;
+                            };
+                            let packet = &mut scratch[VNET_HDR_LEN..n];
+                            if !segment(&hdr, packet, bufs, lens) {
+                                stats.no_network += 1;
+                            }
+                        }
+                        Ok(0) => break,
+                        Ok(_) => stats.no_network += 1,
+                        Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                        Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
+                        Err(_) => {
+                            self.broken = true;
+                            break;
+                        }
+                    }
+                }
+            }
+            Link::Tun { file, .. } => {
+                while lens.len() < bufs_n {
                     let i = lens.len();
                     match file.read(&mut bufs[i]) {
                         Ok(n) if n > 0 => lens.push(n),
@@ -515,7 +576,7 @@ impl Attachment {
                 }
             }
             Link::Udp { socket, peer } => {
-                while lens.len() < bufs.len() {
+                while lens.len() < bufs_n {
                     let i = lens.len();
                     match socket.recv_from(&mut bufs[i]) {
                         Ok((n, from)) => {
@@ -539,13 +600,13 @@ impl Attachment {
                     }
                 }
                 if let Some(c) = conn {
-                    c.read_frames(bufs, lens, stats);
+                    c.read_frames(&mut bufs[..bufs_n], lens, stats);
                     if c.closed {
                         *conn = None;
                     }
                 }
             }
-            Link::Stream(s) => s.read_frames(bufs, lens, stats),
+            Link::Stream(s) => s.read_frames(&mut bufs[..bufs_n], lens, stats),
         }
         for &n in lens.iter() {
             self.stats.packets_in += 1;
@@ -556,8 +617,46 @@ impl Attachment {
     /// Writes one frame to the payload (counted; a frame that cannot be written is
     /// dropped and counted).
     pub fn write_frame(&mut self, frame: &[u8]) {
+        self.write_frames(std::iter::once(frame));
+    }
+
+    /// Writes frames to the payload in order (a TUN device with offloads gets each TCP
+    /// flow's consecutive segments coalesced into one write).
+    pub fn write_frames<'f>(&mut self, frames: impl IntoIterator<Item = &'f [u8]>) {
+        if let Link::Tun {
+            file,
+            vnet: true,
+            coalescer,
+            ..
+        } = &mut self.link
+        {
+            let stats = &mut self.stats;
+            coalescer.write_all(frames, |hdr, packet| {
+                let iov = [IoSlice::new(hdr), IoSlice::new(packet)];
+                let ok = loop {
+                    match file.write_vectored(&iov) {
+                        Ok(_) => break true,
+                        Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                        Err(_) => break false,
+                    }
+                };
+                if ok {
+                    stats.packets_out += 1;
+                    stats.bytes_out += packet.len() as u64;
+                } else {
+                    stats.write_drops += 1;
+                }
+            });
+            return;
+        }
+        for frame in frames {
+            self.write_one(frame);
+        }
+    }
+
+    fn write_one(&mut self, frame: &[u8]) {
         let ok = match &mut self.link {
-            Link::Tun(file) => loop {
+            Link::Tun { file, .. } => loop {
                 match file.write(frame) {
                     Ok(_) => break true,
                     Err(e) if e.kind() == io::ErrorKind::Interrupted => {}

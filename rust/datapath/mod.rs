@@ -32,6 +32,7 @@ use crate::tunnel::{
 
 pub mod attach;
 mod mmsg;
+pub mod offload;
 mod relay_shell;
 mod sys;
 pub mod worker;

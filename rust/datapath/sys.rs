@@ -14,6 +14,14 @@ use std::time::Duration;
 const TUNSETIFF: libc::c_ulong = 0x4004_54ca;
 const IFF_TUN: libc::c_short = 0x0001;
 const IFF_NO_PI: libc::c_short = 0x1000;
+const IFF_VNET_HDR: libc::c_short = 0x4000;
+/// `_IOW('T', 208, unsigned int)`.
+const TUNSETOFFLOAD: libc::c_ulong = 0x4004_54d0;
+/// `_IOW('T', 216, int)`.
+const TUNSETVNETHDRSZ: libc::c_ulong = 0x4004_54d8;
+const TUN_F_CSUM: libc::c_ulong = 0x01;
+const TUN_F_TSO4: libc::c_ulong = 0x02;
+const TUN_F_TSO6: libc::c_ulong = 0x04;
 
 /// `struct ifreq` as TUNSETIFF reads it: the name, then a union whose first member is
 /// the flags (40 bytes in all on every Linux ABI we build for).
@@ -48,7 +56,11 @@ pub fn check_ifname(name: &str) -> io::Result<()> {
 /// Creates (or attaches to) the TUN device `name` (`IFF_TUN | IFF_NO_PI`: bare IP
 /// packets) in the calling thread's network namespace. The file is non-blocking; closing
 /// it deletes the device (it is not persistent).
-pub fn open_tun(name: &str) -> io::Result<File> {
+///
+/// With `offload`, each packet carries a `virtio_net_hdr` (`IFF_VNET_HDR`) and the kernel
+/// may hand over TCP packets of up to 64 KiB to segment (TSO4/TSO6) and with checksums to
+/// complete; returns whether it agreed (false: plain packets, as without `offload`).
+pub fn open_tun(name: &str, offload: bool) -> io::Result<(File, bool)> {
     check_ifname(name)?;
     let file = OpenOptions::new()
         .read(true)
@@ -57,7 +69,7 @@ pub fn open_tun(name: &str) -> io::Result<File> {
         .open("/dev/net/tun")?;
     let mut req = IfReq {
         name: [0; libc::IFNAMSIZ],
-        flags: IFF_TUN | IFF_NO_PI,
+        flags: IFF_TUN | IFF_NO_PI | if offload { IFF_VNET_HDR } else { 0 },
         _union_rest: [0; 22],
     };
     for (dst, src) in req.name.iter_mut().zip(name.bytes()) {
@@ -69,7 +81,25 @@ pub fn open_tun(name: &str) -> io::Result<File> {
     if rc < 0 {
         return Err(io::Error::last_os_error());
     }
-    Ok(file)
+    if !offload {
+        return Ok((file, false));
+    }
+    let hdr_len: libc::c_int = super::offload::VNET_HDR_LEN as libc::c_int;
+    // SAFETY: TUNSETVNETHDRSZ reads one int through the pointer, valid for the call.
+    let rc = unsafe { libc::ioctl(file.as_raw_fd(), TUNSETVNETHDRSZ as _, &hdr_len) };
+    if rc < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    // SAFETY: TUNSETOFFLOAD takes its flags by value; no memory is passed.
+    let rc = unsafe {
+        libc::ioctl(
+            file.as_raw_fd(),
+            TUNSETOFFLOAD as _,
+            TUN_F_CSUM | TUN_F_TSO4 | TUN_F_TSO6,
+        )
+    };
+    // Refused (an old kernel): the header stays, but every packet comes whole.
+    Ok((file, rc >= 0))
 }
 
 const _: () = assert!(std::mem::size_of::<IfReq>() == 40);

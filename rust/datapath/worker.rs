@@ -24,7 +24,7 @@ use std::time::{Duration, Instant};
 
 use rustc_hash::FxHashMap;
 
-use super::attach::{AttachError, Attachment, AttachmentKind, MAX_FRAME};
+use super::attach::{AttachError, Attachment, AttachmentKind};
 use super::{Inbound, UdpNode, sys};
 
 /// Frames read from one attachment per round (then the other descriptors get a turn).
@@ -70,6 +70,8 @@ pub struct State {
     bufs: Vec<Vec<u8>>,
     lens: Vec<usize>,
     scratch: Inbound,
+    /// Frames of one receive round bound for attachments: `(attachment, frame)`.
+    routed: Vec<(u32, Vec<u8>)>,
 }
 
 impl State {
@@ -84,6 +86,7 @@ impl State {
             bufs: Vec::new(),
             lens: Vec::new(),
             scratch: Inbound::default(),
+            routed: Vec::new(),
         }
     }
 
@@ -177,16 +180,26 @@ impl State {
             by_network,
             queue,
             scratch,
+            routed,
             ..
         } = self;
         for (network, frame) in scratch.frames.drain(..) {
-            match by_network
-                .get(&network)
-                .and_then(|id| attachments.get_mut(id))
-            {
-                Some(attachment) => attachment.write_frame(&frame),
+            match by_network.get(&network) {
+                Some(&id) => routed.push((id, frame)),
                 None => queue.frames.push((network, frame)),
             }
+        }
+        // One call per attachment, so a TUN device can coalesce a flow's segments.
+        while let Some(&(id, _)) = routed.first() {
+            if let Some(attachment) = attachments.get_mut(&id) {
+                attachment.write_frames(
+                    routed
+                        .iter()
+                        .filter(|(a, _)| *a == id)
+                        .map(|(_, f)| f.as_slice()),
+                );
+            }
+            routed.retain(|(a, _)| *a != id);
         }
         queue.control.append(&mut scratch.control);
         queue.events.append(&mut scratch.events);
@@ -214,13 +227,8 @@ impl State {
         let Some(attachment) = attachments.get_mut(&id) else {
             return;
         };
-        if bufs.is_empty() {
-            *bufs = (0..ATTACHMENT_BATCH)
-                .map(|_| vec![0u8; MAX_FRAME])
-                .collect();
-        }
         attachment.flush();
-        attachment.read_frames(bufs, lens);
+        attachment.read_frames(ATTACHMENT_BATCH, bufs, lens);
         let kind = attachment.kind();
         // Consecutive frames for the same network go out in one batch.
         let mut start = 0;

@@ -178,6 +178,7 @@ fn attachment_dict<'py>(py: Python<'py>, a: &Attachment) -> PyResult<Bound<'py, 
     reasons.set_item("framing", s.framing_errors)?;
     d.set_item("drop_reasons", reasons)?;
     d.set_item("broken", a.is_broken())?;
+    d.set_item("offload", a.offload())?;
     Ok(d)
 }
 
@@ -405,17 +406,22 @@ impl PyNodeTransport {
         Ok(self.worker.read(|s| s.node().endpoint().is_up(&n)))
     }
 
-    #[pyo3(signature = (name, networks, *, mtu = 1400))]
+    #[pyo3(signature = (name, networks, *, mtu = 1400, offload = true))]
     fn attach_tun(
         &self,
         py: Python<'_>,
         name: &str,
         networks: Vec<String>,
         mtu: u32,
+        offload: bool,
     ) -> PyResult<u32> {
         let _ = mtu; // the device's MTU is set with the rest of its configuration
         self.worker
-            .with(|s| s.attach(networks, |id, nets| Attachment::tun(id, name, nets)))
+            .with(|s| {
+                s.attach(networks, |id, nets| {
+                    Attachment::tun(id, name, nets, offload)
+                })
+            })
             .map_err(|e| e.to_py(py))
     }
 
