@@ -432,9 +432,7 @@ class NodeTransport:
     def remove_peer(self, network_id: str, node_id: str) -> bool:
         """Removes a node; if it shares no other network, its session is torn down."""
     def set_peer_address(self, node_id: str, addr: tuple[str, int]) -> None: ...
-    def send_packets(
-        self, network_id: str, packets: list[bytes], now: float = 0.0
-    ) -> list[bytes]:
+    def send_packets(self, network_id: str, packets: list[bytes], now: float = 0.0) -> list[bytes]:
         """Routes, encrypts and sends; returns frames answered locally (ARP/NDP)."""
     def send_control(
         self, node_id: str, network_id: str, message: bytes, now: float = 0.0

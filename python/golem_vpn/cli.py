@@ -2,8 +2,10 @@
 
 Subcommands grow with the project; today: ``demo`` (the local routing demo), ``version``,
 ``id show|create`` (this node's key and node id), ``relay`` (run a relay), ``daemon`` (run a
-node: transport + Net API), ``app-key create|list|rm`` (Net API keys) and ``net ...`` (drive a
-Net API: networks, nodes, ``connect`` a local port through the WebSocket gate).
+node: transport + Net API), ``app-key create|list|rm`` (Net API keys), ``net ...`` (drive a
+Net API: networks, nodes, ``connect`` a local port through the WebSocket gate), and the
+provider side through a daemon's attachment API (:mod:`golem_vpn.exeunitcli`): ``attach``,
+``detach``, ``attachments`` and ``run`` (a command in a namespace on the VPN).
 
 Exit codes: 0 success, 1 a user-facing error (the message goes to stderr), 2 bad usage.
 """
@@ -50,6 +52,9 @@ def _parser() -> argparse.ArgumentParser:
     from golem_vpn.netcli import add_net_parser
 
     add_net_parser(sub)
+    from golem_vpn.exeunitcli import add_parsers
+
+    add_parsers(sub)
     return parser
 
 
@@ -341,5 +346,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         from golem_vpn.netcli import run_net
 
         return run_net(args)
+    if args.command in ("attach", "detach", "attachments", "run"):
+        from golem_vpn.exeunitcli import run
+
+        return run(args)
     parser.print_help(sys.stderr)
     return 2

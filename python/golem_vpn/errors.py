@@ -21,7 +21,11 @@ __all__ = [
     "AddressReserved",
     "AddressTaken",
     "AddressesExhausted",
+    "AlreadyAttached",
     "AppKeyError",
+    "AttachError",
+    "AttachOptionError",
+    "AttachmentNotFound",
     "BadRequest",
     "ConnectTimeout",
     "ConnectionRefused",
@@ -29,9 +33,11 @@ __all__ = [
     "ControlMessageError",
     "DatagramTooLarge",
     "DeployConfigError",
+    "EndpointUnreachable",
     "Forbidden",
     "GolemVpnError",
     "IdentityError",
+    "InterfaceExists",
     "InvalidNodeId",
     "NetApiError",
     "NetApiUnavailable",
@@ -39,9 +45,11 @@ __all__ = [
     "NetworkUnreachable",
     "NodeNotFound",
     "NotConnected",
+    "NotPermitted",
     "SocketClosed",
     "StackConfigError",
     "StoreError",
+    "SystemCommandFailed",
     "TunnelError",
     "WouldBlock",
 ]
@@ -210,3 +218,39 @@ class BadRequest(NetApiError, ValueError):
 
 class NetApiUnavailable(NetApiError, ConnectionError):
     """The Net API cannot be reached (nothing listens, DNS, TLS, or no answer in time)."""
+
+
+# Provider side: attaching payloads (golem_vpn.exeunit) and its daemon API.
+
+
+class AttachError(GolemVpnError):
+    """A payload cannot be attached to its networks, or an attachment cannot be removed."""
+
+
+class AttachOptionError(AttachError, ValueError):
+    """An attach option is invalid: the mode, a namespace or interface name, the MTU, or the
+    VM endpoint URL (HTTP 400)."""
+
+
+class AttachmentNotFound(AttachError):
+    """No attachment with the given id exists on this daemon (HTTP 404)."""
+
+
+class InterfaceExists(AttachError):
+    """The interface name is already taken in the target network namespace (HTTP 409)."""
+
+
+class AlreadyAttached(AttachError):
+    """A network of the DEPLOY is already joined on this node (HTTP 409)."""
+
+
+class NotPermitted(AttachError, PermissionError):
+    """Creating a namespace or a device needs root (``CAP_NET_ADMIN``) (HTTP 403)."""
+
+
+class EndpointUnreachable(AttachError, ConnectionError):
+    """The VM runtime's frame endpoint cannot be reached or bound (HTTP 502)."""
+
+
+class SystemCommandFailed(AttachError):
+    """A system command (iproute2 ``ip``) failed; the message holds the command and its stderr."""

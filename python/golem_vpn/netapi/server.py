@@ -21,6 +21,9 @@ endpoint                                    answer                              
 ``GET /net-api/v2/net/status``              ``{nodeId, listenIp?, publicIp?, sessions}`` 401
 =========================================== ======================================== =========
 
+A node daemon's backend (one with an ``exeunit``) also serves the provider side's attachment
+API, ``/golem-vpn/v1/attachments`` (see :mod:`golem_vpn.exeunit.api`), with the same app keys.
+
 ``Network`` is ``{id, ip, mask, gateway}``; as in yagna, createNetwork's ``ip`` is the given
 address with the network's prefix (``"192.168.0.0/24"``; golem-js strips the prefix).
 
@@ -625,6 +628,11 @@ def create_app(
         router.add_get(one + "/tcp/{ip}/{port}", api.connect_tcp, allow_head=False)
         router.add_get(one + "/udp/{ip}/{port}", api.connect_udp, allow_head=False)
     router.add_get(STATUS_PATH, api.status)
+    exeunit = getattr(backend, "exeunit", None)
+    if exeunit is not None:  # a node daemon: its provider side (golem_vpn.exeunit.api)
+        from golem_vpn.exeunit.api import add_routes
+
+        add_routes(app, exeunit)
     return app
 
 

@@ -6,8 +6,10 @@ that runs as a requestor: creating a network joins it on the node's
 address; adding and removing nodes goes through the
 :class:`~golem_vpn.node.membership.Coordinator`, which tells every provider over reliable
 control channels; the WebSocket gate's sockets come from the requestor's stacks. Providers
-join networks from their DEPLOY config (:meth:`DaemonBackend.join_deploy`, which the ExeUnit
-integration calls) and follow their requestor's control messages.
+join networks from their DEPLOY config and follow their requestor's control messages; the
+backend's :class:`~golem_vpn.exeunit.ExeUnit` (:attr:`DaemonBackend.exeunit`) turns a DEPLOY
+into an attached payload (TUN device, VM frame endpoint or userspace stack) through
+:meth:`DaemonBackend.join_deploy` and :meth:`DaemonBackend.join_deploy_native`.
 """
 
 from __future__ import annotations
@@ -16,6 +18,7 @@ import asyncio
 from typing import Any
 
 from golem_vpn.errors import NetworkNotFound
+from golem_vpn.exeunit.attach import ExeUnit
 from golem_vpn.interface import Interface
 from golem_vpn.model import DeployNetwork, Network, Node
 from golem_vpn.node.membership import ControlPlane, Coordinator, Member
@@ -40,6 +43,7 @@ class DaemonBackend:
         self._member = Member(transport, self._plane)
         self._interfaces: dict[str, Interface] = {}
         self._stack_options = stack_options
+        self._exeunit = ExeUnit(self)
 
     @property
     def node_id(self) -> str:
@@ -92,6 +96,35 @@ class DaemonBackend:
         self._interfaces[net.id] = interface
         return interface
 
+    def join_deploy_native(
+        self,
+        net: DeployNetwork,
+        requestor_id: str,
+        requestor_addr: tuple[str, int] | None = None,
+        *,
+        ethernet: bool = False,
+    ) -> None:
+        """Joins a network as a provider for a native attachment (TUN or VM frames)."""
+        self._member.join_native(net, requestor_id, requestor_addr, ethernet=ethernet)
+
+    def leave_deploy(self, network_id: str) -> None:
+        """Leaves a network joined by :meth:`join_deploy` or :meth:`join_deploy_native`.
+
+        Raises:
+            NetworkNotFound: Not joined (or already removed by its requestor).
+        """
+        self._interfaces.pop(network_id, None)
+        self._member.leave(network_id)
+
+    def has_network(self, network_id: str) -> bool:
+        """Whether this node is in the network (as its requestor, or as a provider)."""
+        return self._transport.is_joined(network_id)
+
+    @property
+    def exeunit(self) -> ExeUnit:
+        """The provider side: attachments of payloads to DEPLOYed networks."""
+        return self._exeunit
+
     def status(self) -> dict[str, object]:
         host, port = self._transport.local_addr
         status: dict[str, object] = {
@@ -117,6 +150,11 @@ class DaemonBackend:
 
     def _is_up(self, node_id: str) -> bool:
         return node_id != self.node_id and self._transport.native.is_up(node_id)
+
+    async def aclose(self) -> None:
+        """Detaches every payload (removing what the attachments made), then :meth:`close`."""
+        await self._exeunit.close()
+        self.close()
 
     def close(self) -> None:
         self._plane.close()
@@ -190,5 +228,5 @@ async def run(
     finally:
         if runner is not None:
             await runner.cleanup()
-        backend.close()
+        await backend.aclose()
         store.close()

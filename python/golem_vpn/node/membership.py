@@ -219,6 +219,46 @@ class Member:
         """
         cidr = str(ip_network(net.network))
         interface = self._transport.join(net.id, cidr, str(net.node_ip))
+        self._follow(net, requestor_id, requestor_addr)
+        return interface
+
+    def join_native(
+        self,
+        net: DeployNetwork,
+        requestor_id: str,
+        requestor_addr: tuple[str, int] | None = None,
+        *,
+        ethernet: bool = False,
+    ) -> None:
+        """Joins a network for a native attachment (a TUN device or a VM frame endpoint).
+
+        As :meth:`join`, but the network gets only its router: its packets go to the native
+        attachment the caller makes next (``UdpTransport.attach_tun`` / ``attach_vm``).
+
+        Args:
+            net: The parsed DEPLOY ``net`` entry.
+            requestor_id: The node whose control messages this network follows.
+            requestor_addr: The requestor's UDP address, if known.
+            ethernet: Ethernet frames (a VM) rather than IP packets (a TUN device).
+        """
+        cidr = str(ip_network(net.network))
+        self._transport.join_native(net.id, cidr, str(net.node_ip), ethernet=ethernet)
+        self._follow(net, requestor_id, requestor_addr)
+
+    def leave(self, network_id: str) -> None:
+        """Leaves a joined network: the transport drops it, its requestor is no longer heard.
+
+        Raises:
+            NetworkNotFound: The network is not joined (or its requestor removed it already;
+                the membership is forgotten all the same).
+        """
+        self._requestors.pop(network_id, None)
+        self._membership.apply(RemoveNetwork(network_id))
+        self._transport.leave(network_id)
+
+    def _follow(
+        self, net: DeployNetwork, requestor_id: str, requestor_addr: tuple[str, int] | None
+    ) -> None:
         self._requestors[net.id] = requestor_id
         for ip, node_id in net.nodes.items():
             if node_id != self._transport.node_id:
@@ -227,7 +267,6 @@ class Member:
         self._membership.apply(
             Snapshot(net.id, {str(ip): node_id for ip, node_id in net.nodes.items()})
         )
-        return interface
 
     def nodes(self, network_id: str) -> dict[str, str]:
         """``{ip: node id}`` of a joined network as this node knows it."""
