@@ -84,7 +84,22 @@ class Nodes:
         created = cli("app-key", "create", "test", "--json", "--data-dir", str(data_dir))
         assert created.returncode == 0, created.stderr
         key = json.loads(created.stdout)["key"]
-        proc = subprocess.Popen(
+        with (data_dir / "daemon.log").open("w") as log:
+            proc = self._spawn(data_dir, log)
+        assert proc.stdout is not None
+        line = proc.stdout.readline()
+        if not line.startswith("golem-vpn daemon 0x"):
+            proc.kill()
+            proc.communicate()
+            raise AssertionError((line, (data_dir / "daemon.log").read_text()))
+        node_id = line.split()[2].rstrip(":")
+        api = line.split("Net API ")[1].split(",")[0]
+        daemon = Daemon(proc, node_id, api, key, data_dir)
+        self.daemons.append(daemon)
+        return daemon
+
+    def _spawn(self, data_dir: Path, log: Any) -> subprocess.Popen[str]:
+        return subprocess.Popen(
             [
                 sys.executable,
                 "-m",
@@ -100,19 +115,10 @@ class Nodes:
                 self.relay_addr,
             ],
             stdout=subprocess.PIPE,
-            stderr=subprocess.PIPE,
+            # A file, not a pipe nobody reads: a chatty daemon must never block on it.
+            stderr=log,
             text=True,
         )
-        assert proc.stdout is not None
-        line = proc.stdout.readline()
-        if not line.startswith("golem-vpn daemon 0x"):
-            proc.kill()
-            raise AssertionError((line, proc.communicate()[1]))
-        node_id = line.split()[2].rstrip(":")
-        api = line.split("Net API ")[1].split(",")[0]
-        daemon = Daemon(proc, node_id, api, key, data_dir)
-        self.daemons.append(daemon)
-        return daemon
 
     def __exit__(self, *exc: object) -> None:
         errors = []
@@ -120,9 +126,9 @@ class Nodes:
             daemon.proc.send_signal(signal.SIGTERM)
         for daemon in self.daemons:
             try:
-                _, err = daemon.proc.communicate(timeout=20)
+                daemon.proc.communicate(timeout=20)
                 if daemon.proc.returncode != 0:
-                    errors.append(err)
+                    errors.append((daemon.data_dir / "daemon.log").read_text()[-4000:])
             except subprocess.TimeoutExpired:
                 daemon.proc.kill()
                 daemon.proc.communicate()

@@ -145,8 +145,8 @@ async def _gate_refused(requestor: Daemon, network_id: str, ip: str) -> bool:
 
 def test_userspace_attachment_lifecycle(nodes: tuple[Daemon, Daemon]) -> None:
     requestor, provider = nodes
-    (network_id,), (deploy,) = make_deploy(requestor, [provider], ["10.71.0.0/24"])
-    deploy["hosts"] = {"req": "10.71.0.1"}
+    (network_id,), (deploy,) = make_deploy(requestor, [provider], ["192.168.171.0/24"])
+    deploy["hosts"] = {"req": "192.168.171.1"}
     node_ip = deploy["net"][0]["nodeIp"]
 
     async def main() -> None:
@@ -159,9 +159,9 @@ def test_userspace_attachment_lifecycle(nodes: tuple[Daemon, Daemon]) -> None:
             assert att.addresses == (f"{node_ip}/24",)
             assert att.interface is None
             assert att.endpoint is None
-            assert att.hosts == {"req": "10.71.0.1"}
+            assert att.hosts == {"req": "192.168.171.1"}
             (net,) = att.networks
-            assert (net.id, net.node_ip, net.cidr) == (network_id, node_ip, "10.71.0.0/24")
+            assert (net.id, net.node_ip, net.cidr) == (network_id, node_ip, "192.168.171.0/24")
             assert net.requestor == requestor.node_id  # the gateway's holder
 
             # The attached stack answers: a closed port is refused, not left unanswered.
@@ -197,7 +197,7 @@ def test_userspace_attachment_lifecycle(nodes: tuple[Daemon, Daemon]) -> None:
 
 def test_api_errors(nodes: tuple[Daemon, Daemon]) -> None:
     requestor, provider = nodes
-    (_,), (deploy,) = make_deploy(requestor, [provider], ["10.72.0.0/24"])
+    (_,), (deploy,) = make_deploy(requestor, [provider], ["192.168.172.0/24"])
     url = provider.api + "/golem-vpn/v1/attachments"
     auth = {"Authorization": f"Bearer {provider.key}"}
 
@@ -252,7 +252,7 @@ def test_api_errors(nodes: tuple[Daemon, Daemon]) -> None:
 
 def test_cli_attach_list_detach(nodes: tuple[Daemon, Daemon], tmp_path: Path) -> None:
     requestor, provider = nodes
-    (network_id,), (deploy,) = make_deploy(requestor, [provider], ["10.73.0.0/24"])
+    (network_id,), (deploy,) = make_deploy(requestor, [provider], ["192.168.173.0/24"])
     node_ip = deploy["net"][0]["nodeIp"]
     deploy_file = tmp_path / "deploy.json"
     deploy_file.write_text(json.dumps(deploy))

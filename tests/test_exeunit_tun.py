@@ -26,6 +26,7 @@ import socket
 import subprocess
 import sys
 import textwrap
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -115,7 +116,8 @@ _ECHO_CLIENT = textwrap.dedent(
     """
     import socket, sys
     blob = bytes(range(256)) * 400
-    with socket.create_connection((sys.argv[1], int(sys.argv[2])), timeout=30) as conn:
+    wait = float(sys.argv[3]) if len(sys.argv) > 3 else 30
+    with socket.create_connection((sys.argv[1], int(sys.argv[2])), timeout=wait) as conn:
         conn.sendall(blob)
         conn.shutdown(socket.SHUT_WR)
         got = b""
@@ -137,7 +139,7 @@ def test_two_tun_payloads_talk_over_ipv4_and_ipv6(
     requestor, prov_a, prov_b = nodes
     ns_a, ns_b = namespaces[:2]
     (net4, _net6), (deploy_a, deploy_b) = make_deploy(
-        requestor, [prov_a, prov_b], ["10.74.0.0/24", "fd74::/64"]
+        requestor, [prov_a, prov_b], ["192.168.174.0/24", "fd74::/64"]
     )
     a4, a6 = (n["nodeIp"] for n in deploy_a["net"])
     b4, b6 = (n["nodeIp"] for n in deploy_b["net"])
@@ -227,12 +229,75 @@ def test_two_tun_payloads_talk_over_ipv4_and_ipv6(
     assert not (Path("/etc/netns") / ns_a).exists()
 
 
+def _echo_ok(netns: str, target: str, wait: float = 30) -> bool:
+    client = subprocess.run(
+        _in_netns(netns, sys.executable, "-c", _ECHO_CLIENT, target, str(ECHO_PORT), str(wait)),
+        capture_output=True,
+        text=True,
+        timeout=wait + 30,
+        check=False,
+    )
+    return client.returncode == 0
+
+
+@needs_root
+def test_a_moved_node_is_readdressed_in_place(
+    nodes: tuple[Daemon, Daemon, Daemon], namespaces: list[str], tmp_path: Path
+) -> None:
+    """``PATCH /net/{id}/nodes/{nodeId}``: the TUN device follows, peers reach the new
+    address at once, the old one is gone, no restart and no re-DEPLOY."""
+    requestor, prov_a, prov_b = nodes
+    ns_a, ns_b = namespaces[:2]
+    (net4,), (deploy_a, deploy_b) = make_deploy(requestor, [prov_a, prov_b], ["192.168.173.0/24"])
+    b4 = deploy_b["net"][0]["nodeIp"]
+    moved = "192.168.173.200"
+    att_a = _attach(prov_a, "--tun", "--netns", ns_a, "--deploy", _write(tmp_path, "a", deploy_a))
+    att_b = _attach(prov_b, "--tun", "--netns", ns_b, "--deploy", _write(tmp_path, "b", deploy_b))
+    server = None
+    try:
+        server = subprocess.Popen(
+            _in_netns(ns_b, sys.executable, "-c", _ECHO_SERVER, str(ECHO_PORT)),
+            stdout=subprocess.PIPE,
+            text=True,
+        )
+        assert server.stdout is not None
+        assert server.stdout.readline().strip() == "ready"
+        assert _echo_ok(ns_a, b4)
+
+        async def move() -> str:
+            async with Client(requestor.api, requestor.key) as client:
+                node = await client.set_node_ip(net4, prov_b.node_id, moved)
+                listed = {n.id: n.ip for n in await client.list_nodes(net4)}
+                assert listed[prov_b.node_id] == moved
+                return node.ip
+
+        assert asyncio.run(move()) == moved
+        deadline = time.monotonic() + 15
+        while True:
+            shown = _ip("-n", ns_b, "addr", "show", "dev", "gvpn0").stdout
+            if f"inet {moved}/24" in shown and f"inet {b4}/24" not in shown:
+                break
+            assert time.monotonic() < deadline, f"the TUN device was not readdressed: {shown}"
+            time.sleep(0.1)
+        assert _echo_ok(ns_a, moved), "the new address is reachable from another provider"
+        assert not _echo_ok(ns_a, b4, wait=3), "the old address is not"
+        (listed,) = json.loads(cli("attachments", "--json", env=prov_b.env()).stdout)
+        assert listed["addresses"] == [f"{moved}/24"]
+        assert listed["networks"][0]["nodeIp"] == moved
+    finally:
+        if server is not None:
+            server.kill()
+            server.communicate()
+        for daemon, att in ((prov_a, att_a), (prov_b, att_b)):
+            cli("detach", att["id"], env=daemon.env())
+
+
 @needs_root
 def test_run_returns_the_status_and_removes_its_namespace(
     nodes: tuple[Daemon, Daemon, Daemon], tmp_path: Path
 ) -> None:
     requestor, prov_a, _ = nodes
-    (_,), (deploy,) = make_deploy(requestor, [prov_a], ["10.75.0.0/24"])
+    (_,), (deploy,) = make_deploy(requestor, [prov_a], ["192.168.175.0/24"])
     node_ip = deploy["net"][0]["nodeIp"]
     before = _netns_list()
     script = f"ip -o addr show dev gvpn0 | grep -q ' {node_ip}/24 ' && exit 3; exit 4"
@@ -253,7 +318,7 @@ def test_run_forwards_sigterm_and_cleans_up(
     nodes: tuple[Daemon, Daemon, Daemon], tmp_path: Path
 ) -> None:
     requestor, prov_a, _ = nodes
-    (_,), (deploy,) = make_deploy(requestor, [prov_a], ["10.79.0.0/24"])
+    (_,), (deploy,) = make_deploy(requestor, [prov_a], ["192.168.179.0/24"])
     before = _netns_list()
     proc = subprocess.Popen(
         [
@@ -294,7 +359,7 @@ def test_a_taken_interface_name_leaves_nothing_behind(
     netns = namespaces[0]
     _ip("netns", "add", netns)
     _ip("-n", netns, "tuntap", "add", "gvpn0", "mode", "tun")  # someone else's device
-    (_,), (deploy,) = make_deploy(requestor, [prov_a], ["10.76.0.0/24"])
+    (_,), (deploy,) = make_deploy(requestor, [prov_a], ["192.168.176.0/24"])
     path = _write(tmp_path, "d", deploy)
     links_before = _ip("-o", "link").stdout.count("\n")
 
@@ -321,7 +386,7 @@ def test_a_taken_interface_name_leaves_nothing_behind(
 
 def test_vm_udp_endpoint_answers_arp(nodes: tuple[Daemon, Daemon, Daemon], tmp_path: Path) -> None:
     requestor, prov_a, _ = nodes
-    (_,), (deploy,) = make_deploy(requestor, [prov_a], ["10.77.0.0/24"])
+    (_,), (deploy,) = make_deploy(requestor, [prov_a], ["192.168.177.0/24"])
     entry = deploy["net"][0]
     node_ip, gateway = entry["nodeIp"], entry["gateway"]
     att = _attach(prov_a, "--vm-endpoint", "--deploy", _write(tmp_path, "d", deploy))
@@ -352,7 +417,7 @@ def test_vm_unreachable_endpoint_leaves_nothing_behind(
     nodes: tuple[Daemon, Daemon, Daemon], tmp_path: Path
 ) -> None:
     requestor, prov_a, _ = nodes
-    (_,), (deploy,) = make_deploy(requestor, [prov_a], ["10.78.0.0/24"])
+    (_,), (deploy,) = make_deploy(requestor, [prov_a], ["192.168.178.0/24"])
     path = _write(tmp_path, "d", deploy)
     with socket.socket() as sock:  # a port nobody listens on
         sock.bind(("127.0.0.1", 0))

@@ -432,6 +432,9 @@ class NodeTransport:
     def remove_peer(self, network_id: str, node_id: str) -> bool:
         """Removes a node; if it shares no other network, its session is torn down."""
     def set_peer_address(self, node_id: str, addr: tuple[str, int]) -> None: ...
+    def readdress(self, network_id: str, node_id: str, ips: list[str]) -> bool:
+        """Gives a node (this one too) exactly ``ips`` in a network, in place (sessions
+        kept); False if the node is not in it."""
     def send_packets(self, network_id: str, packets: list[bytes], now: float = 0.0) -> list[bytes]:
         """Routes, encrypts and sends; returns frames answered locally (ARP/NDP)."""
     def send_control(

@@ -494,6 +494,38 @@ class Network:
         self._holders[node.ip] = node_id
         return node
 
+    def readdress_node(self, node_id: str, ip: IPAddress | str) -> Node:
+        """Move a provider node to another free address (its old one is freed); return it.
+
+        Moving a node to the address it holds returns it unchanged.
+
+        Raises:
+            InvalidNodeId: ``node_id`` is malformed.
+            NodeNotFound: no such node in this network.
+            Forbidden: ``node_id`` is the requestor.
+            AddressError, AddressOutOfRange, AddressReserved: see :func:`check_host`.
+            AddressTaken: another node (or the requestor) holds ``ip``.
+        """
+        node_id = parse_node_id(node_id)
+        if node_id == self._requestor.id:
+            raise Forbidden(f"the requestor {node_id} cannot be moved to another address")
+        current = self._nodes.get(node_id)
+        if current is None:
+            raise NodeNotFound(f"node {node_id} is not in network {self._id}")
+        addr = check_host(self.network, ip)
+        if addr == current.ip:
+            return current
+        if addr in self._holders:
+            raise AddressTaken(
+                f"'{addr}' is already held by node {self._holders[addr]} in network {self._id}"
+            )
+        node = Node(node_id, self._pool.allocate(addr))
+        del self._holders[current.ip]
+        self._pool.release(current.ip)
+        self._nodes[node_id] = node
+        self._holders[node.ip] = node_id
+        return node
+
     def remove_node(self, node_id: str) -> Node:
         """Remove a node and free its address; return the removed node.
 

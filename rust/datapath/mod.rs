@@ -435,6 +435,21 @@ impl UdpNode {
         Ok(removed)
     }
 
+    /// Gives `node` (this node included) new addresses in `network`, keeping its session:
+    /// packets from its old addresses are dropped as spoofed from now on.
+    pub fn readdress(
+        &mut self,
+        network: &str,
+        node: &NodeId,
+        ips: &[IpAddr],
+    ) -> Result<bool, DatapathError> {
+        let router = self
+            .networks
+            .get_mut(network)
+            .ok_or_else(|| DatapathError::UnknownNetwork(network.to_owned()))?;
+        Ok(router.readdress(node, ips)?)
+    }
+
     fn forget_if_unshared(&mut self, node: &NodeId) {
         if *node == self.endpoint.node_id() {
             return;

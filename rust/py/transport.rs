@@ -292,6 +292,23 @@ impl PyNodeTransport {
             .map_err(|e| e.to_py(py))
     }
 
+    fn readdress(
+        &self,
+        py: Python<'_>,
+        network_id: &str,
+        node_id: &str,
+        ips: Vec<String>,
+    ) -> PyResult<bool> {
+        let n = convert::node_id(py, node_id)?;
+        let ips = ips
+            .iter()
+            .map(|s| convert::ip(py, s))
+            .collect::<PyResult<Vec<_>>>()?;
+        self.worker
+            .with(|s| s.node_mut().readdress(network_id, &n, &ips))
+            .map_err(|e| e.to_py(py))
+    }
+
     fn set_peer_address(&self, py: Python<'_>, node_id: &str, addr: (String, u16)) -> PyResult<()> {
         let n = convert::node_id(py, node_id)?;
         let addr = convert::socket_addr(py, &addr)?;

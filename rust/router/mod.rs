@@ -316,6 +316,60 @@ impl Router {
         Ok(true)
     }
 
+    /// Gives `node` (the local node included) exactly the addresses `ips`, in place: its
+    /// slot, counters and sessions stay, only which addresses route to it changes. Returns
+    /// `false` if the node is not in the network. Nothing changes on error.
+    pub fn readdress(&mut self, node: &NodeId, ips: &[IpAddr]) -> Result<bool, RouterError> {
+        let Some(&slot) = self.by_id.get(node) else {
+            return Ok(false);
+        };
+        if ips.is_empty() {
+            return Err(RouterError::Config(
+                "a node needs at least one address".into(),
+            ));
+        }
+        for &ip in ips {
+            self.check_host(ip)?;
+            match self.slot_of_ip(ip) {
+                Some(holder) if holder != slot => {
+                    return Err(RouterError::Taken {
+                        ip,
+                        holder: self.entry(holder).id,
+                    });
+                }
+                _ => {}
+            }
+        }
+        let old = std::mem::take(&mut self.entry_mut(slot).ips);
+        for ip in old {
+            match ip {
+                IpAddr::V4(v4) => self.v4.remove(&v4),
+                IpAddr::V6(v6) => self.v6.remove(&v6),
+            };
+        }
+        let entry = self.entry_mut(slot);
+        entry.has_v4 = false;
+        entry.has_v6 = false;
+        for &ip in ips {
+            let entry = self.entry_mut(slot);
+            if entry.ips.contains(&ip) {
+                continue;
+            }
+            entry.ips.push(ip);
+            match ip {
+                IpAddr::V4(v4) => {
+                    entry.has_v4 = true;
+                    self.v4.insert(v4, slot);
+                }
+                IpAddr::V6(v6) => {
+                    entry.has_v6 = true;
+                    self.v6.insert(v6, slot);
+                }
+            }
+        }
+        Ok(true)
+    }
+
     /// Every node (the local one first) with its addresses.
     pub fn nodes(&self) -> impl Iterator<Item = (NodeId, &[IpAddr])> + '_ {
         self.slots

@@ -467,3 +467,32 @@ proptest! {
         }
     }
 }
+
+#[test]
+fn readdress_moves_a_node_in_place_and_refuses_taken_addresses() {
+    let mut r = router(Medium::Ip);
+    assert!(r.readdress(&id(4), &[v4(40).into()]).unwrap());
+    assert_eq!(r.node_of(v4(40).into()), Some(id(4)));
+    assert_eq!(r.node_of(v4(4).into()), None, "the old address is free");
+    let pkt = udp_v4(v4(1), v4(40), 1, 2, b"x");
+    assert_eq!(inject(&mut r, &pkt).unwrap(), vec![(id(4), pkt.clone())]);
+    let spoofed = udp_v4(v4(4), v4(1), 1, 2, b"old address");
+    assert_eq!(r.receive(&spoofed, &id(4)), Err(DropReason::SpoofedSource));
+    let err = r.readdress(&id(4), &[v4(3).into()]).unwrap_err();
+    assert!(matches!(err, RouterError::Taken { holder, .. } if holder == id(3)));
+    assert_eq!(
+        r.node_ips(&id(4)).unwrap(),
+        &[IpAddr::from(v4(40))],
+        "unchanged on error"
+    );
+    assert!(
+        r.readdress(&id(1), &[v4(9).into(), v6(9).into()]).unwrap(),
+        "local too"
+    );
+    assert_eq!(r.local_ips(), &[IpAddr::from(v4(9)), IpAddr::from(v6(9))]);
+    assert!(!r.readdress(&id(77), &[v4(50).into()]).unwrap());
+    assert!(
+        r.readdress(&id(4), &["10.9.9.9".parse().unwrap()]).is_err(),
+        "out of range"
+    );
+}

@@ -247,6 +247,8 @@ class _Record:
     native_id: int | None = None
     interfaces: list[Interface] = field(default_factory=list)
     hosts_file: ns.HostsFile | None = None
+    #: A TUN device's routes (``ip route`` arguments), restored when it is readdressed.
+    routes: list[list[str]] = field(default_factory=list)
 
 
 Undo = Callable[[], Awaitable[None]]
@@ -311,6 +313,64 @@ class ExeUnit:
         self._backend = backend
         self._records: dict[str, _Record] = {}
         self._lock = asyncio.Lock()
+        self._moves: set[asyncio.Task[None]] = set()
+        backend.member.on_readdress = self._on_readdress
+
+    # -- live changes -----------------------------------------------------------------------
+
+    def _on_readdress(self, network_id: str, old_ips: list[str], new_ips: list[str]) -> None:
+        """The requestor moved this node: the router already routes the new address; the
+        payload's device follows (a TUN device is readdressed in place)."""
+        task = asyncio.get_running_loop().create_task(
+            self._readdress(network_id, old_ips, new_ips)
+        )
+        self._moves.add(task)
+        task.add_done_callback(self._moves.discard)
+
+    async def _readdress(self, network_id: str, old_ips: list[str], new_ips: list[str]) -> None:
+        async with self._lock:
+            for record in self._records.values():
+                att = record.attachment
+                net = next((n for n in att.networks if n.id == network_id), None)
+                if net is None or not old_ips or not new_ips:
+                    continue
+                prefix = net.cidr.rpartition("/")[2]
+                old, new = f"{old_ips[0]}/{prefix}", f"{new_ips[0]}/{prefix}"
+                if att.kind == "tun" and att.interface is not None:
+                    try:
+                        await ns.readdress_tun(
+                            att.interface,
+                            old,
+                            new,
+                            v6=":" in new_ips[0],
+                            routes=record.routes,
+                            netns=att.netns,
+                        )
+                    except AttachError as exc:
+                        log.warning("attachment %s: cannot move to %s: %s", att.id, new, exc)
+                        continue
+                else:
+                    # A VM guest's address is the runtime's to set (no DHCP on the link), and
+                    # a userspace stack keeps its address: the new one routes, the old one
+                    # stops; the payload must be told by its runtime.
+                    log.warning(
+                        "attachment %s (%s) moved to %s in %s: the payload keeps %s until "
+                        "its runtime changes it",
+                        att.id,
+                        att.kind,
+                        new,
+                        network_id,
+                        old,
+                    )
+                record.attachment = replace(
+                    att,
+                    addresses=tuple(new if a == old else a for a in att.addresses),
+                    networks=tuple(
+                        replace(n, node_ip=new_ips[0]) if n.id == network_id else n
+                        for n in att.networks
+                    ),
+                )
+                log.info("attachment %s moved from %s to %s", att.id, old, new)
 
     # -- queries ----------------------------------------------------------------------------
 
@@ -517,7 +577,9 @@ class ExeUnit:
         steps.done(f"TUN device {device}", self._detacher(native_id))
         if netns is not None:
             await ns.move_link(device, netns, ifname)
-        addresses = await ns.configure_tun(ifname, parsed.networks, mtu=mtu, netns=netns)
+        addresses, routes = await ns.configure_tun(
+            ifname, parsed.networks, mtu=mtu, netns=netns
+        )
         hosts_file = None
         if netns is not None:
             hosts_file = ns.write_hosts(netns, attachment.id, parsed.hosts)
@@ -535,7 +597,7 @@ class ExeUnit:
             mtu=mtu,
             addresses=tuple(addresses),
         )
-        return _Record(attachment, native_id=native_id, hosts_file=hosts_file)
+        return _Record(attachment, native_id=native_id, hosts_file=hosts_file, routes=routes)
 
     async def _attach_vm(self, plan: _Plan, vm_endpoint: str | None) -> _Record:
         parsed = plan.deploy

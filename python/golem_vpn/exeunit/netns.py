@@ -96,6 +96,28 @@ async def ip(*args: str, netns: str | None = None) -> str:
     return out
 
 
+async def readdress_tun(
+    ifname: str,
+    old: str,
+    new: str,
+    *,
+    v6: bool,
+    routes: Sequence[Sequence[str]] = (),
+    netns: str | None = None,
+) -> None:
+    """Moves a TUN device from address ``old`` to ``new`` (both ``ip/prefix``) in place.
+
+    The old address goes first (deleting an IPv4 primary address also deletes the secondary
+    ones of its subnet, which the new one would be); the kernel flushes a device's IPv4
+    routes with its last IPv4 address, so ``routes`` (:func:`configure_tun`'s) are put back.
+    """
+    extra = ["nodad"] if v6 else []
+    await ip("addr", "del", old, "dev", ifname, netns=netns)
+    await ip("addr", "add", new, "dev", ifname, "noprefixroute", *extra, netns=netns)
+    for route in routes:
+        await ip("route", "replace", *route, netns=netns)
+
+
 def netns_exists(name: str) -> bool:
     """Whether a named network namespace exists."""
     return (NETNS_DIR / name).exists()
@@ -139,7 +161,7 @@ async def move_link(name: str, netns: str, new_name: str) -> None:
 
 async def configure_tun(
     ifname: str, networks: Sequence[DeployNetwork], *, mtu: int, netns: str | None = None
-) -> list[str]:
+) -> tuple[list[str], list[list[str]]]:
     """Addresses, routes, MTU and link state of a fresh TUN device for its networks.
 
     Each network gives the device its DEPLOY ``nodeIp`` with the network's prefix (IPv6 without
@@ -149,27 +171,29 @@ async def configure_tun(
     through the VPN (the router fans it out).
 
     Returns:
-        The addresses given, as ``ip/prefix``.
+        The addresses given (``ip/prefix``) and the routes (``ip route`` arguments after the
+        verb), for :func:`readdress_tun` to restore.
     """
     await ip("link", "set", "dev", ifname, "mtu", str(mtu), netns=netns)
     await ip("link", "set", "dev", ifname, "up", netns=netns)
     addresses: list[str] = []
-    multicast = False
+    routes: list[list[str]] = []
     for net in networks:
         address = f"{net.node_ip}/{net.network.prefixlen}"
         extra = ["nodad"] if net.network.version == 6 else []
         await ip("addr", "add", address, "dev", ifname, "noprefixroute", *extra, netns=netns)
         addresses.append(address)
-        route = ["route", "add", str(net.network)]
+        route = [str(net.network)]
         if net.gateway is not None and net.gateway != net.node_ip:
             route += ["via", str(net.gateway), "dev", ifname, "onlink"]
         else:
             route += ["dev", ifname]
-        await ip(*route, netns=netns)
-        if isinstance(net.network, IPv4Network) and not multicast:
-            await ip("route", "add", "224.0.0.0/4", "dev", ifname, netns=netns)
-            multicast = True
-    return addresses
+        routes.append(route)
+        if isinstance(net.network, IPv4Network) and ["224.0.0.0/4", "dev", ifname] not in routes:
+            routes.append(["224.0.0.0/4", "dev", ifname])
+    for route in routes:
+        await ip("route", "add", *route, netns=netns)
+    return addresses, routes
 
 
 @dataclass(frozen=True)

@@ -54,6 +54,10 @@ class VpnBackend(Protocol):
         """Removes a node: its packets are dropped by every node from now on."""
         ...
 
+    async def node_readdressed(self, network: Network, node: Node) -> None:
+        """Moves a node to ``node.ip``: every node (the moved one too) follows, in place."""
+        ...
+
     async def open_tcp(
         self, network_id: str, ip: str, port: int, timeout: float
     ) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
@@ -144,6 +148,13 @@ class LocalBackend:
         net = self._net(network_id)
         if node_id.lower() in net.nodes:
             net.remove_node(node_id)
+
+    async def node_readdressed(self, network: Network, node: Node) -> None:
+        # In-process nodes have no sessions to keep: the moved node gets a fresh stack.
+        net = self._net(network.id)
+        if node.id in net.nodes:
+            net.remove_node(node.id)
+        net.add_node(node.id, node.ip)
 
     async def open_tcp(
         self, network_id: str, ip: str, port: int, timeout: float

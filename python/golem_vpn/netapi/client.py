@@ -539,6 +539,12 @@ class Client:
         body = {"id": str(node_id), "ip": str(ip)}
         await self._call("POST", self._url("net", network_id, "nodes"), body)
 
+    async def set_node_ip(self, network_id: str, node_id: str, ip: str) -> NodeInfo:
+        """``PATCH /net/{id}/nodes/{nodeId}`` with ``{"ip"}`` (golem-vpn's, not yagna's):
+        moves a node to another address; every node follows at once, sessions kept."""
+        url = self._url("net", network_id, "nodes", node_id)
+        return NodeInfo.from_json(await self._call("PATCH", url, {"ip": str(ip)}))
+
     async def remove_node(self, network_id: str, node_id: str) -> None:
         """``DELETE /net/{id}/nodes/{nodeId}`` (the spec's method; ya-client wrongly POSTs)."""
         await self._call("DELETE", self._url("net", network_id, "nodes", node_id))

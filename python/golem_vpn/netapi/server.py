@@ -423,6 +423,40 @@ class NetApi:
         _log.info("added node %s at %s to network %s", node.id, node.ip, model.id)
         return web.json_response(None)
 
+    async def readdress_node(self, request: web.Request) -> web.Response:
+        """``PATCH /net/{id}/nodes/{nodeId}`` ``{"ip"}``: golem-vpn's extension to move a
+        node to another address after DEPLOY. 200 with the node; 404 for an unknown node;
+        409 if the address is taken; 400 for the requestor or a bad address."""
+        body = await _body(request, ("ip",))
+        node_id = parse_node_id(request.match_info["node_id"])
+        async with self._lock:
+            entry = self._entry(request)
+            model = entry.model
+            if node_id in (model.requestor_id, entry.owner):
+                raise ApiError(400, f"The requestor {node_id} cannot be moved to another address")
+            current = model.nodes.get(node_id)
+            if current is None:
+                raise ApiError(404, f"Node {node_id} is not in network {model.id}")
+            ip = _address_in(entry, body["ip"])
+            if ip != current.ip and (
+                ip == model.requestor_ip or ip in entry.addresses or str(ip) in model.nodes_dict()
+            ):
+                raise _taken(ip)
+            if ip == current.ip:
+                return web.json_response({"id": current.id, "ip": str(current.ip)})
+            old_ip = current.ip
+            await self._db(self.store.set_node_ip, model.id, node_id, str(ip))
+            node = model.readdress_node(node_id, ip)
+            self.gate.close_peer(model.id, str(old_ip))
+            try:
+                await self.backend.node_readdressed(model, node)
+            except BaseException:
+                model.readdress_node(node_id, old_ip)
+                await self._db(self.store.set_node_ip, model.id, node_id, str(old_ip))
+                raise
+        _log.info("moved node %s from %s to %s in network %s", node_id, old_ip, ip, model.id)
+        return web.json_response({"id": node.id, "ip": str(node.ip)})
+
     async def remove_node(self, request: web.Request) -> web.Response:
         node_id = parse_node_id(request.match_info["node_id"])
         async with self._lock:
@@ -624,6 +658,7 @@ def create_app(
         router.add_get(one + "/nodes", api.get_nodes)
         router.add_post(one + "/nodes", api.add_node)
         router.add_delete(one + "/nodes/{node_id}", api.remove_node)
+        router.add_patch(one + "/nodes/{node_id}", api.readdress_node)
         router.add_get(one + "/tcp", api.get_connections)
         router.add_get(one + "/tcp/{ip}/{port}", api.connect_tcp, allow_head=False)
         router.add_get(one + "/udp/{ip}/{port}", api.connect_udp, allow_head=False)

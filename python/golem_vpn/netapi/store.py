@@ -290,6 +290,24 @@ class Store:
         if row is None or row[0] != ip:
             raise StoreError(f"node {node_id} or {ip} is stored differently in {network_id}")
 
+    def set_node_ip(self, network_id: str, node_id: str, ip: str) -> None:
+        """Move a stored node to another address (one statement: all or nothing).
+
+        Raises:
+            StoreError: The node is not stored, or the address is stored for another node.
+        """
+        try:
+            changed = self._write(
+                "UPDATE nodes SET ip = ? WHERE network_id = ? AND node_id = ?",
+                (ip, network_id, node_id),
+            )
+        except StoreError:
+            raise
+        except sqlite3.IntegrityError as exc:
+            raise StoreError(f"{ip} is stored for another node in {network_id}: {exc}") from None
+        if changed == 0:
+            raise StoreError(f"node {node_id} is not stored in {network_id}")
+
     def remove_node(self, network_id: str, node_id: str) -> bool:
         """Remove a node from a network; False if it was not stored."""
         return (

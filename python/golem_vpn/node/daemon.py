@@ -77,6 +77,9 @@ class DaemonBackend:
     async def node_added(self, network: Network, node: Node) -> None:
         self._coordinator.add_node(network.id, node.id, str(node.ip))
 
+    async def node_readdressed(self, network: Network, node: Node) -> None:
+        self._coordinator.readdress(network.id, node.id, str(node.ip))
+
     async def node_removed(self, network_id: str, node_id: str) -> None:
         self._coordinator.remove_node(network_id, node_id)
 
@@ -119,6 +122,11 @@ class DaemonBackend:
     def has_network(self, network_id: str) -> bool:
         """Whether this node is in the network (as its requestor, or as a provider)."""
         return self._transport.is_joined(network_id)
+
+    @property
+    def member(self) -> Member:
+        """The provider side of membership (follows each network's requestor)."""
+        return self._member
 
     @property
     def exeunit(self) -> ExeUnit:

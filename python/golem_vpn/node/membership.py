@@ -164,6 +164,19 @@ class Coordinator:
         nodes[str(ip)] = node_id
         self._plane.send(node_id, Snapshot(network_id, nodes))
 
+    def readdress(self, network_id: str, node_id: str, ip: str) -> None:
+        """Moves a node to a new address: every node (the moved one included) is sent the
+        network's new membership and readdresses it in place, sessions kept."""
+        nodes = self._networks.get(network_id)
+        if nodes is None:
+            raise NetworkNotFound(f"network {network_id!r} does not exist")
+        self._transport.readdress(network_id, node_id, [ip])
+        for old in [old for old, n in nodes.items() if n == node_id]:
+            del nodes[old]
+        nodes[str(ip)] = node_id
+        for other in set(nodes.values()) - {self._transport.node_id}:
+            self._plane.send(other, Snapshot(network_id, nodes))
+
     def remove_node(self, network_id: str, node_id: str) -> None:
         """Removes a node: everyone drops its packets; it is told the network is gone."""
         nodes = self._networks.get(network_id)
@@ -204,6 +217,9 @@ class Member:
         self._membership = Membership()
         self._requestors: dict[str, str] = {}  # network -> the requestor's node id
         self.ignored = 0
+        #: Called with ``(network_id, old_ips, new_ips)`` when the requestor moves this node
+        #: to new addresses (after the router took them), so the attachment follows.
+        self.on_readdress: Callable[[str, list[str], list[str]], None] | None = None
         plane.on_message = self._on_message
 
     def join(
@@ -278,7 +294,29 @@ class Member:
             self.ignored += 1  # only the network's requestor speaks for it
             return
         me = self._transport.node_id
-        for change in self._membership.apply(message):
+        changes = self._membership.apply(message)
+        # A node removed and added by one message moved: readdress it in place, so its
+        # session (and this node's, if it is the one that moved) survives.
+        removed: dict[str, list[str]] = {}
+        added: dict[str, list[str]] = {}
+        for change in changes:
+            if isinstance(change, NodeRemoved):
+                removed.setdefault(change.node_id, []).append(change.ip)
+            elif isinstance(change, NodeAdded):
+                added.setdefault(change.node_id, []).append(change.ip)
+        moved = set(removed) & set(added)
+        for node_id in moved:
+            ips = [ip for ip, n in self._membership.nodes(network_id).items() if n == node_id]
+            try:
+                self._transport.readdress(network_id, node_id, ips)
+            except GolemVpnError as exc:
+                log.warning("cannot move %s to %s in %s: %s", node_id, ips, network_id, exc)
+                continue
+            if node_id == me and self.on_readdress is not None:
+                self.on_readdress(network_id, removed[node_id], added[node_id])
+        for change in changes:
+            if isinstance(change, NodeAdded | NodeRemoved) and change.node_id in moved:
+                continue
             if isinstance(change, NodeAdded) and change.node_id != me:
                 self._transport.add_peer(network_id, change.node_id, change.ip)
             elif isinstance(change, NodeRemoved) and change.node_id != me:

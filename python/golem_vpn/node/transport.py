@@ -215,6 +215,19 @@ class UdpTransport:
         """
         return self._native.add_peer(network_id, node_id, ip, addr)
 
+    def readdress(self, network_id: str, node_id: str, ips: list[str]) -> bool:
+        """Gives a node (this one included) new addresses in a network, in place: its
+        session stays up, packets from its old addresses are dropped from now on.
+
+        Returns:
+            False if the node is not in the network.
+
+        Raises:
+            NetworkNotFound: The network is not joined.
+            AddressTaken, AddressOutOfRange, AddressReserved: A new address is not free.
+        """
+        return self._native.readdress(network_id, node_id, ips)
+
     def remove_peer(self, network_id: str, node_id: str) -> bool:
         """Removes a node: its packets are dropped from now on."""
         return self._native.remove_peer(network_id, node_id)
