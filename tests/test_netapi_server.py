@@ -535,6 +535,48 @@ def test_nodes_added_through_the_api_reach_the_backend(tmp_path: Path) -> None:
     serve_test(tmp_path, test)
 
 
+def test_patch_moves_a_node_persists_it_and_refuses_what_it_must(tmp_path: Path) -> None:
+    db = tmp_path / "netapi.db"
+
+    async def main() -> None:
+        async with running(db) as api:
+            nid = await api.create()
+            nodes = f"/net/{nid}/nodes"
+            await api.call("POST", nodes, {"id": PROV_A, "ip": "192.168.0.2"})
+            await api.call("POST", nodes, {"id": PROV_B, "ip": "192.168.0.3"})
+            for prefix in PREFIXES:
+                moved = await api.call(
+                    "PATCH", f"{nodes}/{PROV_A}", {"ip": "192.168.0.20"}, prefix=prefix
+                )
+                assert moved == (200, {"id": PROV_A, "ip": "192.168.0.20"})
+            # In-process nodes follow: B reaches A at its new address only.
+            b = api.backend.provider(nid, PROV_B)
+            assert await b.ping("192.168.0.20", timeout=2.0) >= 0
+            with pytest.raises(TimeoutError):
+                await b.ping("192.168.0.2", timeout=0.3)
+            taken = (409, {"message": "IP address is taken: 192.168.0.3"})
+            assert await api.call("PATCH", f"{nodes}/{PROV_A}", {"ip": "192.168.0.3"}) == taken
+            status, answer = await api.call("PATCH", f"{nodes}/{PROV_A}", {"ip": "10.0.0.3"})
+            assert status == 400, answer
+            status, answer = await api.call("PATCH", f"{nodes}/{PROV_C}", {"ip": "192.168.0.9"})
+            assert (status, "not in network" in answer["message"]) == (404, True)
+            status, answer = await api.call("PATCH", f"{nodes}/{REQ}", {"ip": "192.168.0.9"})
+            assert status == 400, answer
+            status, _ = await api.call(
+                "PATCH", f"{nodes}/{PROV_A}", {"ip": "192.168.0.9"}, key=None
+            )
+            assert status == 401
+            status, _ = await api.call("PATCH", f"{nodes}/{PROV_A}", {"address": "x"})
+            assert status == 400
+            # The freed address can be given to another node.
+            assert await api.call("POST", nodes, {"id": PROV_C, "ip": "192.168.0.2"}) == (200, None)
+        async with running(db, keys={"a": api.keys["a"]}) as again:
+            _, listed = await again.call("GET", f"/net/{nid}/nodes")
+            assert {n["id"]: n["ip"] for n in listed}[PROV_A] == "192.168.0.20"
+
+    run(main)
+
+
 # -- persistence ---------------------------------------------------------------------------
 
 

@@ -284,6 +284,35 @@ def test_nodes(capsys: pytest.CaptureFixture[str], daemon: Daemon) -> None:
     assert err == f"golem-vpn: error: node {PROV_A} is not in network {nid}\n"
 
 
+def test_node_set_ip(capsys: pytest.CaptureFixture[str], daemon: Daemon) -> None:
+    nid = net_json(capsys, daemon, "create", "192.168.0.0/24")["id"]
+    assert net(capsys, daemon, "node", "add", nid, PROV_A, "192.168.0.2")[0] == 0
+    assert net(capsys, daemon, "node", "add", nid, PROV_B, "192.168.0.3")[0] == 0
+    code, out, err = net(capsys, daemon, "node", "set-ip", nid, PROV_B, "192.168.0.30")
+    assert (code, out, err) == (0, f"moved node {PROV_B} in network {nid} to 192.168.0.30\n", "")
+    assert net_json(capsys, daemon, "node", "list", nid) == [
+        {"id": PROV_A, "ip": "192.168.0.2"},
+        {"id": PROV_B, "ip": "192.168.0.30"},
+    ]
+    # The old address is free again; a taken one, the requestor's, or one outside is refused.
+    assert net(capsys, daemon, "node", "set-ip", nid, PROV_A, "192.168.0.3")[0] == 0
+    for taken in ("192.168.0.30", "192.168.0.1"):
+        code, out, err = net(capsys, daemon, "node", "set-ip", nid, PROV_A, taken)
+        assert (code, out) == (1, ""), taken
+        assert taken in err
+    code, _, err = net(capsys, daemon, "node", "set-ip", nid, PROV_A, "10.1.2.3")
+    assert code == 1
+    assert "10.1.2.3" in err
+    code, _, err = net(capsys, daemon, "node", "set-ip", nid, "0x" + "7" * 40, "192.168.0.77")
+    assert code == 1
+    assert "not in network" in err
+    assert net_json(capsys, daemon, "node", "set-ip", nid, PROV_A, "192.168.0.3") == {
+        "networkId": nid,
+        "id": PROV_A,
+        "ip": "192.168.0.3",
+    }
+
+
 def test_environment_and_precedence(
     capsys: pytest.CaptureFixture[str], daemon: Daemon, monkeypatch: pytest.MonkeyPatch
 ) -> None:

@@ -197,6 +197,18 @@ def add_net_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> 
     node_add.add_argument("node_id", metavar="NODE_ID", help="the node id (0x + 40 hex digits)")
     node_add.add_argument("ip", metavar="IP", help="its address in the network")
     node_add.set_defaults(net_handler=_node_add)
+    node_move = node_actions.add_parser(
+        "set-ip",
+        parents=[common],
+        help="move a node to another virtual IP after DEPLOY (golem-vpn's extension)",
+        description="Moves a node to another free address in its network: every node follows "
+        "at once and keeps its session; a TUN-attached payload is readdressed in place "
+        "(PATCH /net-api/v1/net/{id}/nodes/{nodeId}).",
+    )
+    node_move.add_argument("network_id", metavar="ID", help="the network id")
+    node_move.add_argument("node_id", metavar="NODE_ID", help="the node id")
+    node_move.add_argument("ip", metavar="IP", help="its new address in the network")
+    node_move.set_defaults(net_handler=_node_move)
     node_rm = node_actions.add_parser("rm", parents=[common], help="remove a node")
     node_rm.add_argument("network_id", metavar="ID", help="the network id")
     node_rm.add_argument("node_id", metavar="NODE_ID", help="the node id")
@@ -476,6 +488,18 @@ async def _node_add(client: Client, args: argparse.Namespace) -> int:
         _print_json({"networkId": args.network_id, "id": args.node_id, "ip": args.ip})
     else:
         print(f"added node {args.node_id} to network {args.network_id} as {args.ip}")
+    return 0
+
+
+async def _node_move(client: Client, args: argparse.Namespace) -> int:
+    nid, node_id = args.network_id, args.node_id
+    if not any(n.id.lower() == node_id.lower() for n in await client.list_nodes(nid)):
+        raise _Failure(f"node {node_id} is not in network {nid}")
+    node = await client.set_node_ip(nid, node_id, args.ip)
+    if args.json:
+        _print_json({"networkId": args.network_id, **node.to_json()})
+    else:
+        print(f"moved node {node.id} in network {args.network_id} to {node.ip}")
     return 0
 
 

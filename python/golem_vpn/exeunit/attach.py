@@ -321,9 +321,7 @@ class ExeUnit:
     def _on_readdress(self, network_id: str, old_ips: list[str], new_ips: list[str]) -> None:
         """The requestor moved this node: the router already routes the new address; the
         payload's device follows (a TUN device is readdressed in place)."""
-        task = asyncio.get_running_loop().create_task(
-            self._readdress(network_id, old_ips, new_ips)
-        )
+        task = asyncio.get_running_loop().create_task(self._readdress(network_id, old_ips, new_ips))
         self._moves.add(task)
         task.add_done_callback(self._moves.discard)
 
@@ -577,9 +575,7 @@ class ExeUnit:
         steps.done(f"TUN device {device}", self._detacher(native_id))
         if netns is not None:
             await ns.move_link(device, netns, ifname)
-        addresses, routes = await ns.configure_tun(
-            ifname, parsed.networks, mtu=mtu, netns=netns
-        )
+        addresses, routes = await ns.configure_tun(ifname, parsed.networks, mtu=mtu, netns=netns)
         hosts_file = None
         if netns is not None:
             hosts_file = ns.write_hosts(netns, attachment.id, parsed.hosts)
