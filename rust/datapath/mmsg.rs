@@ -7,7 +7,11 @@ use std::io::{self, IoSlice, IoSliceMut};
 use std::net::{SocketAddr, SocketAddrV4, SocketAddrV6, UdpSocket};
 use std::os::fd::AsRawFd;
 
-use nix::sys::socket::{MsgFlags, MultiHeaders, SockaddrStorage, recvmmsg, sendmmsg};
+use std::sync::atomic::{AtomicBool, Ordering};
+
+use nix::sys::socket::{
+    ControlMessage, MsgFlags, MultiHeaders, SockaddrStorage, recvmmsg, sendmmsg, sendmsg,
+};
 
 /// Datagrams per syscall.
 pub const BATCH: usize = 64;
@@ -64,12 +68,75 @@ pub fn recv_batch(
     Ok(())
 }
 
-/// Sends `bufs[i]` to `dsts[i]` for every `i`, in as few syscalls as the kernel allows.
-/// Returns how many were sent; the rest failed (e.g. the socket buffer is full).
+/// UDP GSO (`UDP_SEGMENT`) in use: cleared for the process the first time the kernel
+/// refuses it (an old kernel, a device that cannot), after which `sendmmsg` does it all.
+static GSO: AtomicBool = AtomicBool::new(true);
+
+/// Most segments in one GSO send (the kernel's `UDP_MAX_SEGMENTS`), and most bytes.
+const GSO_MAX_SEGMENTS: usize = 64;
+const GSO_MAX_BYTES: usize = 65000;
+
+/// How many datagrams from `i` on can go as one GSO send: same destination, same size
+/// (the last may be shorter), within the kernel's limits. 1 means none.
+fn gso_run(bufs: &[Vec<u8>], dsts: &[SocketAddr], i: usize) -> usize {
+    let size = bufs[i].len();
+    let mut j = i + 1;
+    let mut bytes = size;
+    while j < bufs.len()
+        && j - i < GSO_MAX_SEGMENTS
+        && dsts[j] == dsts[i]
+        && bufs[j].len() <= size
+        && bytes + bufs[j].len() <= GSO_MAX_BYTES
+    {
+        bytes += bufs[j].len();
+        j += 1;
+        if bufs[j - 1].len() < size {
+            break; // a shorter one ends the run
+        }
+    }
+    j - i
+}
+
+/// Sends `bufs[i]` to `dsts[i]` for every `i`, in as few syscalls as the kernel allows:
+/// runs of equal-sized datagrams to one peer (what a TSO packet becomes) as one UDP GSO
+/// `sendmsg`, the rest with `sendmmsg`. Returns how many were sent; the rest failed (e.g.
+/// the socket buffer is full).
 pub fn send_batch(socket: &UdpSocket, bufs: &[Vec<u8>], dsts: &[SocketAddr]) -> usize {
     let mut sent = 0;
     while sent < bufs.len() {
-        let n = (bufs.len() - sent).min(BATCH);
+        if GSO.load(Ordering::Relaxed) {
+            let run = gso_run(bufs, dsts, sent);
+            if run >= 2 {
+                let size = bufs[sent].len() as u16;
+                let iov: Vec<IoSlice<'_>> = bufs[sent..sent + run]
+                    .iter()
+                    .map(|b| IoSlice::new(b))
+                    .collect();
+                let addr = to_storage(dsts[sent]);
+                match sendmsg(
+                    socket.as_raw_fd(),
+                    &iov,
+                    &[ControlMessage::UdpGsoSegments(&size)],
+                    MsgFlags::MSG_DONTWAIT,
+                    Some(&addr),
+                ) {
+                    Ok(_) => {
+                        sent += run;
+                        continue;
+                    }
+                    Err(nix::errno::Errno::EAGAIN) => break,
+                    // EIO/EINVAL/ENOPROTOOPT...: no GSO here; the plain path sends them.
+                    Err(_) => GSO.store(false, Ordering::Relaxed),
+                }
+            }
+        }
+        // A plain batch, up to where the next GSO run starts.
+        let gso = GSO.load(Ordering::Relaxed);
+        let mut end = sent + 1;
+        while end < bufs.len() && end - sent < BATCH && !(gso && gso_run(bufs, dsts, end) >= 2) {
+            end += 1;
+        }
+        let n = end - sent;
         let slices: Vec<[IoSlice<'_>; 1]> = bufs[sent..sent + n]
             .iter()
             .map(|b| [IoSlice::new(b)])

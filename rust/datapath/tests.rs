@@ -1,4 +1,4 @@
-use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+use std::net::{IpAddr, Ipv4Addr, SocketAddr, UdpSocket};
 use std::time::{Duration, Instant};
 
 use super::*;
@@ -473,4 +473,30 @@ fn a_dead_first_relay_is_passed_over_for_the_next() {
     assert!(!ib.frames.is_empty());
     assert!(ib.frames.iter().all(|(_, f)| *f == packet));
     assert!(relay.server.stats().forwarded >= 1);
+}
+
+#[test]
+fn a_gso_run_arrives_as_the_datagrams_it_was_made_of() {
+    let rx = UdpSocket::bind("127.0.0.1:0").unwrap();
+    rx.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+    let tx = UdpSocket::bind("127.0.0.1:0").unwrap();
+    let to = rx.local_addr().unwrap();
+    // Ten equal datagrams and a shorter last one (one GSO send), then one to elsewhere.
+    let mut bufs: Vec<Vec<u8>> = (0..10u8).map(|i| vec![i; 1000]).collect();
+    bufs.push(vec![0xee; 500]);
+    let other = UdpSocket::bind("127.0.0.1:0").unwrap();
+    bufs.push(vec![0xaa; 1000]);
+    let mut dsts = vec![to; 11];
+    dsts.push(other.local_addr().unwrap());
+    assert_eq!(mmsg::send_batch(&tx, &bufs, &dsts), bufs.len());
+    let mut buf = [0u8; 4096];
+    for expected in &bufs[..11] {
+        let n = rx.recv(&mut buf).unwrap();
+        assert_eq!(&buf[..n], &expected[..]);
+    }
+    other
+        .set_read_timeout(Some(Duration::from_secs(5)))
+        .unwrap();
+    let n = other.recv(&mut buf).unwrap();
+    assert_eq!(&buf[..n], &bufs[11][..]);
 }
