@@ -78,14 +78,15 @@ class Nodes:
         self.relay_addr = line.split()[-1]
         return self
 
-    def start(self, name: str) -> Daemon:
-        """Starts a daemon (identity and app key in a data dir of its own)."""
+    def start(self, name: str, *, wrapper: tuple[str, ...] = ()) -> Daemon:
+        """Starts a daemon (identity and app key in a data dir of its own); ``wrapper`` is
+        a command to run it under (e.g. ``setpriv`` dropping capabilities)."""
         data_dir = self.base / name
         created = cli("app-key", "create", "test", "--json", "--data-dir", str(data_dir))
         assert created.returncode == 0, created.stderr
         key = json.loads(created.stdout)["key"]
         with (data_dir / "daemon.log").open("w") as log:
-            proc = self._spawn(data_dir, log)
+            proc = self._spawn(data_dir, log, wrapper)
         assert proc.stdout is not None
         line = proc.stdout.readline()
         if not line.startswith("golem-vpn daemon 0x"):
@@ -98,9 +99,10 @@ class Nodes:
         self.daemons.append(daemon)
         return daemon
 
-    def _spawn(self, data_dir: Path, log: Any) -> subprocess.Popen[str]:
+    def _spawn(self, data_dir: Path, log: Any, wrapper: tuple[str, ...]) -> subprocess.Popen[str]:
         return subprocess.Popen(
             [
+                *wrapper,
                 sys.executable,
                 "-m",
                 "golem_vpn",

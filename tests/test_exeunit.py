@@ -219,6 +219,11 @@ def test_api_errors(nodes: tuple[Daemon, Daemon]) -> None:
             ({"deploy": deploy, "mode": "userspace", "mtu": "big"}, 400, "'mtu'"),
             ({"deploy": deploy, "mode": "userspace", "netns": "x"}, 400, "tun attachments only"),
             ({"deploy": deploy, "mode": "userspace", "requestor": "me"}, 400, "node id"),
+            (
+                {"deploy": deploy, "mode": "userspace", "requestor": "0x" + "ab" * 20},
+                400,
+                "is not a node of network",
+            ),
             ([], 400, "Expected a JSON object"),
         ]
         for body, status, text in cases:

@@ -36,6 +36,7 @@ from golem_vpn.errors import (
     AttachError,
     AttachmentNotFound,
     AttachOptionError,
+    DeployConfigError,
     EndpointUnreachable,
     InterfaceExists,
     NetworkNotFound,
@@ -457,6 +458,15 @@ class ExeUnit:
         parsed = deploy if isinstance(deploy, Deploy) else parse_deploy(deploy)
         if requestor is not None:
             requestor = parse_node_id(requestor)
+            for index, net in enumerate(parsed.networks):
+                # Only the network's nodes get a tunnel: a requestor outside it would never
+                # be heard, and the payload would wait for membership changes forever.
+                if requestor not in net.nodes.values():
+                    raise DeployConfigError(
+                        f"net[{index}].nodes: the requestor {requestor} is not a node of "
+                        f"network {net.id}; give the node id of the requestor that made the "
+                        "network (it is in the DEPLOY's nodes)"
+                    )
         requestors = [
             requestor or default_requestor(net, path=f"net[{index}]")
             for index, net in enumerate(parsed.networks)
