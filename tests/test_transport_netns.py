@@ -270,8 +270,10 @@ def test_two_namespaces_over_a_veth(underlay: Underlay, tmp_path: Path) -> None:
         delta = {k: after[k] - before[k] for k in after}
         assert delta["tx_bytes"] >= size, delta
         assert delta["rx_bytes"] >= size, delta
-        assert delta["tx_packets"] >= stats["datagrams_out"], (delta, stats)
-        assert delta["rx_packets"] >= stats["datagrams_in"], (delta, stats)
+        # With UDP GSO a veth "packet" may carry many datagrams: count bytes, not packets.
+        overhead = 28 * stats["datagrams_out"]  # IPv4 + UDP headers of every datagram
+        assert delta["tx_bytes"] >= size + overhead, (delta, stats)
+        assert delta["tx_packets"] >= 1
 
     asyncio.run(main())
 
