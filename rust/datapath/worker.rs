@@ -33,8 +33,19 @@ const ATTACHMENT_BATCH: usize = 64;
 const SOCKET_BATCH: usize = 256;
 /// The longest the thread sleeps without looking at its timers.
 const MAX_SLEEP: Duration = Duration::from_secs(1);
-/// How long the thread keeps polling without sleeping after the last packet.
-const SPIN: Duration = Duration::from_micros(50);
+/// How long the thread keeps polling without sleeping after the last packet, unless
+/// `GOLEM_VPN_SPIN_US` says otherwise. Off by default: on a 2-core machine a spinning
+/// datapath thread takes the core the packet's receiver needs, and ping RTTs got worse
+/// (benches/RESULTS.md); on a machine with cores to spare it can shave wake-up latency.
+const SPIN: Duration = Duration::ZERO;
+
+/// [`SPIN`], or `GOLEM_VPN_SPIN_US` microseconds (at most one second).
+fn spin_time() -> Duration {
+    std::env::var("GOLEM_VPN_SPIN_US")
+        .ok()
+        .and_then(|v| v.trim().parse::<u64>().ok())
+        .map_or(SPIN, |us| Duration::from_micros(us.min(1_000_000)))
+}
 
 /// Why an attachment was refused.
 #[derive(Debug, thiserror::Error)]
@@ -443,7 +454,8 @@ fn run(shared: &Shared, wake_rx: &UnixDatagram) {
     let mut sources: Vec<Source> = Vec::new();
     let mut attachment_fds: Vec<(RawFd, bool)> = Vec::new();
     let mut ready: Vec<u32> = Vec::new();
-    let mut busy_since = Instant::now() - SPIN;
+    let spin = spin_time();
+    let mut busy_since = Instant::now() - spin;
     while !shared.stop.load(Ordering::SeqCst) {
         let deadline = {
             let state = shared.lock();
@@ -471,10 +483,9 @@ fn run(shared: &Shared, wake_rx: &UnixDatagram) {
         let mut timeout = deadline
             .map(|d| d.saturating_duration_since(Instant::now()).min(MAX_SLEEP))
             .unwrap_or(MAX_SLEEP);
-        // Right after traffic, look again without sleeping for a moment: a packet's answer
-        // usually follows within microseconds, and waking a sleeping thread costs more
-        // than that (tens of microseconds on a virtual machine).
-        if busy_since.elapsed() < SPIN {
+        // Right after traffic, optionally look again without sleeping for a moment: a
+        // packet's answer may follow sooner than a sleeping thread wakes.
+        if busy_since.elapsed() < spin {
             timeout = Duration::ZERO;
         }
         if sys::poll(&mut fds, Some(timeout)).is_err() {
