@@ -9,11 +9,12 @@ on failure or Ctrl-C)::
 
 The layout, all on this machine (:class:`golem_vpn.lab.Lab`): two "hosts" (namespaces
 ``gvb-a``, ``gvb-b``) on a switch, underlay 198.18.77.0/24 (a veth each, bridged). Host A runs
-a relay, the requestor's daemon and provider A's daemon; host B runs provider B's daemon. The requestor makes a network (192.168.77.0/24)
-with both providers; each provider attaches a payload namespace (``gvb-pa``, ``gvb-pb``) with
-``golem-vpn attach --tun --netns``. iperf3 (one TCP stream and four) and ``ping`` (median of 20)
-then run payload A -> payload B through the VPN, and host A -> host B over the bare underlay,
-in the same run. Prints a table with each figure's ratio to the bare veth.
+a relay, the requestor's daemon and provider A's daemon; host B runs provider B's daemon. The
+requestor makes a network (192.168.77.0/24) with both providers; each provider attaches a
+payload namespace (``gvb-pa``, ``gvb-pb``) with ``golem-vpn attach --tun --netns``. iperf3 (one
+TCP stream and four) and ``ping`` (median of 20) then run payload A -> payload B through the
+VPN, and host A -> host B over the bare underlay, in the same run. Prints a table with each
+figure's ratio to the bare underlay.
 """
 
 from __future__ import annotations
