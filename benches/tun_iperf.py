@@ -36,21 +36,6 @@ from golem_vpn.lab import Lab, in_netns, run
 PAY_A, PAY_B = "gvb-pa", "gvb-pb"
 VPN_CIDR = "192.168.77.0/24"
 
-_DEPLOY_SCRIPT = """
-import asyncio, json, sys
-from golem_vpn.netapi.client import Client
-from golem_vpn.sdk import Network
-
-async def main():
-    api, key, cidr, *providers = sys.argv[1:]
-    async with Client(api, key) as client:
-        net = await Network.create(client, cidr)
-        nodes = [await net.add_node(p) for p in providers]
-        print(json.dumps([net.deploy_args(n) for n in nodes]))
-
-asyncio.run(main())
-"""
-
 
 def setup(lab: Lab) -> dict[str, tuple[str, str, str]]:
     """Hosts, daemons and attachments; returns each path's (client netns, server netns,
@@ -59,7 +44,7 @@ def setup(lab: Lab) -> dict[str, tuple[str, str, str]]:
     relay = lab.relay(host_a)
     req = lab.daemon(host_a, relay=relay, name="requestor")
     prov_a, prov_b = lab.daemon(host_a, relay=relay), lab.daemon(host_b, relay=relay)
-    deploys = json.loads(req.python(_DEPLOY_SCRIPT, VPN_CIDR, prov_a.node_id, prov_b.node_id))
+    _, deploys = req.create_network(VPN_CIDR, [prov_a, prov_b])
     prov_a.attach_tun(deploys[0], PAY_A)
     prov_b.attach_tun(deploys[1], PAY_B)
     return {

@@ -32,11 +32,29 @@ from dataclasses import dataclass
 from ipaddress import IPv4Network
 from pathlib import Path
 from types import TracebackType
+from typing import Any
 
 __all__ = ["Daemon", "Lab", "LabError", "in_netns", "netns_list", "run"]
 
 GOLEM_VPN = [sys.executable, "-m", "golem_vpn"]
 NETNS_ETC = Path("/etc/netns")
+
+
+_CREATE_NETWORK = """
+import asyncio, json, sys
+from golem_vpn.netapi.client import Client
+from golem_vpn.sdk import Network
+
+async def main():
+    api, key, cidr, *providers = sys.argv[1:]
+    async with Client(api, key) as client:
+        net = await Network.create(client, cidr)
+        nodes = [await net.add_node(p) for p in providers]
+        deploys = [net.deploy_args(n) for n in nodes]
+        print(json.dumps({"id": net.network_id, "deploys": deploys}))
+
+asyncio.run(main())
+"""
 
 
 class LabError(RuntimeError):
@@ -85,6 +103,13 @@ class Daemon:
         """A Python snippet on the daemon's host, with its API URL and key first in argv."""
         cmd = in_netns(self.host, sys.executable, "-c", script, self.api, self.key, *args)
         return run(*cmd).stdout
+
+    def create_network(self, cidr: str, providers: list[Daemon]) -> tuple[str, list[Any]]:
+        """Makes a network on this (requestor's) daemon with ``providers`` added; returns its
+        id and each provider's DEPLOY arguments (yagna's ``{"net": [...]}``)."""
+        out = self.python(_CREATE_NETWORK, cidr, *(p.node_id for p in providers))
+        made = json.loads(out)
+        return str(made["id"]), list(made["deploys"])
 
     def attach_tun(self, deploy: dict[str, object], netns: str) -> dict[str, object]:
         """``golem-vpn attach --tun --netns NETNS`` with ``deploy``; returns the attachment.
