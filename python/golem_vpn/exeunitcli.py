@@ -34,10 +34,16 @@ import os
 import secrets
 import signal
 import sys
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
+from golem_vpn.console import PROG, run_client
+from golem_vpn.console import Failure as _Failure
+from golem_vpn.console import fail as _fail
+from golem_vpn.console import fields as _fields
+from golem_vpn.console import print_json as _print_json
+from golem_vpn.console import table as _table
 from golem_vpn.errors import (
     BadRequest,
     DeployConfigError,
@@ -53,17 +59,12 @@ from golem_vpn.netapi.client import API_URL_ENV, APPKEY_ENV, DEFAULT_API_URL, NE
 
 __all__ = ["COMMANDS", "add_parsers", "run"]
 
-PROG = "golem-vpn"
 #: The commands this module adds.
 COMMANDS = ("attach", "detach", "attachments", "run")
 #: Seconds ``run`` waits for the command after forwarding SIGTERM before it kills it.
 KILL_AFTER = 10.0
 
 Handler = Callable[[AttachClient, argparse.Namespace], Awaitable[int]]
-
-
-class _Failure(Exception):
-    """A user-facing error found here (printed as ``golem-vpn: error: ...``)."""
 
 
 # -- the parser -----------------------------------------------------------------------------------
@@ -217,18 +218,7 @@ async def _main(handler: Handler, args: argparse.Namespace) -> int:
         client = AttachClient(args.url, args.app_key)
     except GolemVpnError as exc:
         return _fail(str(exc))
-    async with client:
-        try:
-            return await handler(client, args)
-        except _Failure as exc:
-            return _fail(str(exc))
-        except GolemVpnError as exc:
-            return _fail(_describe(exc, client))
-
-
-def _fail(message: str) -> int:
-    print(f"{PROG}: error: {message}", file=sys.stderr)
-    return 1
+    return await run_client(client, handler, args, lambda exc: _describe(exc, client))
 
 
 def _describe(exc: GolemVpnError, client: AttachClient) -> str:
@@ -271,23 +261,6 @@ def _read_deploy(source: str) -> dict[str, Any]:
         raise _Failure(f"bad DEPLOY in {source}: {exc}") from None
     assert isinstance(obj, dict)  # parse_deploy accepts objects only
     return obj
-
-
-def _print_json(obj: object) -> None:
-    print(json.dumps(obj, indent=2))
-
-
-def _table(headers: Sequence[str], rows: Sequence[Sequence[str]]) -> str:
-    widths = [max([len(h), *(len(row[i]) for row in rows)]) for i, h in enumerate(headers)]
-    return "\n".join(
-        "  ".join(cell.ljust(width) for cell, width in zip(row, widths, strict=True)).rstrip()
-        for row in [headers, *rows]
-    )
-
-
-def _fields(pairs: Sequence[tuple[str, str]]) -> str:
-    width = max(len(key) for key, _ in pairs) + 2
-    return "\n".join(f"{key + ':':<{width}}{value}" for key, value in pairs)
 
 
 def _describe_attachment(att: Attachment) -> str:

@@ -41,6 +41,12 @@ import sys
 from collections.abc import Awaitable, Callable, Sequence
 from typing import Any
 
+from golem_vpn.console import PROG, run_client
+from golem_vpn.console import Failure as _Failure
+from golem_vpn.console import fail as _fail
+from golem_vpn.console import fields as _fields
+from golem_vpn.console import print_json as _print_json
+from golem_vpn.console import table as _table
 from golem_vpn.errors import (
     AddressTaken,
     ConnectionRefused,
@@ -66,7 +72,6 @@ from golem_vpn.netapi.client import (
 
 __all__ = ["add_net_parser", "main", "run_net"]
 
-PROG = "golem-vpn"
 #: The host ``connect`` listens on unless told otherwise: only this machine can use the forward.
 DEFAULT_LISTEN_HOST = "127.0.0.1"
 #: Bytes read per step when relaying (the gate's streams hold at most twice their 64 KiB limit).
@@ -77,10 +82,6 @@ _PROTOCOLS = {6: "tcp", 17: "udp"}
 
 Address = ipaddress.IPv4Address | ipaddress.IPv6Address
 Handler = Callable[[Client, argparse.Namespace], Awaitable[int]]
-
-
-class _Failure(Exception):
-    """A user-facing error this module detected itself (printed as ``golem-vpn: error: ...``)."""
 
 
 # -- argument types -------------------------------------------------------------------------------
@@ -274,18 +275,7 @@ async def _run(handler: Handler, args: argparse.Namespace) -> int:
         client = Client(args.url, args.app_key)
     except GolemVpnError as exc:
         return _fail(str(exc))
-    async with client:
-        try:
-            return await handler(client, args)
-        except _Failure as exc:
-            return _fail(str(exc))
-        except GolemVpnError as exc:
-            return _fail(_describe(exc, client, args))
-
-
-def _fail(message: str) -> int:
-    print(f"{PROG}: error: {message}", file=sys.stderr)
-    return 1
+    return await run_client(client, handler, args, lambda exc: _describe(exc, client, args))
 
 
 def _describe(exc: GolemVpnError, client: Client, args: argparse.Namespace) -> str:
@@ -341,24 +331,6 @@ def _describe(exc: GolemVpnError, client: Client, args: argparse.Namespace) -> s
 
 
 # -- output ---------------------------------------------------------------------------------------
-
-
-def _print_json(obj: object) -> None:
-    print(json.dumps(obj, indent=2))
-
-
-def _table(headers: Sequence[str], rows: Sequence[Sequence[str]]) -> str:
-    """Columns padded to their widest cell, two spaces apart, a header row first."""
-    widths = [max([len(h), *(len(row[i]) for row in rows)]) for i, h in enumerate(headers)]
-    return "\n".join(
-        "  ".join(cell.ljust(width) for cell, width in zip(row, widths, strict=True)).rstrip()
-        for row in [headers, *rows]
-    )
-
-
-def _fields(pairs: Sequence[tuple[str, str]]) -> str:
-    width = max(len(key) for key, _ in pairs) + 2
-    return "\n".join(f"{key + ':':<{width}}{value}" for key, value in pairs)
 
 
 def _network_pairs(info: NetworkInfo) -> list[tuple[str, str]]:

@@ -280,6 +280,12 @@ impl Router {
                 slot
             }
         };
+        self.push_ip(slot, ip);
+        Ok(true)
+    }
+
+    /// Gives the node in `slot` one more address (known to be free).
+    fn push_ip(&mut self, slot: usize, ip: IpAddr) {
         let entry = self.entry_mut(slot);
         entry.ips.push(ip);
         match ip {
@@ -292,7 +298,6 @@ impl Router {
                 self.v6.insert(v6, slot);
             }
         }
-        Ok(true)
     }
 
     /// Removes `node` and every address it held. Returns `false` if it was not there.
@@ -351,20 +356,8 @@ impl Router {
         entry.has_v4 = false;
         entry.has_v6 = false;
         for &ip in ips {
-            let entry = self.entry_mut(slot);
-            if entry.ips.contains(&ip) {
-                continue;
-            }
-            entry.ips.push(ip);
-            match ip {
-                IpAddr::V4(v4) => {
-                    entry.has_v4 = true;
-                    self.v4.insert(v4, slot);
-                }
-                IpAddr::V6(v6) => {
-                    entry.has_v6 = true;
-                    self.v6.insert(v6, slot);
-                }
+            if !self.entry(slot).ips.contains(&ip) {
+                self.push_ip(slot, ip);
             }
         }
         Ok(true)
