@@ -284,3 +284,62 @@ fn stopping_the_worker_joins_its_thread() {
     a.stop();
     assert!(!a.is_running());
 }
+
+#[test]
+fn unix_and_tcp_connect_endpoints_reach_a_listening_runtime() {
+    use std::os::unix::net::UnixListener;
+    let (a, _b) = pair(Medium::Ethernet, Medium::Ethernet);
+    let request = arp_request(mac(1), v4(1), v4(2));
+
+    // unix://: the runtime listens, we connect; u16 native-endian prefixes.
+    let dir = std::env::temp_dir().join(format!("gvpn-unix-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let path = dir.join("vpn.sock");
+    let _ = std::fs::remove_file(&path);
+    let listener = UnixListener::bind(&path).unwrap();
+    let url = format!("unix://{}", path.display());
+    let made = Attachment::vm(0, &url, Vec::new()).unwrap();
+    let id = a
+        .with(|s| {
+            s.attach(vec![NET.into()], move |id, nets| {
+                Ok(made.renumbered(id, nets))
+            })
+        })
+        .unwrap();
+    let (mut runtime, _) = listener.accept().unwrap();
+    runtime
+        .set_read_timeout(Some(Duration::from_secs(10)))
+        .unwrap();
+    let mut framed = (request.len() as u16).to_ne_bytes().to_vec();
+    framed.extend_from_slice(&request);
+    runtime.write_all(&framed).unwrap();
+    let mut len = [0u8; 2];
+    runtime.read_exact(&mut len).unwrap();
+    let mut reply = vec![0u8; u16::from_ne_bytes(len) as usize];
+    runtime.read_exact(&mut reply).unwrap();
+    assert_eq!(&reply[12..14], &[8, 6]);
+    assert_eq!(&reply[6..12], mac(2).as_bytes());
+    assert!(a.with(|s| s.detach(id)));
+    std::fs::remove_dir_all(&dir).unwrap();
+
+    // tcp-connect://: the runtime listens (QEMU -netdev socket,listen=); u32 big-endian.
+    let qemu = TcpListener::bind("127.0.0.1:0").unwrap();
+    let url = format!("tcp-connect://{}", qemu.local_addr().unwrap());
+    let made = Attachment::vm(0, &url, Vec::new()).unwrap();
+    a.with(|s| {
+        s.attach(vec![NET.into()], move |id, nets| {
+            Ok(made.renumbered(id, nets))
+        })
+    })
+    .unwrap();
+    let (mut runtime, _) = qemu.accept().unwrap();
+    runtime
+        .set_read_timeout(Some(Duration::from_secs(10)))
+        .unwrap();
+    let mut framed = (request.len() as u32).to_be_bytes().to_vec();
+    framed.extend_from_slice(&request);
+    runtime.write_all(&framed).unwrap();
+    let reply = read_prefixed(&mut runtime);
+    assert_eq!(&reply[12..14], &[8, 6]);
+    assert_eq!(&reply[6..12], mac(2).as_bytes());
+}
