@@ -187,6 +187,12 @@ const PROLOGUE: &[u8] = b"golem-vpn/tunnel/v1";
 /// Domain separation for the identity proof (the signed message is this, then the key).
 const PROOF_DOMAIN: &[u8] = b"golem-vpn/noise-static/v1";
 
+/// Data datagrams kept while their handshake's message 3 is still on its way. The
+/// initiator sends data right after message 3; when the two take different paths (message 3
+/// through the relay, data on a direct path that hole punching just opened) or are
+/// reordered, the data arrives first and would be lost, costing a TCP retransmission
+/// timeout. A few are kept (for at most the handshake's life) and replayed.
+pub const EARLY_DATA: usize = 16;
 /// An initiator starts a new handshake when it sends on a session this old.
 pub const REKEY_AFTER_TIME: Duration = Duration::from_secs(120);
 /// No message is sent or accepted on a session this old.
@@ -379,6 +385,9 @@ pub struct Endpoint {
     indices: Indices,
     /// Our indices of responder handshakes waiting for message 3.
     pending: FxHashMap<u32, Pending>,
+    /// Data that overtook the message 3 it depends on (see [`EARLY_DATA`]):
+    /// `(our responder index, sender, datagram)`, replayed once message 3 arrives.
+    early: Vec<(u32, SocketAddr, Vec<u8>)>,
     transmits: VecDeque<Transmit>,
     events: VecDeque<Event>,
     stats: TunnelStats,
@@ -424,6 +433,7 @@ impl Endpoint {
             peers: FxHashMap::default(),
             indices: FxHashMap::default(),
             pending: FxHashMap::default(),
+            early: Vec::new(),
             transmits: VecDeque::new(),
             events: VecDeque::new(),
             stats: TunnelStats::default(),
@@ -991,6 +1001,13 @@ impl Endpoint {
         };
         peer.install_current(session, &mut self.indices);
         self.indices.insert(index, claimed);
+        let early: Vec<(SocketAddr, Vec<u8>)> = {
+            let (mine, rest) = std::mem::take(&mut self.early)
+                .into_iter()
+                .partition(|(i, _, _)| *i == index);
+            self.early = rest;
+            mine.into_iter().map(|(_, f, d)| (f, d)).collect()
+        };
         // A session is up: an initiation of ours in flight has nothing left to do.
         peer.end_handshake(&mut self.indices);
         peer.addr = Some(from);
@@ -1007,6 +1024,11 @@ impl Endpoint {
             {
                 push_transmit(&mut self.transmits, &mut self.stats, dst, out);
             }
+        }
+        // Data that overtook this message 3: delivered now, in arrival order.
+        for (from, data) in early {
+            self.stats.datagrams_in -= 1; // counted when it arrived
+            self.handle_datagram(from, &data, now);
         }
     }
 
@@ -1049,6 +1071,17 @@ impl Endpoint {
         let index = wire::read_u32(&data[1..]);
         let counter = wire::read_u64(&data[5..]);
         let Some(peer_id) = self.indices.get(&index).copied() else {
+            if self.pending.contains_key(&index) {
+                // Message 3 is late: keep the datagram until it comes (or the handshake
+                // is forgotten).
+                self.early.retain(|(i, _, _)| self.pending.contains_key(i));
+                if self.early.len() >= EARLY_DATA {
+                    self.early.remove(0);
+                    self.count_drop(DropReason::UnknownIndex);
+                }
+                self.early.push((index, from, data.to_vec()));
+                return None;
+            }
             self.count_drop(DropReason::UnknownIndex);
             return None;
         };
