@@ -6,8 +6,11 @@ here, moves it into the guest namespace, gives it the MAC ya-runtime-vm's guest 
 (``90:13:`` + its IPv4 address), the address, MTU 1220 (``MTU_VPN``) and the route, and then
 carries frames between the TAP device and the golem-vpn endpoint exactly as QEMU does: over UDP
 one datagram is one frame (sent from a socket of its own, QEMU's ``localaddr``); over TCP each
-frame is prefixed by its length as a u32 big-endian. Prints ``ready`` when carrying; exits on
-SIGTERM or when the endpoint closes. Not a test module: the tests start it.
+frame is prefixed by its length as a u32 big-endian. Prints ``ready`` when carrying; exits 0 on
+SIGTERM, 1 when the endpoint closes, 2 on a length prefix beyond ``MAX_FRAME`` (what it holds
+is bounded: at most one frame and its prefix). Not a test module: the tests start it
+(``test_vm_guest_bridge.py`` checks it against fake endpoints, ``test_exeunit_tun.py`` against
+the daemon's).
 """
 
 from __future__ import annotations
@@ -26,6 +29,7 @@ import sys
 TUNSETIFF = 0x400454CA
 IFF_TAP, IFF_NO_PI = 0x0002, 0x1000
 MTU_VPN = 1220
+MAX_FRAME = 65535  # the largest frame the TCP framing may announce (QEMU's NET_BUFSIZE is 68 KiB)
 
 
 def ip(*args: str) -> None:
@@ -76,7 +80,7 @@ def main() -> int:
 
     signal.signal(signal.SIGTERM, on_term)
     print("ready", flush=True)
-    pending = b""
+    pending = bytearray()
     while not stop:
         readable, _, _ = select.select([tap, sock], [], [], 0.2)
         if tap in readable:
@@ -87,19 +91,41 @@ def main() -> int:
                 sock.sendall(struct.pack(">I", len(frame)) + frame)
         if sock in readable:
             if args.udp:
-                os.write(tap, sock.recv(65536))
+                to_guest(tap, sock.recv(65536))
                 continue
-            data = sock.recv(65536)
+            # Read no further than the end of the current frame: the buffer stays bounded.
+            want = 4 if len(pending) < 4 else 4 + struct.unpack(">I", pending[:4])[0]
+            data = sock.recv(want - len(pending))
             if not data:
-                return 1  # the endpoint closed
+                print("the endpoint closed the connection", file=sys.stderr)
+                return 1
             pending += data
-            while len(pending) >= 4:
-                (n,) = struct.unpack(">I", pending[:4])
-                if len(pending) < 4 + n:
-                    break
-                os.write(tap, pending[4 : 4 + n])
-                pending = pending[4 + n :]
+            if len(pending) < 4:
+                continue
+            (length,) = struct.unpack(">I", pending[:4])
+            if length > MAX_FRAME:
+                print(f"frame length {length} > {MAX_FRAME}: not QEMU framing", file=sys.stderr)
+                return 2
+            if len(pending) == 4 + length:
+                if length:
+                    to_guest(tap, bytes(pending[4:]))
+                pending.clear()
     return 0
+
+
+_dropped = 0
+
+
+def to_guest(tap: int, frame: bytes) -> None:
+    """Hands a frame to the guest's kernel; one it refuses (runt, link down) is dropped, as
+    QEMU drops it. Only the first drop is reported: a reader may never drain stderr."""
+    global _dropped
+    try:
+        os.write(tap, frame)
+    except OSError as exc:
+        _dropped += 1
+        if _dropped == 1:
+            print(f"dropped a {len(frame)}-byte frame: {exc}", file=sys.stderr)
 
 
 if __name__ == "__main__":
