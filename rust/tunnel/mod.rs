@@ -193,6 +193,20 @@ const PROOF_DOMAIN: &[u8] = b"golem-vpn/noise-static/v1";
 /// reordered, the data arrives first and would be lost, costing a TCP retransmission
 /// timeout. A few are kept (for at most the handshake's life) and replayed.
 pub const EARLY_DATA: usize = 16;
+/// Handshakes kept from nodes not allowed yet. A node is told about a peer by its own
+/// control plane, which can be a moment later than the peer's first handshake arrives
+/// (a provider joins right after the requestor added it, and the requestor dialled at
+/// once). The proven session waits, for [`REKEY_TIMEOUT`] at most, and is installed if
+/// [`Endpoint::allow`] comes in time; nothing it carries is delivered before that.
+pub const PARKED: usize = 16;
+
+/// A session a not-yet-allowed node completed (see [`PARKED`]).
+struct Parked {
+    node: NodeId,
+    session: Session,
+    from: SocketAddr,
+    at: Instant,
+}
 /// An initiator starts a new handshake when it sends on a session this old.
 pub const REKEY_AFTER_TIME: Duration = Duration::from_secs(120);
 /// No message is sent or accepted on a session this old.
@@ -388,6 +402,8 @@ pub struct Endpoint {
     /// Data that overtook the message 3 it depends on (see [`EARLY_DATA`]):
     /// `(our responder index, sender, datagram)`, replayed once message 3 arrives.
     early: Vec<(u32, SocketAddr, Vec<u8>)>,
+    /// Handshakes completed by nodes we did not allow yet (see [`PARKED`]).
+    parked: Vec<Parked>,
     transmits: VecDeque<Transmit>,
     events: VecDeque<Event>,
     stats: TunnelStats,
@@ -434,6 +450,7 @@ impl Endpoint {
             indices: FxHashMap::default(),
             pending: FxHashMap::default(),
             early: Vec::new(),
+            parked: Vec::new(),
             transmits: VecDeque::new(),
             events: VecDeque::new(),
             stats: TunnelStats::default(),
@@ -456,12 +473,42 @@ impl Endpoint {
     /// Lets `node` complete handshakes with us, in either direction. Idempotent.
     pub fn allow(&mut self, node: NodeId) {
         self.peers.entry(node).or_default().allowed = true;
+        // A handshake it completed while we did not know it: take it, and what it sent.
+        let Some(at) = self.parked.iter().position(|p| p.node == node) else {
+            return;
+        };
+        let Parked {
+            session, from, at, ..
+        } = self.parked.swap_remove(at);
+        let index = session.local_index;
+        if let Some(peer) = self.peers.get_mut(&node) {
+            peer.install_current(session, &mut self.indices);
+            self.indices.insert(index, node);
+            peer.end_handshake(&mut self.indices);
+            peer.addr = Some(from);
+            self.stats.handshakes_completed += 1;
+            self.session_up(node, at);
+            self.replay_early(index, at);
+        }
+    }
+
+    /// Delivers the data that arrived for session `index` before it was installed.
+    fn replay_early(&mut self, index: u32, now: Instant) {
+        let (mine, rest): (Vec<_>, Vec<_>) = std::mem::take(&mut self.early)
+            .into_iter()
+            .partition(|(i, _, _)| *i == index);
+        self.early = rest;
+        for (_, from, data) in mine {
+            self.stats.datagrams_in -= 1; // counted when it arrived
+            self.handle_datagram(from, &data, now);
+        }
     }
 
     /// Forgets `node` at once: its sessions (their later messages are dropped as
     /// `unknown_index`), its handshake, its waiting payloads (`unreachable`) and its
     /// address. Reports `PeerDown` if it was up.
     pub fn disallow(&mut self, node: &NodeId) {
+        self.parked.retain(|p| p.node != *node);
         let Some(peer) = self.peers.remove(node) else {
             return;
         };
@@ -660,6 +707,14 @@ impl Endpoint {
     pub fn handle_timeout(&mut self, now: Instant) {
         self.pending
             .retain(|_, p| now.saturating_duration_since(p.created) < REKEY_TIMEOUT);
+        self.parked
+            .retain(|p| now.saturating_duration_since(p.at) < REKEY_TIMEOUT);
+        if !self.early.is_empty() {
+            let (pending, parked) = (&self.pending, &self.parked);
+            self.early.retain(|(i, _, _)| {
+                pending.contains_key(i) || parked.iter().any(|p| p.session.local_index == *i)
+            });
+        }
         let mut ids = std::mem::take(&mut self.peer_ids);
         ids.clear();
         ids.extend(
@@ -985,10 +1040,7 @@ impl Endpoint {
                 return self.count_drop(reason);
             }
         };
-        let Some(peer) = self.peers.get_mut(&claimed).filter(|p| p.allowed) else {
-            self.stats.handshakes_failed += 1;
-            return self.count_drop(DropReason::NotAllowed);
-        };
+        let allowed = self.peers.get(&claimed).is_some_and(|p| p.allowed);
         let Some(session) = Session::from_handshake(
             &mut pending.state,
             pending.cipher,
@@ -999,15 +1051,27 @@ impl Endpoint {
             self.stats.handshakes_failed += 1;
             return self.count_drop(DropReason::HandshakeFailed);
         };
+        if !allowed {
+            // Not (yet) a peer: the session waits a moment for `allow` (see PARKED).
+            self.parked.retain(|p| {
+                p.node != claimed && now.saturating_duration_since(p.at) < REKEY_TIMEOUT
+            });
+            if self.parked.len() < PARKED {
+                self.parked.push(Parked {
+                    node: claimed,
+                    session,
+                    from,
+                    at: now,
+                });
+            }
+            self.stats.handshakes_failed += 1;
+            return self.count_drop(DropReason::NotAllowed);
+        }
+        let Some(peer) = self.peers.get_mut(&claimed) else {
+            return self.count_drop(DropReason::NotAllowed);
+        };
         peer.install_current(session, &mut self.indices);
         self.indices.insert(index, claimed);
-        let early: Vec<(SocketAddr, Vec<u8>)> = {
-            let (mine, rest) = std::mem::take(&mut self.early)
-                .into_iter()
-                .partition(|(i, _, _)| *i == index);
-            self.early = rest;
-            mine.into_iter().map(|(_, f, d)| (f, d)).collect()
-        };
         // A session is up: an initiation of ours in flight has nothing left to do.
         peer.end_handshake(&mut self.indices);
         peer.addr = Some(from);
@@ -1026,10 +1090,7 @@ impl Endpoint {
             }
         }
         // Data that overtook this message 3: delivered now, in arrival order.
-        for (from, data) in early {
-            self.stats.datagrams_in -= 1; // counted when it arrived
-            self.handle_datagram(from, &data, now);
-        }
+        self.replay_early(index, now);
     }
 
     /// After a handshake: report `PeerUp` if the session is confirmed and the peer was
@@ -1071,10 +1132,17 @@ impl Endpoint {
         let index = wire::read_u32(&data[1..]);
         let counter = wire::read_u64(&data[5..]);
         let Some(peer_id) = self.indices.get(&index).copied() else {
-            if self.pending.contains_key(&index) {
-                // Message 3 is late: keep the datagram until it comes (or the handshake
-                // is forgotten).
-                self.early.retain(|(i, _, _)| self.pending.contains_key(i));
+            let parked = |e: &Endpoint, i: u32| e.parked.iter().any(|p| p.session.local_index == i);
+            if self.pending.contains_key(&index) || parked(self, index) {
+                // Message 3 is late, or its sender is not allowed yet: keep the datagram
+                // until that changes (or the handshake is forgotten).
+                let keep: Vec<bool> = self
+                    .early
+                    .iter()
+                    .map(|(i, _, _)| self.pending.contains_key(i) || parked(self, *i))
+                    .collect();
+                let mut keep = keep.into_iter();
+                self.early.retain(|_| keep.next().unwrap_or(false));
                 if self.early.len() >= EARLY_DATA {
                     self.early.remove(0);
                     self.count_drop(DropReason::UnknownIndex);

@@ -1258,3 +1258,44 @@ fn data_that_overtakes_message_3_is_delivered_after_it() {
     assert_eq!(p.b.drops(DropReason::UnknownIndex), 0);
     assert!(p.a.ep.is_up(&p.b.id()) && p.b.ep.is_up(&p.a.id()));
 }
+
+/// The peer dialled before we allowed it (its first payload is already on the way): when
+/// `allow` comes within REKEY_TIMEOUT, its proven session is installed and the payload
+/// delivered; nothing is delivered before, and a late `allow` gets nothing from the past.
+#[test]
+fn a_handshake_from_a_node_allowed_a_moment_later_is_kept() {
+    let mut p = Pair::new();
+    let a_id = p.a.id();
+    p.b.ep.disallow(&a_id);
+    p.send_ab("net", b"first");
+    p.run_for(ms(100));
+    assert!(
+        p.b.payloads().is_empty(),
+        "nothing from a node that is not allowed"
+    );
+    assert_eq!(p.b.drops(DropReason::NotAllowed), 1);
+    p.b.ep.allow(a_id);
+    p.pump();
+    assert_eq!(p.b.payloads(), vec![b"first".to_vec()]);
+    p.send_ba("net", b"answer");
+    p.send_ab("net", b"more");
+    p.settle();
+    assert_eq!(p.a.payloads(), vec![b"answer".to_vec()]);
+    assert_eq!(p.b.payloads(), vec![b"first".to_vec(), b"more".to_vec()]);
+    assert!(p.a.ep.is_up(&p.b.id()) && p.b.ep.is_up(&a_id));
+
+    // Too late: the parked session is gone, the old payload with it (A's retry after
+    // REKEY_TIMEOUT may park a fresh, empty one, which `allow` then takes).
+    let mut q = Pair::new();
+    let a_id = q.a.id();
+    q.b.ep.disallow(&a_id);
+    q.send_ab("net", b"stale");
+    q.run_for(secs(6));
+    q.b.ep.allow(a_id);
+    q.pump();
+    assert!(q.b.payloads().is_empty());
+    assert!(q.b.ep.parked.is_empty());
+    q.send_ab("net", b"fresh");
+    q.settle();
+    assert_eq!(q.b.payloads(), vec![b"fresh".to_vec()]);
+}
