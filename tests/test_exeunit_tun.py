@@ -217,6 +217,7 @@ def test_two_tun_payloads_talk_over_ipv4_and_ipv6(
         assert listed["id"] == att_a["id"]
         assert listed["counters"]["packetsIn"] > 0
         assert listed["counters"]["bytesOut"] > 100_000  # the echoed blobs
+        assert listed["counters"]["drops"] == 0  # no link-local chatter from the device
     finally:
         if server is not None:
             server.kill()

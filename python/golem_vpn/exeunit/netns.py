@@ -175,6 +175,10 @@ async def configure_tun(
         verb), for :func:`readdress_tun` to restore.
     """
     await ip("link", "set", "dev", ifname, "mtu", str(mtu), netns=netns)
+    # No IPv6 link-local address: a point-to-point device needs none (no neighbour
+    # discovery), and the router solicitations and MLD reports the kernel would send from it
+    # can only be dropped (a link-local source is no node's address).
+    await ip("link", "set", "dev", ifname, "addrgenmode", "none", netns=netns)
     await ip("link", "set", "dev", ifname, "up", netns=netns)
     addresses: list[str] = []
     routes: list[list[str]] = []
