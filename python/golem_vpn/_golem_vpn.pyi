@@ -390,7 +390,6 @@ class NodeTransport:
     of other networks, control messages, peer events) is queued; :meth:`fileno` becomes
     readable when there is some, and :meth:`receive` takes it.
     :class:`golem_vpn.node.transport.UdpTransport` is the asyncio shell around this.
-    ``now`` arguments are accepted for compatibility and ignored (the thread keeps time).
     """
 
     def __init__(
@@ -399,7 +398,6 @@ class NodeTransport:
         host: str = "127.0.0.1",
         port: int = 0,
         *,
-        now: float = 0.0,
         keepalive: float | None = None,
         seed: int | None = None,
     ) -> None: ...
@@ -435,13 +433,11 @@ class NodeTransport:
     def readdress(self, network_id: str, node_id: str, ips: list[str]) -> bool:
         """Gives a node (this one too) exactly ``ips`` in a network, in place (sessions
         kept); False if the node is not in it."""
-    def send_packets(self, network_id: str, packets: list[bytes], now: float = 0.0) -> list[bytes]:
+    def send_packets(self, network_id: str, packets: list[bytes]) -> list[bytes]:
         """Routes, encrypts and sends; returns frames answered locally (ARP/NDP)."""
-    def send_control(
-        self, node_id: str, network_id: str, message: bytes, now: float = 0.0
-    ) -> None: ...
+    def send_control(self, node_id: str, network_id: str, message: bytes) -> None: ...
     def receive(
-        self, now: float = 0.0, max: int = 1024
+        self,
     ) -> tuple[list[tuple[str, bytes]], list[tuple[str, str, bytes]], list[tuple[str, str, str]]]:
         """Takes what the datapath thread queued: ``(frames, control, events)``.
 
@@ -449,14 +445,12 @@ class NodeTransport:
         ``control``: ``(sender, network_id, message)``; ``events``:
         ``("up" | "down", node_id, detail)``.
         """
-    def poll_at(self) -> float | None:
-        """Always None: the datapath thread runs the timers."""
-    def set_relay(self, addr: tuple[str, int] | None, now: float = 0.0) -> None:
+    def set_relay(self, addr: tuple[str, int] | None) -> None:
         """Uses a relay for peers without a direct address; registers at once."""
     @property
     def public_addr(self) -> tuple[str, int] | None:
         """Our address as the relay sees it, once it answered a registration."""
-    def set_relays(self, relays: list[tuple[str, int]], now: float = 0.0) -> None:
+    def set_relays(self, relays: list[tuple[str, int]]) -> None:
         """Several relays in order of preference: registers with all, sends through the first
         that answered lately (so a relay that goes away is replaced by the next)."""
     @property
@@ -468,9 +462,10 @@ class NodeTransport:
     def peer_address(self, node_id: str) -> tuple[str, int] | None:
         """Where the tunnel currently sends to the peer (a ``100::`` placeholder if relayed)."""
     def is_up(self, node_id: str) -> bool: ...
-    def attach_tun(self, name: str, networks: list[str], *, mtu: int = 1400) -> int:
+    def attach_tun(self, name: str, networks: list[str], *, offload: bool = True) -> int:
         """Creates TUN device ``name`` (bare IP packets) in this process's network namespace
-        and carries ``networks``' packets through it; returns the attachment id.
+        and carries ``networks``' packets through it; returns the attachment id. With
+        ``offload`` (TSO in, GRO out) if the kernel agrees.
 
         Raises:
             PermissionError: No ``CAP_NET_ADMIN``.

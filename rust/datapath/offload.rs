@@ -12,8 +12,6 @@
 //! Sans-IO: bytes in, bytes out. Every packet is checked before it is trusted; what does
 //! not parse is passed through (or dropped by the caller's router) unchanged.
 
-use std::net::IpAddr;
-
 /// The `struct virtio_net_hdr` the kernel puts before each packet (no `num_buffers`).
 pub const VNET_HDR_LEN: usize = 10;
 
@@ -436,15 +434,6 @@ fn same_ports(a: &[u8], at: &Tcp, b: &[u8], bt: &Tcp) -> bool {
 /// Writes one packet with an all-zero header (no offload asked for).
 fn write_plain(p: &[u8], write: &mut impl FnMut(&[u8], &[u8])) {
     write(&[0u8; VNET_HDR_LEN], p);
-}
-
-/// The address family of an IP packet's destination, for tests and logs.
-pub fn dst_of(p: &[u8]) -> Option<IpAddr> {
-    match p.first()? >> 4 {
-        4 => Some(IpAddr::from(<[u8; 4]>::try_from(p.get(16..20)?).ok()?)),
-        6 => Some(IpAddr::from(<[u8; 16]>::try_from(p.get(24..40)?).ok()?)),
-        _ => None,
-    }
 }
 
 #[cfg(test)]

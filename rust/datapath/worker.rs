@@ -322,11 +322,7 @@ fn pick_network(
     frame: &[u8],
 ) -> Option<usize> {
     let dst = frame_target(kind, frame)?;
-    let ranges = |i: usize| {
-        node.router(&networks[i])
-            .map(|r| r.cidrs().to_vec())
-            .unwrap_or_default()
-    };
+    let ranges = |i: usize| node.router(&networks[i]).map_or(&[][..], |r| r.cidrs());
     (0..networks.len())
         .find(|&i| ranges(i).iter().any(|c| c.contains(dst)))
         .or_else(|| {

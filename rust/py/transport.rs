@@ -185,17 +185,15 @@ fn attachment_dict<'py>(py: Python<'py>, a: &Attachment) -> PyResult<Bound<'py, 
 #[pymethods]
 impl PyNodeTransport {
     #[new]
-    #[pyo3(signature = (identity, host = "127.0.0.1", port = 0, *, now = 0.0, keepalive = None, seed = None))]
+    #[pyo3(signature = (identity, host = "127.0.0.1", port = 0, *, keepalive = None, seed = None))]
     fn new(
         py: Python<'_>,
         identity: &PyIdentity,
         host: &str,
         port: u16,
-        now: f64,
         keepalive: Option<f64>,
         seed: Option<u64>,
     ) -> PyResult<Self> {
-        let _ = now; // the datapath thread keeps its own (monotonic) time
         let addr = SocketAddr::new(convert::ip(py, host)?, port);
         let config = Config {
             persistent_keepalive: keepalive.map(Duration::from_secs_f64),
@@ -316,15 +314,12 @@ impl PyNodeTransport {
         Ok(())
     }
 
-    #[pyo3(signature = (network_id, packets, now = 0.0))]
     fn send_packets<'py>(
         &self,
         py: Python<'py>,
         network_id: &str,
         packets: Vec<Bound<'py, PyBytes>>,
-        now: f64,
     ) -> PyResult<Bound<'py, PyList>> {
-        let _ = now;
         let answers = self
             .worker
             .with(|s| {
@@ -338,16 +333,13 @@ impl PyNodeTransport {
         PyList::new(py, answers.iter().map(|a| PyBytes::new(py, a)))
     }
 
-    #[pyo3(signature = (node_id, network_id, message, now = 0.0))]
     fn send_control(
         &self,
         py: Python<'_>,
         node_id: &str,
         network_id: &str,
         message: &[u8],
-        now: f64,
     ) -> PyResult<()> {
-        let _ = now;
         let n = convert::node_id(py, node_id)?;
         self.worker
             .with(|s| {
@@ -357,31 +349,20 @@ impl PyNodeTransport {
             .map_err(|e| e.to_py(py))
     }
 
-    /// What the datapath thread queued for Python (the `now` and `max` arguments are
-    /// accepted for compatibility; the thread reads the socket itself).
-    #[pyo3(signature = (now = 0.0, max = 1024))]
-    fn receive<'py>(&self, py: Python<'py>, now: f64, max: usize) -> PyResult<InboundTuple<'py>> {
-        let _ = (now, max);
+    /// What the datapath thread queued for Python.
+    fn receive<'py>(&self, py: Python<'py>) -> PyResult<InboundTuple<'py>> {
         inbound_tuple(py, self.worker.take_inbound())
     }
 
-    fn poll_at(&self) -> Option<f64> {
-        // The datapath thread runs the timers itself.
-        None
-    }
-
-    #[pyo3(signature = (addr, now = 0.0))]
-    fn set_relay(&self, py: Python<'_>, addr: Option<(String, u16)>, now: f64) -> PyResult<()> {
-        let _ = now;
+    #[pyo3(signature = (addr))]
+    fn set_relay(&self, py: Python<'_>, addr: Option<(String, u16)>) -> PyResult<()> {
         let addr = addr.map(|a| convert::socket_addr(py, &a)).transpose()?;
         self.worker
             .with(|s| s.node_mut().set_relay(addr, Instant::now()));
         Ok(())
     }
 
-    #[pyo3(signature = (relays, now = 0.0))]
-    fn set_relays(&self, py: Python<'_>, relays: Vec<(String, u16)>, now: f64) -> PyResult<()> {
-        let _ = now;
+    fn set_relays(&self, py: Python<'_>, relays: Vec<(String, u16)>) -> PyResult<()> {
         let relays = relays
             .iter()
             .map(|a| convert::socket_addr(py, a))
@@ -423,16 +404,14 @@ impl PyNodeTransport {
         Ok(self.worker.read(|s| s.node().endpoint().is_up(&n)))
     }
 
-    #[pyo3(signature = (name, networks, *, mtu = 1400, offload = true))]
+    #[pyo3(signature = (name, networks, *, offload = true))]
     fn attach_tun(
         &self,
         py: Python<'_>,
         name: &str,
         networks: Vec<String>,
-        mtu: u32,
         offload: bool,
     ) -> PyResult<u32> {
-        let _ = mtu; // the device's MTU is set with the rest of its configuration
         self.worker
             .with(|s| {
                 s.attach(networks, |id, nets| {

@@ -492,6 +492,20 @@ impl Endpoint {
         }
     }
 
+    /// Whether `index` is a session still to come: a responder handshake waiting for
+    /// message 3, or a parked one waiting for `allow`.
+    fn awaited(&self, index: u32) -> bool {
+        self.pending.contains_key(&index)
+            || self.parked.iter().any(|p| p.session.local_index == index)
+    }
+
+    /// Forgets early data whose session will not come any more.
+    fn prune_early(&mut self) {
+        let mut early = std::mem::take(&mut self.early);
+        early.retain(|(i, _, _)| self.awaited(*i));
+        self.early = early;
+    }
+
     /// Delivers the data that arrived for session `index` before it was installed.
     fn replay_early(&mut self, index: u32, now: Instant) {
         let (mine, rest): (Vec<_>, Vec<_>) = std::mem::take(&mut self.early)
@@ -709,12 +723,7 @@ impl Endpoint {
             .retain(|_, p| now.saturating_duration_since(p.created) < REKEY_TIMEOUT);
         self.parked
             .retain(|p| now.saturating_duration_since(p.at) < REKEY_TIMEOUT);
-        if !self.early.is_empty() {
-            let (pending, parked) = (&self.pending, &self.parked);
-            self.early.retain(|(i, _, _)| {
-                pending.contains_key(i) || parked.iter().any(|p| p.session.local_index == *i)
-            });
-        }
+        self.prune_early();
         let mut ids = std::mem::take(&mut self.peer_ids);
         ids.clear();
         ids.extend(
@@ -1132,17 +1141,10 @@ impl Endpoint {
         let index = wire::read_u32(&data[1..]);
         let counter = wire::read_u64(&data[5..]);
         let Some(peer_id) = self.indices.get(&index).copied() else {
-            let parked = |e: &Endpoint, i: u32| e.parked.iter().any(|p| p.session.local_index == i);
-            if self.pending.contains_key(&index) || parked(self, index) {
+            if self.awaited(index) {
                 // Message 3 is late, or its sender is not allowed yet: keep the datagram
                 // until that changes (or the handshake is forgotten).
-                let keep: Vec<bool> = self
-                    .early
-                    .iter()
-                    .map(|(i, _, _)| self.pending.contains_key(i) || parked(self, *i))
-                    .collect();
-                let mut keep = keep.into_iter();
-                self.early.retain(|_| keep.next().unwrap_or(false));
+                self.prune_early();
                 if self.early.len() >= EARLY_DATA {
                     self.early.remove(0);
                     self.count_drop(DropReason::UnknownIndex);

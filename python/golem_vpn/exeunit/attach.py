@@ -573,7 +573,7 @@ class ExeUnit:
         # the fd keeps working across the move.
         device = ifname if netns is None else "gv" + secrets.token_hex(4)
         try:
-            native_id = native.attach_tun(device, [n.id for n in parsed.networks], mtu=mtu)
+            native_id = native.attach_tun(device, [n.id for n in parsed.networks])
         except PermissionError as exc:
             raise NotPermitted(
                 f"cannot create TUN device {device}: {exc} (attaching a TUN device needs root)"

@@ -150,12 +150,14 @@ class UdpTransport:
         """True if this node is in the network (with a userspace stack or natively)."""
         return network_id in self._interfaces or network_id in self._native_networks
 
-    def attach_tun(self, name: str, networks: list[str], *, mtu: int = 1400) -> int:
+    def attach_tun(self, name: str, networks: list[str], *, offload: bool = True) -> int:
         """Creates the TUN device ``name`` and carries ``networks``' packets through it.
 
         The device is made in this process's network namespace, down and without an
         address: configuring it (and moving it to another namespace) is the caller's
         business (:mod:`golem_vpn.exeunit` does it). Closing it (:meth:`detach`) deletes it.
+        With ``offload``, the kernel hands over TCP packets of up to 64 KiB (TSO, segmented
+        in the datapath) and receives each flow's segments coalesced (GRO).
 
         Returns:
             The attachment's id.
@@ -166,7 +168,7 @@ class UdpTransport:
             NetworkNotFound: A network was not joined with :meth:`join_native`.
             AttachError: A network already has an attachment.
         """
-        return self._native.attach_tun(name, networks, mtu=mtu)
+        return self._native.attach_tun(name, networks, offload=offload)
 
     def attach_vm(self, url: str, networks: list[str]) -> tuple[int, str]:
         """Opens a VM frame endpoint (Ethernet frames, yagna's runtime framing).
