@@ -342,6 +342,32 @@ def test_environment_and_precedence(
     assert f"is {daemon.root} the Net API?" in err
 
 
+def test_rest_commands_run_without_aiohttp(
+    capsys: pytest.CaptureFixture[str], daemon: Daemon
+) -> None:
+    # The real command in a fresh interpreter: aiohttp takes longer to import than a whole
+    # `net list` may take (benches/cli_startup.py), so REST calls must not need it.
+    nid = net_json(capsys, daemon, "create", "10.3.0.0/24")["id"]
+    commands = [["list"], ["show", nid], ["node", "add", nid, PROV_A, "10.3.0.2"]]
+    probe = (
+        "import json, sys\n"
+        "from golem_vpn.cli import main\n"
+        "auth = ['--url', sys.argv[1], '--app-key=' + sys.argv[2]]\n"
+        "codes = [main(['net', *argv, *auth]) for argv in json.loads(sys.argv[3])]\n"
+        "print('aiohttp' in sys.modules, codes)"
+    )
+    proc = subprocess.run(
+        [sys.executable, "-c", probe, daemon.root, daemon.key, json.dumps(commands)],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert proc.returncode == 0, proc.stderr
+    assert nid in proc.stdout
+    assert proc.stdout.splitlines()[-1] == "False [0, 0, 0]"
+
+
 # --- errors -----------------------------------------------------------------------------------
 
 

@@ -15,18 +15,11 @@ Public names:
     GolemVpnError: the base of every error this package raises (see ``golem_vpn.errors``).
 """
 
-from golem_vpn._golem_vpn import (
-    DROP_REASONS,
-    MAX_PACKET_LEN,
-    Identity,
-    NodeTransport,
-    Relay,
-    Router,
-    Stack,
-    TcpStatus,
-    __version__,
-    build_profile,
-)
+from __future__ import annotations
+
+import importlib
+from typing import TYPE_CHECKING, Any
+
 from golem_vpn.errors import (
     AddressError,
     AddressesExhausted,
@@ -42,17 +35,79 @@ from golem_vpn.errors import (
     NodeNotFound,
     TunnelError,
 )
-from golem_vpn.interface import Interface
-from golem_vpn.local import LinkConditions, LocalNetwork, LocalNode
-from golem_vpn.streams import (
-    DatagramEndpoint,
-    Server,
-    create_connection,
-    create_server,
-    open_connection,
-    open_datagram_endpoint,
-    start_server,
-)
+
+if TYPE_CHECKING:
+    from golem_vpn._golem_vpn import (
+        DROP_REASONS,
+        MAX_PACKET_LEN,
+        Identity,
+        NodeTransport,
+        Relay,
+        Router,
+        Stack,
+        TcpStatus,
+        __version__,
+        build_profile,
+    )
+    from golem_vpn.interface import Interface
+    from golem_vpn.local import LinkConditions, LocalNetwork, LocalNode
+    from golem_vpn.streams import (
+        DatagramEndpoint,
+        Server,
+        create_connection,
+        create_server,
+        open_connection,
+        open_datagram_endpoint,
+        start_server,
+    )
+
+# The native module, asyncio and the stack load on first use of a name that needs them, so
+# that ``golem-vpn --help`` and the CLI's REST commands start fast (see benches/cli_startup.py).
+_LAZY = {
+    **dict.fromkeys(
+        (
+            "DROP_REASONS",
+            "MAX_PACKET_LEN",
+            "Identity",
+            "NodeTransport",
+            "Relay",
+            "Router",
+            "Stack",
+            "TcpStatus",
+            "__version__",
+            "build_profile",
+        ),
+        "golem_vpn._golem_vpn",
+    ),
+    "Interface": "golem_vpn.interface",
+    **dict.fromkeys(("LinkConditions", "LocalNetwork", "LocalNode"), "golem_vpn.local"),
+    **dict.fromkeys(
+        (
+            "DatagramEndpoint",
+            "Server",
+            "create_connection",
+            "create_server",
+            "open_connection",
+            "open_datagram_endpoint",
+            "start_server",
+        ),
+        "golem_vpn.streams",
+    ),
+}
+
+
+def __getattr__(name: str) -> Any:
+    module = _LAZY.get(name)
+    if module is None:
+        raise AttributeError(f"module 'golem_vpn' has no attribute {name!r}")
+    value = getattr(importlib.import_module(module), name)
+    globals()[name] = value
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted({*globals(), *_LAZY})
+
 
 __all__ = [
     "DROP_REASONS",

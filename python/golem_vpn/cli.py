@@ -8,6 +8,10 @@ provider side through a daemon's attachment API (:mod:`golem_vpn.exeunitcli`): `
 ``detach``, ``attachments`` and ``run`` (a command in a namespace on the VPN).
 
 Exit codes: 0 success, 1 a user-facing error (the message goes to stderr), 2 bad usage.
+
+Startup time matters here (every command pays it): this module and the parsers import only
+argparse and small modules; the native module, asyncio and aiohttp load when a command that
+needs them runs (``benches/cli_startup.py``; ``tests/test_cli_startup.py`` keeps it so).
 """
 
 from __future__ import annotations
@@ -19,9 +23,22 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
-from golem_vpn import __version__, build_profile
-
 __all__ = ["main"]
+
+
+class _VersionAction(argparse.Action):
+    """``--version``: reads the version from the native module only when asked."""
+
+    def __init__(self, option_strings: Sequence[str], dest: str, **kwargs: object) -> None:
+        super().__init__(
+            option_strings, dest, nargs=0, default=argparse.SUPPRESS, help="print the version"
+        )
+
+    def __call__(self, parser: argparse.ArgumentParser, *args: object, **kwargs: object) -> None:
+        from golem_vpn import __version__
+
+        print(f"golem-vpn {__version__}")
+        parser.exit()
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -29,7 +46,7 @@ def _parser() -> argparse.ArgumentParser:
         prog="golem-vpn",
         description="Virtual private networks for distributed compute on Golem.",
     )
-    parser.add_argument("--version", action="version", version=f"golem-vpn {__version__}")
+    parser.add_argument("--version", action=_VersionAction)
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     sub.add_parser("demo", help="run the local routing demo (three nodes, real packets)")
     sub.add_parser("version", help="print the version and native build profile")
@@ -332,6 +349,8 @@ def main(argv: Sequence[str] | None = None) -> int:
 
         return demo.main()
     if args.command == "version":
+        from golem_vpn import __version__, build_profile
+
         print(f"golem-vpn {__version__} ({build_profile})")
         return 0
     if args.command == "id":

@@ -10,6 +10,12 @@ data dir            ``GOLEM_VPN_DATA_DIR`` the platform's user data dir + ``gole
                                            ``~/.local/share/golem-vpn``), macOS
                                            ``~/Library/Application Support/golem-vpn``,
                                            Windows ``%APPDATA%\\golem-vpn``
+Net API URL         ``YAGNA_NET_URL`` (the ``http://127.0.0.1:7465`` (+ ``/net-api/v1``)
+(``--url``; the     full base), else
+clients)            ``YAGNA_API_URL`` (the
+                    daemon's root)
+app key             ``YAGNA_APPKEY``       none
+(``--app-key``)
 =================== ====================== ==============================================
 
 The data dir holds the state that must survive a restart: the node key (``node.key``, see
@@ -24,9 +30,24 @@ import os
 import sys
 from pathlib import Path
 
-__all__ = ["DATA_DIR_ENV", "data_dir"]
+__all__ = [
+    "API_URL_ENV",
+    "APPKEY_ENV",
+    "DATA_DIR_ENV",
+    "DEFAULT_API_URL",
+    "NET_API_PATH",
+    "NET_URL_ENV",
+    "data_dir",
+]
 
 DATA_DIR_ENV = "GOLEM_VPN_DATA_DIR"
+#: yagna's settings for where its REST API is and which app key to use, read by golem-vpn's
+#: clients as yapapi and golem-js read them (see :mod:`golem_vpn.netapi.client`).
+API_URL_ENV = "YAGNA_API_URL"
+NET_URL_ENV = "YAGNA_NET_URL"
+APPKEY_ENV = "YAGNA_APPKEY"
+DEFAULT_API_URL = "http://127.0.0.1:7465"
+NET_API_PATH = "/net-api/v1"
 _APP = "golem-vpn"
 
 

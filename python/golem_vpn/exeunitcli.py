@@ -27,17 +27,16 @@ Exit codes: 0 success, 1 a user-facing error (one line, ``golem-vpn: error: ...`
 from __future__ import annotations
 
 import argparse
-import asyncio
 import contextlib
 import json
 import os
-import secrets
 import signal
 import sys
 from collections.abc import Awaitable, Callable
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
+from golem_vpn.config import API_URL_ENV, APPKEY_ENV, DEFAULT_API_URL, NET_URL_ENV
 from golem_vpn.console import PROG, run_client
 from golem_vpn.console import Failure as _Failure
 from golem_vpn.console import fail as _fail
@@ -52,10 +51,16 @@ from golem_vpn.errors import (
     NetApiUnavailable,
     NotPermitted,
 )
-from golem_vpn.exeunit.attach import DEFAULT_IFNAME, DEFAULT_MTU, DEFAULT_VM_ENDPOINT, Attachment
-from golem_vpn.exeunit.client import AttachClient
-from golem_vpn.exeunit.deploy import parse_deploy
-from golem_vpn.netapi.client import API_URL_ENV, APPKEY_ENV, DEFAULT_API_URL, NET_URL_ENV
+from golem_vpn.exeunit.options import DEFAULT_IFNAME, DEFAULT_MTU, DEFAULT_VM_ENDPOINT
+
+if TYPE_CHECKING:
+    # asyncio and the API client load when a command runs, not for --help.
+    import asyncio
+
+    from golem_vpn.exeunit.attach import Attachment
+    from golem_vpn.exeunit.client import AttachClient
+
+    Handler = Callable[[AttachClient, argparse.Namespace], Awaitable[int]]
 
 __all__ = ["COMMANDS", "add_parsers", "run"]
 
@@ -63,8 +68,6 @@ __all__ = ["COMMANDS", "add_parsers", "run"]
 COMMANDS = ("attach", "detach", "attachments", "run")
 #: Seconds ``run`` waits for the command after forwarding SIGTERM before it kills it.
 KILL_AFTER = 10.0
-
-Handler = Callable[[AttachClient, argparse.Namespace], Awaitable[int]]
 
 
 # -- the parser -----------------------------------------------------------------------------------
@@ -207,6 +210,8 @@ def run(args: argparse.Namespace) -> int:
         if not args.cmd:
             print(f"{PROG} run: error: no command given (… -- CMD [ARGS...])", file=sys.stderr)
             return 2
+    import asyncio
+
     try:
         return asyncio.run(_main(handler, args))
     except KeyboardInterrupt:  # Ctrl-C where no signal handler could be installed
@@ -214,6 +219,8 @@ def run(args: argparse.Namespace) -> int:
 
 
 async def _main(handler: Handler, args: argparse.Namespace) -> int:
+    from golem_vpn.exeunit.client import AttachClient
+
     try:
         client = AttachClient(args.url, args.app_key)
     except GolemVpnError as exc:
@@ -250,6 +257,8 @@ def _describe(exc: GolemVpnError, client: AttachClient) -> str:
 
 def _read_deploy(source: str) -> dict[str, Any]:
     """The DEPLOY from a file (``-``: stdin), checked here so that errors name the field."""
+    from golem_vpn.exeunit.deploy import parse_deploy
+
     try:
         text = sys.stdin.read() if source == "-" else Path(source).read_text()
     except (OSError, UnicodeDecodeError) as exc:
@@ -354,6 +363,9 @@ def _progress(message: str) -> None:
 
 
 async def _run_command(client: AttachClient, args: argparse.Namespace) -> int:
+    import asyncio
+    import secrets
+
     if os.geteuid() != 0:
         raise _Failure("golem-vpn run needs root (it runs the command with `ip netns exec`)")
     deploy = _read_deploy(args.deploy)
@@ -394,6 +406,8 @@ class _Signals:
     it while one does (SIGINT only when the terminal does not deliver Ctrl-C to it itself)."""
 
     def __init__(self) -> None:
+        import asyncio
+
         self._loop = asyncio.get_running_loop()
         self._installed: list[int] = []
         self._proc: asyncio.subprocess.Process | None = None
@@ -433,6 +447,8 @@ class _Signals:
 
     async def supervise(self, command: list[str]) -> int:
         """Runs ``command`` with our stdio; returns its exit status (128 + N for signal N)."""
+        import asyncio
+
         try:
             proc = await asyncio.create_subprocess_exec(*command)
         except OSError as exc:

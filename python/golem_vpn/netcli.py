@@ -32,15 +32,15 @@ Exit codes: 0 success, 1 a user-facing error (one line, ``golem-vpn: error: ...`
 from __future__ import annotations
 
 import argparse
-import asyncio
 import contextlib
 import ipaddress
 import json
 import signal
 import sys
 from collections.abc import Awaitable, Callable, Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
+from golem_vpn.config import API_URL_ENV, APPKEY_ENV, DEFAULT_API_URL, NET_API_PATH, NET_URL_ENV
 from golem_vpn.console import PROG, run_client
 from golem_vpn.console import Failure as _Failure
 from golem_vpn.console import fail as _fail
@@ -53,22 +53,24 @@ from golem_vpn.errors import (
     ConnectTimeout,
     Forbidden,
     GolemVpnError,
-    NetworkNotFound,
-)
-from golem_vpn.netapi.client import (
-    API_URL_ENV,
-    APPKEY_ENV,
-    DEFAULT_API_URL,
-    NET_API_PATH,
-    NET_URL_ENV,
-    AddressInfo,
-    Client,
-    ConnectionInfo,
     NetApiError,
     NetApiUnavailable,
-    NetworkInfo,
-    NodeInfo,
+    NetworkNotFound,
 )
+
+if TYPE_CHECKING:
+    # asyncio and the client load when a command runs, not for --help (benches/cli_startup.py).
+    import asyncio
+
+    from golem_vpn.netapi.client import (
+        AddressInfo,
+        Client,
+        ConnectionInfo,
+        NetworkInfo,
+        NodeInfo,
+    )
+
+    Handler = Callable[[Client, argparse.Namespace], Awaitable[int]]
 
 __all__ = ["add_net_parser", "main", "run_net"]
 
@@ -81,7 +83,6 @@ _SHUTDOWN_CLOSE_TIMEOUT = 1.0
 _PROTOCOLS = {6: "tcp", 17: "udp"}
 
 Address = ipaddress.IPv4Address | ipaddress.IPv6Address
-Handler = Callable[[Client, argparse.Namespace], Awaitable[int]]
 
 
 # -- argument types -------------------------------------------------------------------------------
@@ -264,6 +265,8 @@ def run_net(args: argparse.Namespace) -> int:
             file=sys.stderr,
         )
         return 2
+    import asyncio
+
     try:
         return asyncio.run(_run(handler, args))
     except KeyboardInterrupt:  # Ctrl-C where no signal handler could be installed
@@ -271,6 +274,8 @@ def run_net(args: argparse.Namespace) -> int:
 
 
 async def _run(handler: Handler, args: argparse.Namespace) -> int:
+    from golem_vpn.netapi.client import Client
+
     try:
         client = Client(args.url, args.app_key)
     except GolemVpnError as exc:
@@ -413,6 +418,8 @@ async def _gate_connections(client: Client, network_id: str) -> list[ConnectionI
 
 
 async def _show(client: Client, args: argparse.Namespace) -> int:
+    import asyncio
+
     nid = args.network_id
     info = await client.get_network(nid)
     addresses: list[AddressInfo]
@@ -502,6 +509,8 @@ async def _node_list(client: Client, args: argparse.Namespace) -> int:
 
 
 async def _connect(client: Client, args: argparse.Namespace) -> int:
+    import asyncio
+
     nid = args.network_id
     ip, port = args.target
     host, local_port = args.listen or args.listen_option or (DEFAULT_LISTEN_HOST, 0)
@@ -566,6 +575,8 @@ async def _connect(client: Client, args: argparse.Namespace) -> int:
 
 def _on_signals(callback: Callable[[], None]) -> list[int]:
     """Calls ``callback`` on SIGINT and SIGTERM where the loop can (POSIX, main thread)."""
+    import asyncio
+
     loop = asyncio.get_running_loop()
     installed: list[int] = []
     for signum in (signal.SIGINT, signal.SIGTERM):
@@ -584,6 +595,8 @@ async def _forward(
     local_writer: asyncio.StreamWriter,
 ) -> None:
     """Carries one accepted local connection through the gate until either side ends it."""
+    import asyncio
+
     ip, port = args.target
     peer = local_writer.get_extra_info("peername")
     source = _hostport(str(peer[0]), peer[1]) if peer else "a local client"

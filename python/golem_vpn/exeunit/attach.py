@@ -29,7 +29,7 @@ import secrets
 import time
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field, replace
-from typing import TYPE_CHECKING, Any, Literal, cast
+from typing import TYPE_CHECKING, Any, cast
 
 from golem_vpn.errors import (
     AlreadyAttached,
@@ -44,6 +44,17 @@ from golem_vpn.errors import (
 )
 from golem_vpn.exeunit import netns as ns
 from golem_vpn.exeunit.deploy import Deploy, default_requestor, parse_deploy
+from golem_vpn.exeunit.options import (
+    DEFAULT_IFNAME,
+    DEFAULT_MTU,
+    DEFAULT_VM_ENDPOINT,
+    MAX_MTU,
+    MIN_MTU,
+    MIN_MTU_V6,
+    MODES,
+    VM_SCHEMES,
+    Mode,
+)
 from golem_vpn.interface import Interface
 from golem_vpn.model import parse_node_id
 
@@ -64,15 +75,6 @@ __all__ = [
 ]
 
 log = logging.getLogger(__name__)
-
-Mode = Literal["tun", "vm", "userspace"]
-MODES: tuple[Mode, ...] = ("tun", "vm", "userspace")
-DEFAULT_IFNAME = "gvpn0"
-DEFAULT_MTU = 1400
-#: The VM endpoint yagna's ExeUnit makes: a UDP socket on loopback, any free port.
-DEFAULT_VM_ENDPOINT = "udp://127.0.0.1:0"
-VM_SCHEMES = ("udp://", "tcp-listen://", "tcp-connect://", "unix://")
-MIN_MTU, MIN_MTU_V6, MAX_MTU = 576, 1280, 65535
 
 
 @dataclass(frozen=True)

@@ -5,6 +5,20 @@ stacks, or an in-process stand-in), ``store`` keeps its state, ``appkeys`` its k
 bridges WebSockets to TCP/UDP inside networks, and ``client`` speaks it.
 """
 
-from golem_vpn.netapi.client import Client
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from golem_vpn.netapi.client import Client
 
 __all__ = ["Client"]
+
+
+def __getattr__(name: str) -> Any:
+    # Lazy, so that importing one submodule (the CLI needs only the client) loads no other.
+    if name == "Client":
+        from golem_vpn.netapi.client import Client
+
+        return Client
+    raise AttributeError(f"module 'golem_vpn.netapi' has no attribute {name!r}")

@@ -61,12 +61,10 @@ from collections import deque
 from collections.abc import Mapping
 from dataclasses import dataclass
 from types import TracebackType
-from typing import Any, NoReturn, TypeVar
+from typing import TYPE_CHECKING, Any, NoReturn, TypeVar
 from urllib.parse import quote, urlsplit, urlunsplit
 
-import aiohttp
-from yarl import URL
-
+from golem_vpn.config import API_URL_ENV, APPKEY_ENV, DEFAULT_API_URL, NET_API_PATH, NET_URL_ENV
 from golem_vpn.errors import (
     AddressTaken,
     BadRequest,
@@ -80,6 +78,12 @@ from golem_vpn.errors import (
 )
 from golem_vpn.flow import WriteFlowControl
 from golem_vpn.model import IPNetwork, parse_network
+from golem_vpn.netapi import http1
+
+if TYPE_CHECKING:
+    # aiohttp is imported where it is used (the gate, a caller's session): it takes longer to
+    # import than a whole ``golem-vpn net list`` may take.
+    import aiohttp
 
 __all__ = [
     "API_URL_ENV",
@@ -101,11 +105,6 @@ __all__ = [
 
 log = logging.getLogger(__name__)
 
-API_URL_ENV = "YAGNA_API_URL"
-NET_URL_ENV = "YAGNA_NET_URL"
-APPKEY_ENV = "YAGNA_APPKEY"
-DEFAULT_API_URL = "http://127.0.0.1:7465"
-NET_API_PATH = "/net-api/v1"
 _V2_VPN_PATH = "/net-api/v2/vpn"
 _STATUS_PATH = "/net-api/v2/net/status"
 DEFAULT_TIMEOUT = 30.0
@@ -319,8 +318,11 @@ class Client:
     Args:
         url: The Net API base URL (see the module doc for how it and the environment are read).
         app_key: The app key; ``$YAGNA_APPKEY`` by default.
-        session: An aiohttp session to use; the caller keeps it (the client does not close it).
-            Without one the client makes its own on first use and closes it in :meth:`close`.
+        session: An aiohttp session to use for every call; the caller keeps it (the client
+            does not close it). Without one, REST calls go over the client's own keep-alive
+            HTTP/1.1 connections (:mod:`golem_vpn.netapi.http1`, which loads much faster than
+            aiohttp), and the gate's WebSockets over an aiohttp session made on first use;
+            :meth:`close` closes both.
         timeout: Seconds an API call (or a gate's handshake) may take; None waits forever.
     """
 
@@ -340,6 +342,7 @@ class Client:
         self._app_key = app_key or _env(APPKEY_ENV)
         self._session = session
         self._own_session = session is None
+        self._pool: http1.ConnectionPool | None = None
         self._timeout = timeout
 
     @property
@@ -357,7 +360,6 @@ class Client:
         return f"Client(url={self._base!r}, app_key=<{key}>)"
 
     async def __aenter__(self) -> Client:
-        self._get_session()
         return self
 
     async def __aexit__(
@@ -369,12 +371,18 @@ class Client:
         await self.close()
 
     async def close(self) -> None:
-        """Closes the client's own session (a session given to the constructor stays open)."""
+        """Closes the client's own connections and session (a session given to the
+        constructor stays open)."""
+        if self._pool is not None:
+            pool, self._pool = self._pool, None
+            await pool.close()
         if self._own_session and self._session is not None:
             session, self._session = self._session, None
             await session.close()
 
     def _get_session(self) -> aiohttp.ClientSession:
+        import aiohttp
+
         if self._session is None:
             # Per-call totals are passed with each request; a WebSocket must not inherit one.
             self._session = aiohttp.ClientSession(
@@ -389,20 +397,11 @@ class Client:
 
     async def _call(self, method: str, url: str, body: Any = None) -> Any:
         """Sends one request and returns the decoded JSON answer (None for an empty body)."""
-        session = self._get_session()
         log.debug("%s %s", method, url)
-        kwargs: dict[str, Any] = {
-            "headers": self._headers(),
-            "timeout": aiohttp.ClientTimeout(total=self._timeout),
-        }
-        if body is not None:
-            kwargs["json"] = body
-        try:
-            async with session.request(method, URL(url, encoded=True), **kwargs) as resp:
-                status, reason = resp.status, resp.reason or ""
-                text = await resp.text(errors="replace")
-        except (aiohttp.ClientConnectionError, TimeoutError) as exc:
-            raise self._unavailable(method, url, exc) from exc
+        if self._session is not None:
+            status, reason, text = await self._exchange_aiohttp(self._session, method, url, body)
+        else:
+            status, reason, text = await self._exchange(method, url, body)
         if status >= 400:
             self._raise_for(method, url, status, reason, text)
         if not text.strip():
@@ -415,6 +414,43 @@ class Client:
                 status=status,
                 message=_excerpt(text),
             ) from None
+
+    async def _exchange(self, method: str, url: str, body: Any) -> tuple[int, str, str]:
+        """One request over the client's own connections: (status, reason, body text)."""
+        if self._pool is None:
+            self._pool = http1.ConnectionPool()
+        headers = {"Accept": "application/json", **self._headers()}
+        data = None
+        if body is not None:
+            data = json.dumps(body).encode()
+            headers["Content-Type"] = "application/json"
+        try:
+            async with asyncio.timeout(self._timeout):
+                answer = await self._pool.request(method, url, headers=headers, body=data)
+        except OSError as exc:  # TimeoutError included
+            raise self._unavailable(method, url, exc) from exc
+        except http1.ProtocolError as exc:
+            raise NetApiError(f"{method} {url}: {exc}") from None
+        return answer.status, answer.reason, answer.body.decode("utf-8", "replace")
+
+    async def _exchange_aiohttp(
+        self, session: aiohttp.ClientSession, method: str, url: str, body: Any
+    ) -> tuple[int, str, str]:
+        """One request over a caller's aiohttp session: (status, reason, body text)."""
+        import aiohttp
+        from yarl import URL
+
+        kwargs: dict[str, Any] = {
+            "headers": self._headers(),
+            "timeout": aiohttp.ClientTimeout(total=self._timeout),
+        }
+        if body is not None:
+            kwargs["json"] = body
+        try:
+            async with session.request(method, URL(url, encoded=True), **kwargs) as resp:
+                return resp.status, resp.reason or "", await resp.text(errors="replace")
+        except (aiohttp.ClientConnectionError, TimeoutError) as exc:
+            raise self._unavailable(method, url, exc) from exc
 
     def _unavailable(self, method: str, url: str, exc: BaseException) -> NetApiUnavailable:
         if isinstance(exc, TimeoutError):
@@ -600,6 +636,9 @@ class Client:
             NetworkNotFound, Forbidden, BadRequest, NetApiError: the server refused the upgrade.
             NetApiUnavailable: the server cannot be reached.
         """
+        import aiohttp
+        from yarl import URL
+
         url = self.websocket_url(network_id, ip, port)
         session = self._get_session()
         log.debug("GET %s (WebSocket)", url)
@@ -797,6 +836,8 @@ class WebSocketTransport(WriteFlowControl, asyncio.Transport):
     # -- tasks --------------------------------------------------------------------------------
 
     async def _receive(self) -> None:
+        import aiohttp
+
         ws = self._ws
         try:
             while not self._lost:
@@ -828,6 +869,8 @@ class WebSocketTransport(WriteFlowControl, asyncio.Transport):
             self._fatal(f"the gate's WebSocket failed: {exc!r}")
 
     async def _send(self) -> None:
+        import aiohttp
+
         ws = self._ws
         try:
             while self._queue and not self._lost:
