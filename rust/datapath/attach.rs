@@ -20,6 +20,7 @@ use std::time::Duration;
 
 use super::offload::{Coalescer, VNET_HDR_LEN, VnetHdr, segment};
 use super::sys;
+use crate::router::Frame;
 
 /// The largest frame an attachment reads or writes (an IP packet plus an Ethernet header).
 pub const MAX_FRAME: usize = crate::wire::MAX_PACKET_LEN + crate::wire::ETHERNET_HEADER_LEN;
@@ -327,6 +328,8 @@ pub struct Attachment {
     broken: bool,
     /// Counters (the worker adds routing drops).
     pub stats: AttachmentStats,
+    /// Where an Ethernet frame is put together before it is written.
+    scratch: Vec<u8>,
 }
 
 fn parse_addr(url: &str, rest: &str) -> Result<SocketAddr, AttachError> {
@@ -375,6 +378,7 @@ impl Attachment {
             },
             broken: false,
             stats: AttachmentStats::default(),
+            scratch: Vec::new(),
         })
     }
 
@@ -449,6 +453,7 @@ impl Attachment {
             link,
             broken: false,
             stats: AttachmentStats::default(),
+            scratch: Vec::new(),
         })
     }
 
@@ -623,6 +628,47 @@ impl Attachment {
     /// Writes frames to the payload in order (a TUN device with offloads gets each TCP
     /// flow's consecutive segments coalesced into one write).
     pub fn write_frames<'f>(&mut self, frames: impl IntoIterator<Item = &'f [u8]>) {
+        for frame in frames {
+            self.queue_frame(Frame {
+                header: None,
+                packet: frame,
+            });
+        }
+        self.end_writes();
+    }
+
+    /// Writes a routed frame to the payload, or (a TUN device with offloads) holds a TCP
+    /// segment to coalesce with its flow's next ones: [`Attachment::end_writes`] must
+    /// follow the batch.
+    pub fn queue_frame(&mut self, frame: Frame<'_>) {
+        if let Link::Tun {
+            file,
+            vnet: true,
+            coalescer,
+            ..
+        } = &mut self.link
+            && frame.header.is_none()
+        {
+            let stats = &mut self.stats;
+            coalescer.push(frame.packet, &mut |hdr, packet| {
+                write_tun(file, hdr, packet, stats);
+            });
+            return;
+        }
+        match frame.header {
+            None => self.write_one(frame.packet),
+            Some(_) => {
+                let mut buf = std::mem::take(&mut self.scratch);
+                buf.resize(frame.len(), 0);
+                frame.write_to(&mut buf);
+                self.write_one(&buf);
+                self.scratch = buf;
+            }
+        }
+    }
+
+    /// Writes out what [`Attachment::queue_frame`] held.
+    pub fn end_writes(&mut self) {
         if let Link::Tun {
             file,
             vnet: true,
@@ -631,26 +677,7 @@ impl Attachment {
         } = &mut self.link
         {
             let stats = &mut self.stats;
-            coalescer.write_all(frames, |hdr, packet| {
-                let iov = [IoSlice::new(hdr), IoSlice::new(packet)];
-                let ok = loop {
-                    match file.write_vectored(&iov) {
-                        Ok(_) => break true,
-                        Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
-                        Err(_) => break false,
-                    }
-                };
-                if ok {
-                    stats.packets_out += 1;
-                    stats.bytes_out += packet.len() as u64;
-                } else {
-                    stats.write_drops += 1;
-                }
-            });
-            return;
-        }
-        for frame in frames {
-            self.write_one(frame);
+            coalescer.finish(&mut |hdr, packet| write_tun(file, hdr, packet, stats));
         }
     }
 
@@ -692,5 +719,23 @@ impl Attachment {
             Link::Stream(s) => s.flush(),
             _ => {}
         }
+    }
+}
+
+/// One write (virtio-net header, packet) to a TUN device with offloads, counted.
+fn write_tun(file: &mut File, hdr: &[u8], packet: &[u8], stats: &mut AttachmentStats) {
+    let iov = [IoSlice::new(hdr), IoSlice::new(packet)];
+    let ok = loop {
+        match file.write_vectored(&iov) {
+            Ok(_) => break true,
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+            Err(_) => break false,
+        }
+    };
+    if ok {
+        stats.packets_out += 1;
+        stats.bytes_out += packet.len() as u64;
+    } else {
+        stats.write_drops += 1;
     }
 }

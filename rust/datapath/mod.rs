@@ -18,6 +18,7 @@
 
 use std::io;
 use std::net::{IpAddr, Ipv6Addr, SocketAddr, UdpSocket};
+use std::ops::Range;
 use std::time::{Instant, SystemTime, UNIX_EPOCH};
 
 use rustc_hash::FxHashMap;
@@ -25,7 +26,7 @@ use rustc_hash::FxHashMap;
 use crate::identity::Identity;
 use crate::node_id::NodeId;
 use crate::relay;
-use crate::router::Router;
+use crate::router::{Frame, Router};
 use crate::tunnel::{
     Config, DownReason, Endpoint, Event, Payload, PayloadKind, SendError, TunnelStats,
 };
@@ -58,6 +59,33 @@ pub struct Inbound {
     pub control: Vec<(NodeId, String, Vec<u8>)>,
     /// Peers that came up or went down.
     pub events: Vec<Event>,
+}
+
+/// Where [`UdpNode::receive`] and [`UdpNode::handle_timeout`] hand what arrived: the
+/// datapath thread writes frames of attached networks straight to their device (no copy,
+/// no allocation per packet) and queues the rest for Python; [`Inbound`] keeps it all.
+pub trait Sink {
+    /// A frame for a local attachment of `network`.
+    fn frame(&mut self, network: &str, frame: Frame<'_>);
+    /// A control message from `from` about `network`.
+    fn control(&mut self, from: NodeId, network: &str, message: &[u8]);
+    /// A peer came up or went down.
+    fn event(&mut self, event: Event);
+}
+
+impl Sink for Inbound {
+    fn frame(&mut self, network: &str, frame: Frame<'_>) {
+        self.frames.push((network.to_owned(), frame.to_vec()));
+    }
+
+    fn control(&mut self, from: NodeId, network: &str, message: &[u8]) {
+        self.control
+            .push((from, network.to_owned(), message.to_vec()));
+    }
+
+    fn event(&mut self, event: Event) {
+        self.events.push(event);
+    }
 }
 
 /// Counters of the I/O shell (the tunnel and routers count their own drops).
@@ -132,6 +160,7 @@ pub struct UdpNode {
     rx: Vec<u8>,
     /// Receive buffers for one `recvmmsg` (allocated lazily, zero pages until used).
     rx_batch: Vec<Vec<u8>>,
+    rx_got: Vec<mmsg::Received>,
     plaintext: Vec<u8>,
     /// Datagrams waiting for one `sendmmsg`: buffers reused across calls.
     tx_batch: Vec<Vec<u8>>,
@@ -180,6 +209,8 @@ impl UdpNode {
         seed: u64,
     ) -> Result<Self, DatapathError> {
         let socket = bind_udp(addr)?;
+        // Best effort: without it each datagram is one read, as before.
+        mmsg::enable_gro(&socket);
         Ok(UdpNode {
             socket,
             endpoint: Endpoint::new(identity, config, seed)?,
@@ -187,6 +218,7 @@ impl UdpNode {
             networks: FxHashMap::default(),
             rx: vec![0u8; MAX_DATAGRAM],
             rx_batch: (0..mmsg::BATCH).map(|_| vec![0u8; MAX_DATAGRAM]).collect(),
+            rx_got: Vec::with_capacity(mmsg::BATCH),
             plaintext: Vec::with_capacity(MAX_DATAGRAM),
             tx_batch: Vec::new(),
             tx_dsts: Vec::new(),
@@ -548,28 +580,29 @@ impl UdpNode {
         Ok(())
     }
 
-    /// Handles one datagram of `len` bytes in `self.rx` from `from`.
+    /// Handles one datagram, `self.rx[at]`, from `from`.
     fn process_datagram(
         &mut self,
-        len: usize,
+        at: Range<usize>,
         from: SocketAddr,
         now: Instant,
-        inbound: &mut Inbound,
+        sink: &mut impl Sink,
     ) {
-        if len == 0 {
+        let Some(&kind) = self.rx.get(at.start).filter(|_| !at.is_empty()) else {
+            return;
+        };
+        if matches!(kind, relay::PROBE | relay::PROBE_ACK) {
+            self.probe_message(from, at);
             return;
         }
-        if matches!(self.rx[0], relay::PROBE | relay::PROBE_ACK) {
-            self.probe_message(from, len);
-            return;
-        }
-        let (from, start) = if relay::is_relay_message(&self.rx[..len]) {
-            match self.relay_message(from, len) {
-                Some(unwrapped) => unwrapped,
+        let end = at.end;
+        let (from, start) = if relay::is_relay_message(&self.rx[at.clone()]) {
+            match self.relay_message(from, at.clone()) {
+                Some((from, header)) => (from, at.start + header),
                 None => return,
             }
         } else {
-            (from, 0)
+            (from, at.start)
         };
         let UdpNode {
             endpoint,
@@ -579,33 +612,28 @@ impl UdpNode {
             stats,
             ..
         } = self;
-        let Some(delivery) = endpoint.receive_into(from, &rx[start..len], now, plaintext) else {
+        let Some(delivery) = endpoint.receive_into(from, &rx[start..end], now, plaintext) else {
             return;
         };
         match delivery.kind {
             PayloadKind::Ip => match networks.get_mut(delivery.network) {
                 Some(router) => match router.receive(delivery.bytes, &delivery.peer) {
-                    Ok(frame) => inbound
-                        .frames
-                        .push((delivery.network.to_owned(), frame.to_vec())),
+                    Ok(frame) => sink.frame(delivery.network, frame),
                     Err(_) => stats.router_drops += 1,
                 },
                 None => stats.unknown_network += 1,
             },
-            PayloadKind::Control => inbound.control.push((
-                delivery.peer,
-                delivery.network.to_owned(),
-                delivery.bytes.to_vec(),
-            )),
+            PayloadKind::Control => sink.control(delivery.peer, delivery.network, delivery.bytes),
         }
     }
 
     /// Reads up to `max` datagrams (stopping early when the socket has none), with batched
-    /// `recvmmsg` calls, and appends what they carried to `inbound`. Returns the number read.
-    pub fn receive(&mut self, now: Instant, max: usize, inbound: &mut Inbound) -> usize {
+    /// `recvmmsg` calls (each read a run of datagrams where the kernel does UDP GRO), and
+    /// hands what they carried to `sink`. Returns the number of datagrams read.
+    pub fn receive(&mut self, now: Instant, max: usize, sink: &mut impl Sink) -> usize {
         let mut read = 0;
         let mut batch = std::mem::take(&mut self.rx_batch);
-        let mut got: Vec<(usize, SocketAddr)> = Vec::with_capacity(mmsg::BATCH);
+        let mut got = std::mem::take(&mut self.rx_got);
         while read < max {
             got.clear();
             let want = (max - read).min(batch.len());
@@ -618,11 +646,13 @@ impl UdpNode {
                     continue;
                 }
             }
-            for (i, &(len, from)) in got.iter().enumerate() {
-                read += 1;
-                self.stats.datagrams_in += 1;
+            for (i, r) in got.iter().enumerate() {
                 std::mem::swap(&mut self.rx, &mut batch[i]);
-                self.process_datagram(len, from, now, inbound);
+                for datagram in r.datagrams() {
+                    read += 1;
+                    self.stats.datagrams_in += 1;
+                    self.process_datagram(datagram, r.from, now, sink);
+                }
                 std::mem::swap(&mut self.rx, &mut batch[i]);
             }
             if got.len() < want {
@@ -630,25 +660,26 @@ impl UdpNode {
             }
         }
         self.rx_batch = batch;
+        self.rx_got = got;
         for node in std::mem::take(&mut self.keep_direct) {
             if let Some(&direct) = self.punched.get(&node) {
                 self.endpoint.set_peer_address(node, direct);
             }
         }
-        self.collect_events(inbound);
+        self.collect_events(sink);
         self.flush();
         read
     }
 
-    /// Handles a relay message in `self.rx[..len]`. For a forwarded tunnel datagram,
-    /// returns the sender's placeholder address and where the datagram starts.
-    fn relay_message(&mut self, from: SocketAddr, len: usize) -> Option<(SocketAddr, usize)> {
+    /// Handles a relay message in `self.rx[at]`. For a forwarded tunnel datagram, returns
+    /// the sender's placeholder address and where the datagram starts (from `at.start`).
+    fn relay_message(&mut self, from: SocketAddr, at: Range<usize>) -> Option<(SocketAddr, usize)> {
         if !self.relays.iter().any(|r| r.0 == from) {
             self.stats.relay_drops += 1;
             return None;
         }
-        match self.rx[0] {
-            relay::FORWARDED => match relay::unwrap(&self.rx[..len]) {
+        match self.rx[at.start] {
+            relay::FORWARDED => match relay::unwrap(&self.rx[at.clone()]) {
                 Some((src, _)) => {
                     self.stats.relayed_in += 1;
                     let fake = self.relay_address(src);
@@ -667,14 +698,14 @@ impl UdpNode {
                 }
                 self.choose_relay(now);
                 if Some(from) == self.relay {
-                    self.public_addr = relay::decode_registered(&self.rx[..len]);
+                    self.public_addr = relay::decode_registered(&self.rx[at.clone()]);
                 }
                 None
             }
             relay::UNKNOWN_PEER => {
                 self.stats.relay_unknown_peer += 1;
                 // The peer may register in a moment: look it up again soon.
-                if let Some((node, _)) = relay::unwrap(&self.rx[..len])
+                if let Some((node, _)) = relay::unwrap(&self.rx[at.clone()])
                     && let Some(next) = self.lookups.get_mut(&node)
                 {
                     *next = (*next).min(Instant::now() + UNKNOWN_PEER_RETRY);
@@ -682,7 +713,7 @@ impl UdpNode {
                 None
             }
             relay::PEER_ADDRESS | relay::PUNCH => {
-                if let Some((node, addr)) = relay::decode_node_addr(&self.rx[..len]) {
+                if let Some((node, addr)) = relay::decode_node_addr(&self.rx[at.clone()]) {
                     self.start_punch(node, addr);
                 } else {
                     self.stats.relay_drops += 1;
@@ -723,8 +754,8 @@ impl UdpNode {
     }
 
     /// Answers a probe from a known peer; takes a matching ack as a working direct path.
-    fn probe_message(&mut self, from: SocketAddr, len: usize) {
-        let Some((node, nonce)) = relay::decode_probe(&self.rx[..len]) else {
+    fn probe_message(&mut self, from: SocketAddr, at: Range<usize>) {
+        let Some((node, nonce)) = relay::decode_probe(&self.rx[at.clone()]) else {
             self.stats.relay_drops += 1;
             return;
         };
@@ -732,7 +763,7 @@ impl UdpNode {
             self.stats.relay_drops += 1;
             return;
         }
-        if self.rx[0] == relay::PROBE {
+        if self.rx[at.start] == relay::PROBE {
             let ack = relay::probe_message(relay::PROBE_ACK, &self.endpoint.node_id(), nonce);
             match self.socket.send_to(&ack, from) {
                 Ok(_) => self.stats.datagrams_out += 1,
@@ -799,7 +830,7 @@ impl UdpNode {
         }
     }
 
-    fn collect_events(&mut self, inbound: &mut Inbound) {
+    fn collect_events(&mut self, sink: &mut impl Sink) {
         while let Some(event) = self.endpoint.poll_event() {
             match event {
                 Event::Received {
@@ -807,7 +838,7 @@ impl UdpNode {
                     kind: PayloadKind::Control,
                     network,
                     bytes,
-                } => inbound.control.push((peer, network, bytes)),
+                } => sink.control(peer, &network, &bytes),
                 Event::Received {
                     peer,
                     kind: PayloadKind::Ip,
@@ -815,7 +846,7 @@ impl UdpNode {
                     bytes,
                 } => match self.networks.get_mut(&network) {
                     Some(router) => match router.receive(&bytes, &peer) {
-                        Ok(frame) => inbound.frames.push((network, frame.to_vec())),
+                        Ok(frame) => sink.frame(&network, frame),
                         Err(_) => self.stats.router_drops += 1,
                     },
                     None => self.stats.unknown_network += 1,
@@ -836,18 +867,18 @@ impl UdpNode {
                             self.lookups.insert(*peer, Instant::now() + LOOKUP_INTERVAL);
                         }
                     }
-                    inbound.events.push(other);
+                    sink.event(other);
                 }
             }
         }
     }
 
     /// Runs due timers (handshake retries, keep-alives, expiry) and sends what they make.
-    pub fn handle_timeout(&mut self, now: Instant, inbound: &mut Inbound) {
+    pub fn handle_timeout(&mut self, now: Instant, sink: &mut impl Sink) {
         self.register_if_due(now);
         self.punch_tick(now);
         self.endpoint.handle_timeout(now);
-        self.collect_events(inbound);
+        self.collect_events(sink);
         self.flush();
     }
 

@@ -326,12 +326,18 @@ impl Coalescer {
         for p in packets {
             self.push(p, &mut write);
         }
+        self.finish(&mut write);
+    }
+
+    /// Writes out every flow still being coalesced (the end of a batch).
+    pub fn finish(&mut self, write: &mut impl FnMut(&[u8], &[u8])) {
         for i in (0..self.merges.len()).rev() {
-            self.flush(i, &mut write);
+            self.flush(i, write);
         }
     }
 
-    fn push(&mut self, p: &[u8], write: &mut impl FnMut(&[u8], &[u8])) {
+    /// Feeds one packet; [`Coalescer::finish`] must follow the batch's last.
+    pub fn push(&mut self, p: &[u8], write: &mut impl FnMut(&[u8], &[u8])) {
         let tcp = Tcp::parse(p).filter(|t| {
             let flags = p[t.ip_len + 13];
             let fragmented = t.v4 && (u16::from_be_bytes([p[6], p[7]]) & 0x3fff) != 0;

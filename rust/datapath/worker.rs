@@ -25,7 +25,10 @@ use std::time::{Duration, Instant};
 use rustc_hash::FxHashMap;
 
 use super::attach::{AttachError, Attachment, AttachmentKind};
-use super::{Inbound, UdpNode, sys};
+use super::{Inbound, Sink, UdpNode, sys};
+use crate::node_id::NodeId;
+use crate::router::Frame;
+use crate::tunnel::Event;
 
 /// Frames read from one attachment per round (then the other descriptors get a turn).
 const ATTACHMENT_BATCH: usize = 64;
@@ -82,9 +85,8 @@ pub struct State {
     next_id: u32,
     bufs: Vec<Vec<u8>>,
     lens: Vec<usize>,
-    scratch: Inbound,
-    /// Frames of one receive round bound for attachments: `(attachment, frame)`.
-    routed: Vec<(u32, Vec<u8>)>,
+    /// Attachments written to in this round (their held segments go out at its end).
+    touched: Vec<u32>,
 }
 
 impl State {
@@ -98,8 +100,7 @@ impl State {
             next_id: 1,
             bufs: Vec::new(),
             lens: Vec::new(),
-            scratch: Inbound::default(),
-            routed: Vec::new(),
+            touched: Vec::new(),
         }
     }
 
@@ -186,46 +187,39 @@ impl State {
             && self.queue.events.is_empty())
     }
 
-    /// Hands what the node produced to attachments, and the rest to Python's queue.
-    fn dispatch(&mut self) {
+    /// Runs `f` on the node with a sink that writes frames of attached networks to their
+    /// attachment and queues the rest for Python.
+    fn deliver(&mut self, f: impl FnOnce(&mut UdpNode, &mut Deliver<'_>)) {
         let State {
+            node,
             attachments,
             by_network,
             queue,
-            scratch,
-            routed,
+            touched,
             ..
         } = self;
-        for (network, frame) in scratch.frames.drain(..) {
-            match by_network.get(&network) {
-                Some(&id) => routed.push((id, frame)),
-                None => queue.frames.push((network, frame)),
+        let mut sink = Deliver {
+            attachments,
+            by_network,
+            queue,
+            touched,
+        };
+        f(node, &mut sink);
+        for id in touched.drain(..) {
+            if let Some(a) = attachments.get_mut(&id) {
+                a.end_writes();
             }
         }
-        // One call per attachment, so a TUN device can coalesce a flow's segments.
-        while let Some(&(id, _)) = routed.first() {
-            if let Some(attachment) = attachments.get_mut(&id) {
-                attachment.write_frames(
-                    routed
-                        .iter()
-                        .filter(|(a, _)| *a == id)
-                        .map(|(_, f)| f.as_slice()),
-                );
-            }
-            routed.retain(|(a, _)| *a != id);
-        }
-        queue.control.append(&mut scratch.control);
-        queue.events.append(&mut scratch.events);
     }
 
     fn receive(&mut self, now: Instant) {
-        self.node.receive(now, SOCKET_BATCH, &mut self.scratch);
-        self.dispatch();
+        self.deliver(|node, sink| {
+            node.receive(now, SOCKET_BATCH, sink);
+        });
     }
 
     fn handle_timeout(&mut self, now: Instant) {
-        self.node.handle_timeout(now, &mut self.scratch);
-        self.dispatch();
+        self.deliver(|node, sink| node.handle_timeout(now, sink));
     }
 
     /// Reads a batch from attachment `id` and routes it.
@@ -279,6 +273,41 @@ impl State {
             }
             start = end;
         }
+    }
+}
+
+/// The worker's [`Sink`]: frames of an attached network go to the attachment at once (a
+/// TUN device's TCP segments are coalesced until the round ends), the rest to Python.
+struct Deliver<'s> {
+    attachments: &'s mut FxHashMap<u32, Attachment>,
+    by_network: &'s FxHashMap<String, u32>,
+    queue: &'s mut Inbound,
+    touched: &'s mut Vec<u32>,
+}
+
+impl Sink for Deliver<'_> {
+    fn frame(&mut self, network: &str, frame: Frame<'_>) {
+        let attachment = self
+            .by_network
+            .get(network)
+            .and_then(|id| Some((*id, self.attachments.get_mut(id)?)));
+        match attachment {
+            Some((id, attachment)) => {
+                attachment.queue_frame(frame);
+                if !self.touched.contains(&id) {
+                    self.touched.push(id);
+                }
+            }
+            None => self.queue.frame(network, frame),
+        }
+    }
+
+    fn control(&mut self, from: NodeId, network: &str, message: &[u8]) {
+        self.queue.control(from, network, message);
+    }
+
+    fn event(&mut self, event: Event) {
+        self.queue.event(event);
     }
 }
 
