@@ -3,7 +3,7 @@ PYTHON ?= python3
 PIP := $(PYTHON) -m pip
 CARGO ?= cargo
 
-.PHONY: help install dev test test-rust test-python lint fmt bench bench-rust bench-python bench-stack bench-tun demo clean
+.PHONY: help install dev test test-rust test-python lint fmt bench bench-rust bench-python bench-stack bench-tun bench-peers demo clean
 
 help:
 	@echo "make demo    install the package and run the local demo"
@@ -11,6 +11,7 @@ help:
 	@echo "make lint    cargo fmt --check, clippy -D warnings, ruff, mypy"
 	@echo "make bench   criterion benches + Python benchmarks (results: benches/RESULTS.md)"
 	@echo "make bench-tun  (root) iperf3 + ping between TUN-attached payloads vs the bare veth"
+	@echo "make bench-peers  (root) the same through wireguard-go, nebula, tinc and openvpn too"
 	@echo "make dev     editable install with dev extras"
 	@echo "make fmt     format Rust and Python sources"
 
@@ -53,9 +54,12 @@ bench-stack:
 	$(PYTHON) benches/stack_throughput.py --size 256 --runs 3
 	$(PYTHON) benches/transport_throughput.py --size 128 --runs 3 --mtu 1400 9000 --buffer 1048576
 
-# Root: makes its own namespaces. QUICK=1: one round of 2 s tests (checks data moved).
+# Root: make their own namespaces. QUICK=1: one round of 3 s tests (checks data moved).
 bench-tun: install
-	$(PYTHON) benches/tun_iperf.py $(if $(QUICK),--quick,)
+	$(PYTHON) benches/peers.py --paths veth,golem-vpn $(if $(QUICK),--quick,)
+
+bench-peers: install
+	$(PYTHON) benches/peers.py $(if $(QUICK),--quick,)
 
 demo: install
 	$(PYTHON) -m golem_vpn demo

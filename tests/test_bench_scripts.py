@@ -1,6 +1,6 @@
 """The end-to-end benchmark scripts keep working (speed is judged from full runs recorded in
-benches/RESULTS.md, never here): the quick variant of ``benches/tun_iperf.py`` moves data
-through golem-vpn and the bare veth and leaves no namespace behind."""
+benches/RESULTS.md, never here): the quick variant of ``benches/peers.py`` moves data through
+the bare veth, golem-vpn and every peer VPN, and leaves no namespace or process behind."""
 
 from __future__ import annotations
 
@@ -14,6 +14,10 @@ from pathlib import Path
 import pytest
 
 BENCHES = Path(__file__).resolve().parent.parent / "benches"
+PATHS = ("veth", "golem-vpn", "wireguard-go", "nebula", "tinc", "openvpn")
+TOOLS = ("ip", "iperf3", "ping", "nsenter", "wireguard-go", "wg", "nebula", "nebula-cert",
+         "tincd", "openvpn", "openssl")  # fmt: skip
+PEER_PROGRAMS = {"wireguard-go", "nebula", "tincd", "openvpn", "iperf3"}
 
 
 def _netns() -> set[str]:
@@ -21,28 +25,51 @@ def _netns() -> set[str]:
     return {line.split()[0] for line in out.stdout.splitlines() if line.strip()}
 
 
+def _cmdline(pid: int) -> list[str] | None:
+    """A live process's argv (None if it is gone)."""
+    try:
+        raw = Path(f"/proc/{pid}/cmdline").read_bytes()
+    except OSError:
+        return None
+    return [part.decode(errors="replace") for part in raw.split(b"\0") if part]
+
+
 @pytest.mark.skipif(
-    not hasattr(os, "geteuid")
-    or os.geteuid() != 0
-    or any(shutil.which(t) is None for t in ("ip", "iperf3", "ping", "nsenter")),
-    reason="needs root, iproute2, iperf3, ping and nsenter",
+    not hasattr(os, "geteuid") or os.geteuid() != 0 or any(shutil.which(t) is None for t in TOOLS),
+    reason=f"needs root and {', '.join(TOOLS)} (.ci/run installs them)",
 )
 @pytest.mark.timeout(300)
-def test_tun_iperf_quick_moves_data_on_every_path(tmp_path: Path) -> None:
+def test_peers_quick_moves_data_on_every_path(tmp_path: Path) -> None:
     before = _netns()
-    out = tmp_path / "tun.json"
+    out = tmp_path / "peers.json"
     proc = subprocess.run(
-        [sys.executable, str(BENCHES / "tun_iperf.py"), "--quick", "--json", str(out)],
+        [sys.executable, str(BENCHES / "peers.py"), "--quick", "--strict", "--json", str(out)],
         capture_output=True,
         text=True,
         timeout=280,
         check=False,
     )
     assert proc.returncode == 0, proc.stdout + proc.stderr
-    medians = json.loads(out.read_text())["medians"]
-    for path in ("veth", "golem-vpn"):
+    report = json.loads(out.read_text())
+    assert set(report["paths"]) == set(PATHS)
+    (rate,) = report["udp_rates"]
+    for name, path in report["paths"].items():
+        assert path["status"] == "ok", (name, path["reason"])
+        medians = path["medians"]
         for streams in (1, 4):
-            assert medians[f"{path} tcp x{streams} Gbit/s"] > 0
-        assert medians[f"{path} ping ms"] > 0
+            for way in ("a->b", "b->a"):
+                assert medians[f"tcp x{streams} {way} Gbit/s"] > 0, name
+        assert medians[f"udp {rate} rcvd Gbit/s"] > 0, name
+        assert medians["ping ms"] > 0, name
     assert "added RTT" in proc.stdout
-    assert {n for n in _netns() - before if n.startswith("gvb-")} == set()
+    assert {n for n in _netns() - before if n.startswith("gvp-")} == set()
+    # Every process it started is gone (``ip netns exec`` and ``nsenter`` exec the command,
+    # so a survivor's argv would be the tail of what was started) ...
+    for started in report["processes"]:
+        argv = _cmdline(started["pid"])
+        assert not argv or argv != started["args"][-len(argv) :], started
+    # ... and no peer runs with the script's device names or work directory.
+    for pid in (int(p.name) for p in Path("/proc").iterdir() if p.name.isdigit()):
+        argv = _cmdline(pid)
+        if argv and Path(argv[0]).name in PEER_PROGRAMS:
+            assert not any("gvp" in arg for arg in argv), argv

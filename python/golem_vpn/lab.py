@@ -180,10 +180,17 @@ class Lab:
         self.addresses[netns] = address
         return netns
 
-    def popen(self, cmd: list[str], log: str, *, stdin: int | None = None) -> subprocess.Popen[str]:
-        """Starts a process the lab stops when it closes; stderr goes to ``work/LOG``."""
+    def popen(
+        self, cmd: list[str], log: str, *, stdin: int | None = None, capture_stdout: bool = True
+    ) -> subprocess.Popen[str]:
+        """Starts a process the lab stops when it closes; stderr goes to ``work/LOG``.
+
+        Its stdout is a pipe for the caller to read, or (``capture_stdout=False``, for programs
+        that log to stdout and would block on a full pipe nobody reads) goes to the log too.
+        """
         with (self.work / log).open("w") as err:
-            proc = subprocess.Popen(cmd, stdin=stdin, stdout=subprocess.PIPE, stderr=err, text=True)
+            out = subprocess.PIPE if capture_stdout else err
+            proc = subprocess.Popen(cmd, stdin=stdin, stdout=out, stderr=err, text=True)
         self.procs.append(proc)
         return proc
 
