@@ -23,6 +23,9 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
+from golem_vpn.console import fail
+from golem_vpn.errors import GolemVpnError, ListenError
+
 __all__ = ["main"]
 
 
@@ -62,7 +65,8 @@ def _parser() -> argparse.ArgumentParser:
         "--listen",
         default=None,
         metavar="HOST:PORT",
-        help="address to listen on (env GOLEM_VPN_RELAY_LISTEN; default 0.0.0.0:7464)",
+        help="address to listen on, HOST an address or a host name (env "
+        "GOLEM_VPN_RELAY_LISTEN; default 0.0.0.0:7464: every interface)",
     )
     _add_daemon_parser(sub)
     _add_app_key_parser(sub)
@@ -97,18 +101,21 @@ def _add_daemon_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser])
     daemon.add_argument(
         "--api",
         metavar="HOST:PORT",
-        help="Net API address (env GOLEM_VPN_API_LISTEN; default 127.0.0.1:7465)",
+        help="Net API address, HOST an address or a host name (env GOLEM_VPN_API_LISTEN; "
+        "default 127.0.0.1:7465: this machine only)",
     )
     daemon.add_argument(
         "--listen",
         metavar="HOST:PORT",
-        help="UDP transport address (env GOLEM_VPN_LISTEN; default 0.0.0.0:11500)",
+        help="UDP transport address (env GOLEM_VPN_LISTEN; default 0.0.0.0:11500: every "
+        "interface, so that peers and relays reach it)",
     )
     daemon.add_argument(
         "--relay",
         metavar="HOST:PORT",
         help="relay(s) for peers without a direct path, comma-separated in order of "
-        "preference (env GOLEM_VPN_RELAY; default none)",
+        "preference; a host name is resolved at start and again when its relay stops "
+        "answering (env GOLEM_VPN_RELAY; default none)",
     )
     daemon.add_argument(
         "--no-hole-punching",
@@ -141,31 +148,49 @@ def _setting(flag: str | None, env: str, default: str) -> str:
     return flag or os.environ.get(env) or default
 
 
+#: Where each daemon or relay socket is set: its flag and environment variable.
+_LISTEN_SETTINGS = {
+    "api": ("--api", "GOLEM_VPN_API_LISTEN"),
+    "udp": ("--listen", "GOLEM_VPN_LISTEN"),
+    "relay": ("--listen", "GOLEM_VPN_RELAY_LISTEN"),
+}
+
+
+def _listen_failure(exc: ListenError) -> int:
+    """One line for a socket that cannot be bound, naming the setting to change."""
+    flag, env = _LISTEN_SETTINGS[exc.service]
+    return fail(f"{exc}; choose another address with {flag} HOST:PORT (or ${env})")
+
+
 def _daemon(args: argparse.Namespace) -> int:
     import asyncio
     import signal
 
-    from golem_vpn import config
-    from golem_vpn.errors import GolemVpnError
+    from golem_vpn import config, hostport
     from golem_vpn.node import daemon
 
     try:
-        data_dir = config.data_dir(args.data_dir)
-        api = daemon.parse_hostport(
+        api_host, api_port = hostport.parse_hostport(
             _setting(args.api, "GOLEM_VPN_API_LISTEN", "127.0.0.1:7465"), "--api"
         )
-        listen = daemon.parse_hostport(
+        listen_host, listen_port = hostport.parse_hostport(
             _setting(args.listen, "GOLEM_VPN_LISTEN", "0.0.0.0:11500"), "--listen"
         )
         relay_text = _setting(args.relay, "GOLEM_VPN_RELAY", "")
         relay = [
-            daemon.parse_hostport(part.strip(), "--relay")
+            hostport.parse_hostport(part, "--relay")
             for part in relay_text.split(",")
             if part.strip()
         ]
-    except (ValueError, OSError) as exc:
-        print(f"golem-vpn: error: {exc}", file=sys.stderr)
-        return 1
+        # Names resolve now, so a typo is reported with its flag; relays keep their names
+        # (the transport resolves them again when a relay stops answering).
+        api = hostport.resolve(api_host, api_port, "--api")
+        listen = hostport.resolve(listen_host, listen_port, "--listen")
+        for host, port in relay:
+            hostport.resolve(host, port, "--relay")
+        data_dir = config.data_dir(args.data_dir)
+    except GolemVpnError as exc:
+        return fail(str(exc))
 
     def ready(info: dict[str, object]) -> None:
         print(
@@ -192,9 +217,10 @@ def _daemon(args: argparse.Namespace) -> int:
 
     try:
         asyncio.run(main())
+    except ListenError as exc:
+        return _listen_failure(exc)
     except (GolemVpnError, OSError) as exc:
-        print(f"golem-vpn: error: {exc}", file=sys.stderr)
-        return 1
+        return fail(str(exc))
     return 0
 
 
@@ -249,28 +275,32 @@ def _relay(args: argparse.Namespace) -> int:
     import asyncio
     import os
 
+    from golem_vpn import hostport
     from golem_vpn.node.relay import RelayService
 
     listen = args.listen or os.environ.get("GOLEM_VPN_RELAY_LISTEN") or "0.0.0.0:7464"
-    host, sep, port_text = listen.rpartition(":")
-    if not sep or not port_text.isdigit() or int(port_text) > 65535:
-        print(f"golem-vpn: error: --listen expects HOST:PORT, got {listen!r}", file=sys.stderr)
-        return 1
-    host = host.strip("[]") or "0.0.0.0"
+    try:
+        host, port = hostport.resolve(*hostport.parse_hostport(listen, "--listen"), "--listen")
+    except GolemVpnError as exc:
+        return fail(str(exc))
 
     async def serve() -> None:
-        async with RelayService(host, int(port_text)) as relay:
-            bound = relay.local_addr
-            print(f"relay listening on {bound[0]}:{bound[1]}", flush=True)
+        try:
+            relay = RelayService(host, port)
+        except OSError as exc:
+            raise hostport.listen_error(exc, "relay", host, port) from exc
+        try:
+            print(f"relay listening on {hostport.format_hostport(*relay.local_addr)}", flush=True)
             await asyncio.Event().wait()
+        finally:
+            relay.close()
 
     try:
         asyncio.run(serve())
     except KeyboardInterrupt:
         pass
-    except OSError as exc:
-        print(f"golem-vpn: error: cannot listen on {listen}: {exc}", file=sys.stderr)
-        return 1
+    except ListenError as exc:
+        return _listen_failure(exc)
     return 0
 
 

@@ -16,7 +16,20 @@ clients)            ``YAGNA_API_URL`` (the
                     daemon's root)
 app key             ``YAGNA_APPKEY``       none
 (``--app-key``)
+daemon's Net API    ``GOLEM_VPN_API_LISTEN`` ``127.0.0.1:7465`` (this machine only)
+(``daemon --api``)
+daemon's UDP        ``GOLEM_VPN_LISTEN``   ``0.0.0.0:11500`` (every interface: peers and
+transport                                  relays must reach it)
+(``daemon --listen``)
+relays (``daemon    ``GOLEM_VPN_RELAY``    none (comma-separated ``HOST:PORT``, in order of
+--relay``)                                 preference)
+relay's socket      ``GOLEM_VPN_RELAY_LISTEN`` ``0.0.0.0:7464`` (every interface)
+(``relay --listen``)
 =================== ====================== ==============================================
+
+Addresses are ``HOST:PORT`` (``[ADDRESS]:PORT`` for IPv6); ``HOST`` may be a host name,
+resolved when the daemon or relay starts (IPv4 first), and a relay's name again whenever
+that relay stops answering (:mod:`golem_vpn.hostport`).
 
 The data dir holds the state that must survive a restart: the node key (``node.key``, see
 :mod:`golem_vpn.node.identity`) and, later, the daemon's database. Golem's own settings keep

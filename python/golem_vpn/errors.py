@@ -31,6 +31,8 @@ __all__ = [
     "ConnectionRefused",
     "ConnectionReset",
     "ControlMessageError",
+    "DataDirError",
+    "DataDirLocked",
     "DatagramTooLarge",
     "DeployConfigError",
     "EndpointUnreachable",
@@ -39,6 +41,7 @@ __all__ = [
     "IdentityError",
     "InterfaceExists",
     "InvalidNodeId",
+    "ListenError",
     "NetApiError",
     "NetApiUnavailable",
     "NetworkNotFound",
@@ -187,6 +190,29 @@ class WouldBlock(_SocketError, BlockingIOError):
 
 class StackConfigError(GolemVpnError, ValueError):
     """A userspace stack cannot be built with the given settings."""
+
+
+class ListenError(GolemVpnError, OSError):
+    """A daemon or relay cannot listen where it was told (the address is in use, not this
+    machine's, or a port below 1024 without root); the message names the service and address,
+    and ``errno`` is set when known.
+
+    Attributes:
+        service: ``"api"`` (the Net API), ``"udp"`` (the node transport) or ``"relay"``.
+        address: The ``(host, port)`` it was to listen on.
+    """
+
+    service: str = ""
+    address: tuple[str, int] = ("", 0)
+
+
+class DataDirError(GolemVpnError, OSError):
+    """The data dir cannot be used: it is a file, cannot be created, or does not exist where
+    a command needs an existing one."""
+
+
+class DataDirLocked(GolemVpnError):
+    """Another daemon runs on this data dir (the message names its PID and API address)."""
 
 
 class AppKeyError(GolemVpnError, ValueError):

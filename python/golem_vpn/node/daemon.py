@@ -19,6 +19,7 @@ from typing import Any
 
 from golem_vpn.errors import NetworkNotFound
 from golem_vpn.exeunit.attach import ExeUnit
+from golem_vpn.hostport import format_hostport, listen_error
 from golem_vpn.interface import Interface
 from golem_vpn.model import DeployNetwork, Network, Node
 from golem_vpn.node.membership import ControlPlane, Coordinator, Member
@@ -169,18 +170,6 @@ class DaemonBackend:
         self._transport.close()
 
 
-def parse_hostport(text: str, what: str) -> tuple[str, int]:
-    """``HOST:PORT`` (IPv6 in brackets) → ``(host, port)``.
-
-    Raises:
-        ValueError: The text is not HOST:PORT with a port in 0..65535.
-    """
-    host, sep, port = text.rpartition(":")
-    if not sep or not port.isdigit() or int(port) > 65535:
-        raise ValueError(f"{what} expects HOST:PORT, got {text!r}")
-    return host.strip("[]") or "0.0.0.0", int(port)
-
-
 async def run(
     data_dir: Any,
     *,
@@ -199,33 +188,47 @@ async def run(
 
     Args:
         data_dir: The daemon's data dir (see :func:`golem_vpn.config.data_dir`).
-        api: The Net API's ``(host, port)``.
-        listen: The UDP transport's ``(host, port)``.
-        relay: A relay's ``(host, port)``, or several in order of preference.
+        api: The Net API's ``(host, port)``; the host an address or a name.
+        listen: The UDP transport's ``(host, port)``; the host an address or a name.
+        relay: A relay's ``(host, port)``, or several in order of preference; a host name is
+            resolved again whenever its relay stops answering.
         hole_punching: Try direct paths to relayed peers.
         ready: Called with a dict describing the running daemon (node id, addresses).
         stop: Set it to stop the daemon.
+
+    Raises:
+        ListenError: The UDP transport or the Net API cannot listen where told.
+        AddressError: A host name does not resolve.
     """
     from golem_vpn.netapi.server import serve
     from golem_vpn.netapi.store import Store
     from golem_vpn.node.identity import load_or_create
 
     identity, _created = load_or_create(data_dir)
-    transport = UdpTransport(
-        identity, listen[0], listen[1], relay=relay, hole_punching=hole_punching
-    )
+    try:
+        transport = UdpTransport(
+            identity, listen[0], listen[1], relay=relay, hole_punching=hole_punching
+        )
+    except OSError as exc:
+        raise listen_error(exc, "udp", *listen) from exc
     backend = DaemonBackend(transport)
     store = Store.in_data_dir(data_dir)
     runner = None
     try:
-        runner = await serve(backend, store, api[0], api[1])
+        try:
+            runner = await serve(backend, store, api[0], api[1])
+        except OSError as exc:
+            raise listen_error(exc, "api", *api) from exc
         host, port = runner.addresses[0][:2]
+        given = [relay] if isinstance(relay, tuple) else relay or []
         info = {
             "nodeId": identity.node_id,
-            "api": f"http://{host}:{port}",
-            "udp": "{}:{}".format(*transport.local_addr),
+            "api": f"http://{format_hostport(host, port)}",
+            "udp": format_hostport(*transport.local_addr),
             "relay": ", ".join(
-                "{}:{}".format(*r) for r in ([relay] if isinstance(relay, tuple) else relay or [])
+                format_hostport(*name)
+                + (f" ({format_hostport(*addr)})" if addr != tuple(name) else "")
+                for name, addr in zip(given, transport.relays, strict=True)
             )
             or None,
             "dataDir": str(data_dir),

@@ -20,13 +20,17 @@ Example::
 from __future__ import annotations
 
 import asyncio
+import functools
+import logging
+import socket
 from collections import defaultdict
 from collections.abc import Callable
-from ipaddress import ip_interface
+from ipaddress import ip_address, ip_interface
 from typing import TYPE_CHECKING, Any
 
 from golem_vpn._golem_vpn import Identity, NodeTransport, Stack
-from golem_vpn.errors import NetworkNotFound
+from golem_vpn.errors import AddressError, NetworkNotFound
+from golem_vpn.hostport import format_hostport, is_ip, resolve
 from golem_vpn.interface import Interface
 
 if TYPE_CHECKING:
@@ -37,18 +41,29 @@ __all__ = ["UdpTransport"]
 ControlHandler = Callable[[str, str, bytes], None]
 PeerHandler = Callable[[str, str, str], None]
 
+log = logging.getLogger(__name__)
+
+#: Seconds between checks that a relay known by host name still answers; one that does not
+#: has its name resolved again (it may have moved).
+RELAY_CHECK_INTERVAL = 30.0
+#: Seconds such a check waits for the relay's answer.
+RELAY_PROBE_TIMEOUT = 3.0
+
 
 class UdpTransport:
     """A node's encrypted UDP transport, driven by the running asyncio loop.
 
     Args:
         identity: The node's identity (its node id is what peers authenticate).
-        host: The address to bind (``127.0.0.1``, ``0.0.0.0``, an underlay address...).
+        host: The address to bind (``127.0.0.1``, ``0.0.0.0``, an underlay address...), or a
+            host name (resolved now; IPv4 first).
         port: The UDP port (0: any free one).
         keepalive: Seconds between keep-alives on idle sessions (for NAT), None: off.
         relay: A relay's ``(host, port)``, or a list of them in order of preference: the node
             registers there (signed) and reaches peers it has no direct address for through
-            the first relay that answers.
+            the first relay that answers. A host may be a name: it is resolved now, and
+            again whenever the relay stops answering (checked every
+            :data:`RELAY_CHECK_INTERVAL` seconds), so a relay that moves is followed.
         hole_punching: Look relayed peers up at the relay and probe their public address,
             moving to a direct path when the probes get through NAT (default: on).
 
@@ -70,7 +85,12 @@ class UdpTransport:
         hole_punching: bool = True,
     ) -> None:
         self._loop = asyncio.get_running_loop()
-        self._native = NodeTransport(identity, host, port, keepalive=keepalive)
+        self._native = NodeTransport(
+            identity, resolve(host, port, "the transport's host")[0], port, keepalive=keepalive
+        )
+        self._relays: list[tuple[str, int]] = []  # as given: host names kept
+        self._relay_addrs: list[tuple[str, int]] = []  # what the datapath uses
+        self._relay_watch: asyncio.Task[None] | None = None
         self._interfaces: dict[str, Interface] = {}
         self._native_networks: set[str] = set()
         self._closed = False
@@ -79,7 +99,11 @@ class UdpTransport:
         self._native.set_hole_punching(hole_punching)
         self._loop.add_reader(self._native.fileno(), self._on_readable)
         if relay is not None:
-            self.set_relay(relay)
+            try:
+                self.set_relay(relay)
+            except BaseException:
+                self.close()
+                raise
 
     def __repr__(self) -> str:
         return f"UdpTransport(node_id={self.node_id!r}, local_addr={self.local_addr})"
@@ -198,9 +222,57 @@ class UdpTransport:
 
     def set_relay(self, relay: tuple[str, int] | list[tuple[str, int]] | None) -> None:
         """Uses ``relay`` (one, or several in order of preference) for peers without a
-        direct address (None: no relay)."""
+        direct address (None: no relay). Host names are resolved now, and again when their
+        relay stops answering.
+
+        Raises:
+            AddressError: A host name does not resolve (to an address the socket can reach).
+        """
         relays = [] if relay is None else [relay] if isinstance(relay, tuple) else list(relay)
-        self._native.set_relays(relays)
+        family = socket.AF_INET if ip_address(self.local_addr[0]).version == 4 else 0
+        addrs = [resolve(host, port, "relay", family=family) for host, port in relays]
+        self._relays, self._relay_addrs = relays, addrs
+        self._native.set_relays(addrs)
+        if self._relay_watch is not None:
+            self._relay_watch.cancel()
+            self._relay_watch = None
+        if any(not is_ip(host) for host, _ in relays):
+            self._relay_watch = self._loop.create_task(self._watch_relays(family))
+
+    @property
+    def relays(self) -> list[tuple[str, int]]:
+        """The relays' addresses as the datapath uses them (names resolved), in order."""
+        return list(self._relay_addrs)
+
+    async def _watch_relays(self, family: int) -> None:
+        """Resolves a relay's host name again each time the relay does not answer a probe."""
+        from golem_vpn.node.relay import probe
+
+        while True:
+            await asyncio.sleep(RELAY_CHECK_INTERVAL)
+            for index, (host, port) in enumerate(self._relays):
+                if is_ip(host) or await probe(
+                    self._relay_addrs[index], timeout=RELAY_PROBE_TIMEOUT
+                ):
+                    continue
+                try:
+                    addr = await self._loop.run_in_executor(
+                        None, functools.partial(resolve, host, port, "relay", family=family)
+                    )
+                except AddressError as exc:
+                    log.warning(
+                        "relay %s does not answer, and %s", format_hostport(host, port), exc
+                    )
+                    continue
+                if addr != self._relay_addrs[index]:
+                    log.warning(
+                        "relay %s does not answer at %s; its name now resolves to %s: using that",
+                        host,
+                        format_hostport(*self._relay_addrs[index]),
+                        format_hostport(*addr),
+                    )
+                    self._relay_addrs[index] = addr
+                    self._native.set_relays(self._relay_addrs)
 
     @property
     def public_addr(self) -> tuple[str, int] | None:
@@ -275,6 +347,9 @@ class UdpTransport:
         if self._closed:
             return
         self._closed = True
+        if self._relay_watch is not None:
+            self._relay_watch.cancel()
+            self._relay_watch = None
         self._loop.remove_reader(self._native.fileno())
         for interface in self._interfaces.values():
             interface.close()
