@@ -118,3 +118,30 @@ def test_daemon_rejects_bad_addresses(tmp_path: Path) -> None:
     )
     assert bad.returncode == 1
     assert "HOST:PORT" in bad.stderr
+
+
+def test_one_daemon_per_data_dir(tmp_path: Path) -> None:
+    proc, _, api = _start_daemon(tmp_path)
+    try:
+        addresses = ["--api", "127.0.0.1:0", "--listen", "127.0.0.1:0"]
+        second = subprocess.run(
+            [sys.executable, "-m", "golem_vpn", "daemon", "--data-dir", str(tmp_path), *addresses],
+            capture_output=True,
+            text=True,
+            timeout=30,
+            check=False,
+            env={**os.environ, "GOLEM_VPN_RELAY": ""},
+        )
+        assert second.returncode == 1
+        assert second.stdout == ""
+        assert second.stderr == (
+            f"golem-vpn: error: another golem-vpn daemon (PID {proc.pid}, Net API {api}) is "
+            f"using the data dir {tmp_path}; stop it first, or give this daemon a data dir of "
+            "its own (--data-dir or $GOLEM_VPN_DATA_DIR)\n"
+        )
+        assert json.loads((tmp_path / "daemon.lock").read_text()) == {"pid": proc.pid, "api": api}
+    finally:
+        _stop(proc)
+    # The lock goes with the process: the next daemon starts.
+    proc, _, _ = _start_daemon(tmp_path)
+    _stop(proc)

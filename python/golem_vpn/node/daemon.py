@@ -15,9 +15,13 @@ into an attached payload (TUN device, VM frame endpoint or userspace stack) thro
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import json
+import os
+from pathlib import Path
 from typing import Any
 
-from golem_vpn.errors import NetworkNotFound
+from golem_vpn.errors import DataDirLocked, NetworkNotFound
 from golem_vpn.exeunit.attach import ExeUnit
 from golem_vpn.hostport import format_hostport, listen_error
 from golem_vpn.interface import Interface
@@ -26,7 +30,10 @@ from golem_vpn.node.membership import ControlPlane, Coordinator, Member
 from golem_vpn.node.transport import UdpTransport
 from golem_vpn.streams import DatagramEndpoint, open_connection, open_datagram_endpoint
 
-__all__ = ["DaemonBackend"]
+__all__ = ["LOCK_FILENAME", "DaemonBackend", "DataDirLock", "run"]
+
+#: The lock file in the data dir: held (flock) while a daemon runs, naming its PID and API.
+LOCK_FILENAME = "daemon.lock"
 
 
 class DaemonBackend:
@@ -170,6 +177,87 @@ class DaemonBackend:
         self._transport.close()
 
 
+class DataDirLock:
+    """One daemon per data dir: an advisory lock (``flock``) on ``DATA_DIR/daemon.lock``.
+
+    Two daemons on one data dir would share its identity and database, and answer for the
+    same node id from two places. The lock file holds ``{"pid", "api"}`` of the daemon that
+    has it, so a second one can say who; the kernel drops the lock when the process ends,
+    however it ends, so a crashed daemon leaves nothing to clean up. The file itself stays
+    (deleting it would let a third daemon lock a new file while a second still waits on the
+    old one).
+
+    Args:
+        data_dir: The data dir (it exists).
+    """
+
+    def __init__(self, data_dir: str | os.PathLike[str]) -> None:
+        self.path = Path(data_dir) / LOCK_FILENAME
+        self._fd: int | None = None
+
+    def acquire(self) -> None:
+        """Takes the lock and records this process's PID in it.
+
+        Raises:
+            DataDirLocked: Another daemon holds it (the message names its PID and Net API).
+            OSError: The lock file cannot be opened.
+        """
+        try:
+            import fcntl
+        except ImportError:  # not POSIX: no advisory locks
+            return
+        fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o600)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            holder = self._read(fd)
+            os.close(fd)
+            pid = holder.get("pid", "unknown")
+            api = holder.get("api") or "not serving yet"
+            raise DataDirLocked(
+                f"another golem-vpn daemon (PID {pid}, Net API {api}) is using the data dir "
+                f"{self.path.parent}; stop it first, or give this daemon a data dir of its own "
+                "(--data-dir or $GOLEM_VPN_DATA_DIR)"
+            ) from None
+        except BaseException:
+            os.close(fd)
+            raise
+        self._fd = fd
+        self.record(api=None)
+
+    def record(self, *, api: str | None) -> None:
+        """Writes ``{"pid", "api"}`` of this daemon into the lock file."""
+        if self._fd is None:
+            return
+        data = json.dumps({"pid": os.getpid(), "api": api}).encode() + b"\n"
+        os.ftruncate(self._fd, 0)
+        os.pwrite(self._fd, data, 0)
+
+    def release(self) -> None:
+        """Empties the file and drops the lock (idempotent)."""
+        if self._fd is None:
+            return
+        fd, self._fd = self._fd, None
+        with contextlib.suppress(OSError):
+            os.ftruncate(fd, 0)
+        os.close(fd)  # closing the last descriptor drops the flock
+
+    @staticmethod
+    def _read(fd: int) -> dict[str, Any]:
+        try:
+            holder = json.loads(os.pread(fd, 4096, 0) or b"{}")
+        except (OSError, ValueError):
+            return {}
+        return holder if isinstance(holder, dict) else {}
+
+    def __enter__(self) -> DataDirLock:
+        self.acquire()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.release()
+
+
 async def run(
     data_dir: Any,
     *,
@@ -182,7 +270,8 @@ async def run(
 ) -> None:
     """Runs a node daemon until ``stop`` is set (or forever).
 
-    Loads (or creates) the node's identity in ``data_dir``, binds the encrypted UDP transport
+    Locks the data dir (:class:`DataDirLock`: one daemon per data dir), loads (or creates)
+    the node's identity in ``data_dir``, binds the encrypted UDP transport
     at ``listen`` (registering with ``relay`` if given), opens the Net API store in the data
     dir and serves the Net API at ``api``; networks stored by an earlier run come back.
 
@@ -197,9 +286,34 @@ async def run(
         stop: Set it to stop the daemon.
 
     Raises:
+        DataDirLocked: Another daemon runs on ``data_dir``.
         ListenError: The UDP transport or the Net API cannot listen where told.
         AddressError: A host name does not resolve.
     """
+    with DataDirLock(data_dir) as lock:
+        await _run(
+            data_dir,
+            lock,
+            api=api,
+            listen=listen,
+            relay=relay,
+            hole_punching=hole_punching,
+            ready=ready,
+            stop=stop,
+        )
+
+
+async def _run(
+    data_dir: Any,
+    lock: DataDirLock,
+    *,
+    api: tuple[str, int],
+    listen: tuple[str, int],
+    relay: tuple[str, int] | list[tuple[str, int]] | None,
+    hole_punching: bool,
+    ready: Any,
+    stop: asyncio.Event | None,
+) -> None:
     from golem_vpn.netapi.server import serve
     from golem_vpn.netapi.store import Store
     from golem_vpn.node.identity import load_or_create
@@ -233,6 +347,7 @@ async def run(
             or None,
             "dataDir": str(data_dir),
         }
+        lock.record(api=str(info["api"]))
         if ready is not None:
             ready(info)
         await (stop or asyncio.Event()).wait()
