@@ -313,6 +313,66 @@ def test_cli_attach_list_detach(nodes: tuple[Daemon, Daemon], tmp_path: Path) ->
     assert json.loads(cli("attachments", "--json", env=env).stdout) == []
 
 
+def test_cli_net_deploy_is_what_attach_takes(nodes: tuple[Daemon, Daemon], tmp_path: Path) -> None:
+    # The requestor's side builds the DEPLOY with the CLI alone; the provider attaches it.
+    requestor, provider = nodes
+    created = cli("net", "create", "192.168.174.0/24", "--json", env=requestor.env())
+    assert created.returncode == 0, created.stderr
+    network_id = json.loads(created.stdout)["id"]
+    added = cli(
+        "net", "node", "add", network_id, provider.node_id, "192.168.174.9", env=requestor.env()
+    )
+    assert added.returncode == 0, added.stderr
+
+    shown = cli("net", "show", network_id, env=requestor.env())
+    assert shown.returncode == 0, shown.stderr
+    fields = dict(
+        (key.strip(), value.strip())
+        for key, _, value in (
+            line.partition(":") for line in shown.stdout.split("\n\n")[0].splitlines()
+        )
+    )
+    assert fields["requestor"] == requestor.node_id
+    assert fields["requestor ip"] == "192.168.174.1"
+
+    printed = cli("net", "deploy", network_id, provider.node_id, env=requestor.env())
+    assert (printed.returncode, printed.stderr) == (0, "")
+    deploy = json.loads(printed.stdout)
+    assert deploy == {
+        "net": [
+            {
+                "id": network_id,
+                "ip": "192.168.174.0",
+                "mask": "255.255.255.0",
+                "gateway": "192.168.174.1",
+                "nodeIp": "192.168.174.9",
+                "nodes": {"192.168.174.1": requestor.node_id, "192.168.174.9": provider.node_id},
+            }
+        ]
+    }
+    deploy_file = tmp_path / "deploy.json"
+    deploy_file.write_text(printed.stdout)
+    attached = cli(
+        "attach", "--userspace", "--deploy", str(deploy_file), "--json", env=provider.env()
+    )
+    assert attached.returncode == 0, attached.stderr
+    att = Attachment.from_json(json.loads(attached.stdout))
+    assert att.networks[0].requestor == requestor.node_id
+    assert asyncio.run(_gate_refused(requestor, network_id, "192.168.174.9"))  # it answers
+    assert cli("detach", att.id, env=provider.env()).returncode == 0
+
+    for argv, message in (
+        (["net", "deploy", network_id, requestor.node_id], "is the requestor"),
+        (["net", "deploy", network_id, "0x" + "77" * 20], "is not in network"),
+        (["net", "deploy", network_id, "bob"], "is not a Golem node id"),
+    ):
+        refused = cli(*argv, env=requestor.env())
+        assert (refused.returncode, refused.stdout) == (1, ""), argv
+        assert refused.stderr.startswith("golem-vpn: error: "), argv
+        assert message in refused.stderr, argv
+    assert cli("net", "rm", network_id, env=requestor.env()).returncode == 0
+
+
 def test_cli_user_errors(nodes: tuple[Daemon, Daemon], tmp_path: Path) -> None:
     _, provider = nodes
     env = provider.env()

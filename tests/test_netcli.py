@@ -173,7 +173,7 @@ def test_create_list_show_rm_tables(capsys: pytest.CaptureFixture[str], daemon: 
     code, out, _ = net(capsys, daemon, "show", nid)
     assert code == 0
     shown = field_values(out)
-    assert shown == {**created, "addresses": "192.168.0.1/24"}
+    assert shown == {**created, "requestor": OWNER, "requestor ip": "192.168.0.1"}
     assert "(no nodes)" in out
     assert "(no gate connections)" in out
 
@@ -223,6 +223,7 @@ def test_json_output(capsys: pytest.CaptureFixture[str], daemon: Daemon) -> None
     connections = shown.pop("connections")
     assert shown == {
         **info,
+        "requestorId": OWNER,
         "addresses": [{"ip": "192.168.0.1/24"}],
         "nodes": [{"id": PROV_A, "ip": "192.168.0.2"}, {"id": PROV_B, "ip": "192.168.0.3"}],
     }

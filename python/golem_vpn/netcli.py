@@ -9,7 +9,8 @@ Commands (each takes ``--url``, ``--app-key`` and ``--json``)::
 
     golem-vpn net create IP [--mask MASK] [--gateway IP]   the new network
     golem-vpn net list                                     this identity's networks
-    golem-vpn net show ID                                  with addresses, nodes, gate connections
+    golem-vpn net show ID                                  with requestor, nodes, gate connections
+    golem-vpn net deploy ID NODE_ID                        the DEPLOY for a node (yagna's JSON)
     golem-vpn net rm ID
     golem-vpn net node add ID NODE_ID IP
     golem-vpn net node rm ID NODE_ID
@@ -179,10 +180,26 @@ def add_net_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> 
     show = actions.add_parser(
         "show",
         parents=[common],
-        help="show a network, its addresses, nodes and live gate connections",
+        help="show a network, its requestor, nodes and live gate connections",
+        description="Shows a network: its range and gateway, the requestor (the Net API's own "
+        "node: its node id and addresses), the other nodes, and the gate's live connections.",
     )
     show.add_argument("network_id", metavar="ID", help="the network id")
     show.set_defaults(net_handler=_show)
+
+    deploy = actions.add_parser(
+        "deploy",
+        parents=[common],
+        help="print the DEPLOY networks config for a node, for golem-vpn attach / run",
+        description="Prints the DEPLOY arguments a provider's ExeUnit gets for NODE_ID, in "
+        'yagna\'s JSON shape ({"net": [{"id", "ip", "mask", "gateway", "nodeIp", "nodes"}]}; '
+        "nodes maps every address, the requestor's included, to its node id). Save it and "
+        "hand it to the provider: golem-vpn attach --deploy FILE --tun, or golem-vpn run "
+        "--deploy FILE -- CMD.",
+    )
+    deploy.add_argument("network_id", metavar="ID", help="the network id")
+    deploy.add_argument("node_id", metavar="NODE_ID", help="the node the DEPLOY is for")
+    deploy.set_defaults(net_handler=_deploy)
 
     remove = actions.add_parser("rm", parents=[common], help="remove a network and its nodes")
     remove.add_argument("network_id", metavar="ID", help="the network id")
@@ -417,6 +434,24 @@ async def _gate_connections(client: Client, network_id: str) -> list[ConnectionI
         raise
 
 
+async def _requestor_id(client: Client) -> str | None:
+    """The Net API's own node id (the requestor of its networks), or None where the API does
+    not serve its status."""
+    try:
+        return (await client.status()).node_id
+    except NetworkNotFound:  # 404: no such route
+        return None
+    except NetApiError as exc:
+        if exc.status in (404, 405, 501):
+            return None
+        raise
+
+
+def _bare(ip: str) -> str:
+    """An address without the ``/prefix`` yagna adds to requestor addresses."""
+    return ip.partition("/")[0]
+
+
 async def _show(client: Client, args: argparse.Namespace) -> int:
     import asyncio
 
@@ -424,14 +459,18 @@ async def _show(client: Client, args: argparse.Namespace) -> int:
     info = await client.get_network(nid)
     addresses: list[AddressInfo]
     nodes: list[NodeInfo]
-    addresses, nodes, connections = await asyncio.gather(
-        client.list_addresses(nid), client.list_nodes(nid), _gate_connections(client, nid)
+    addresses, nodes, connections, requestor = await asyncio.gather(
+        client.list_addresses(nid),
+        client.list_nodes(nid),
+        _gate_connections(client, nid),
+        _requestor_id(client),
     )
     nodes = _sorted_nodes(nodes)
     if args.json:
         _print_json(
             {
                 **info.to_json(),
+                "requestorId": requestor,
                 "addresses": [a.to_json() for a in addresses],
                 "nodes": [n.to_json() for n in nodes],
                 "connections": (
@@ -440,7 +479,11 @@ async def _show(client: Client, args: argparse.Namespace) -> int:
             }
         )
         return 0
-    pairs = [*_network_pairs(info), ("addresses", ", ".join(a.ip for a in addresses) or "-")]
+    pairs = [
+        *_network_pairs(info),
+        ("requestor", requestor or "- (this Net API does not say its node id)"),
+        ("requestor ip", ", ".join(_bare(a.ip) for a in addresses) or "-"),
+    ]
     print(_fields(pairs))
     print()
     print(_node_rows(nodes) if nodes else "(no nodes)")
@@ -449,6 +492,56 @@ async def _show(client: Client, args: argparse.Namespace) -> int:
         print("(this Net API does not list gate connections)")
     else:
         print(_connection_rows(connections) if connections else "(no gate connections)")
+    return 0
+
+
+async def _deploy(client: Client, args: argparse.Namespace) -> int:
+    import asyncio
+
+    from golem_vpn.errors import AddressError, DeployConfigError, InvalidNodeId
+    from golem_vpn.model import DeployNetwork, parse_ip, parse_node_id
+
+    nid = args.network_id
+    try:
+        node_id = parse_node_id(args.node_id)
+    except InvalidNodeId as exc:
+        raise _Failure(str(exc)) from None
+    info = await client.get_network(nid)
+    addresses, nodes, requestor = await asyncio.gather(
+        client.list_addresses(nid), client.list_nodes(nid), _requestor_id(client)
+    )
+    if requestor is None:
+        raise _Failure(
+            f"the Net API at {client.url} does not say its node id (GET /net-api/v2/net/status), "
+            "so the DEPLOY cannot name the requestor"
+        )
+    requestor = requestor.lower()
+    if node_id == requestor:
+        raise _Failure(
+            f"{node_id} is the requestor of network {nid}: a DEPLOY is for a provider's node"
+        )
+    members = {n.id.lower(): n.ip for n in nodes}
+    if node_id not in members:
+        raise _Failure(
+            f"node {node_id} is not in network {nid}; add it first with "
+            f"`{PROG} net node add {nid} {node_id} IP`"
+        )
+    try:
+        table = {parse_ip(_bare(a.ip)): requestor for a in addresses}
+        table.update({parse_ip(_bare(ip)): member for member, ip in members.items()})
+        gateway = parse_ip(info.gateway) if info.gateway else None
+        entry = DeployNetwork(nid, info.network, gateway, parse_ip(_bare(members[node_id])), table)
+    except (AddressError, DeployConfigError) as exc:
+        raise _Failure(f"the Net API describes network {nid} inconsistently: {exc}") from None
+    _print_json({"net": [entry.to_json()]})
+    holder = table.get(gateway) if gateway is not None else None
+    if holder is not None and holder != requestor:
+        print(
+            f"{PROG}: note: the gateway {gateway} is node {holder}'s address, so the provider "
+            f"side cannot tell the requestor from it: add --requestor {requestor} to "
+            f"`{PROG} attach` and `{PROG} run`",
+            file=sys.stderr,
+        )
     return 0
 
 
