@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import hashlib
 import json
 import os
 import re
@@ -54,6 +55,28 @@ needs_root = pytest.mark.skipif(
 )
 
 _counter = iter(range(1000))
+
+
+# One large send with UDP_SEGMENT (UDP GSO): the kernel hands the TUN device one packet
+# (USO) that the datapath must cut into the datagrams the receiver reads.
+_USO_RECEIVER = """
+import hashlib, json, socket, sys
+s = socket.socket(socket.AF_INET6, socket.SOCK_DGRAM)
+s.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 0)
+s.bind(("::", int(sys.argv[1])))
+s.settimeout(20)
+print("ready", flush=True)
+got = [s.recv(65535) for _ in range(int(sys.argv[2]))]
+print(json.dumps([len(d) for d in got] + [hashlib.sha256(b"".join(got)).hexdigest()]))
+"""
+_USO_SENDER = """
+import socket, sys
+host, port = sys.argv[1], int(sys.argv[2])
+family = socket.AF_INET6 if ":" in host else socket.AF_INET
+s = socket.socket(family, socket.SOCK_DGRAM)
+s.setsockopt(socket.IPPROTO_UDP, 103, 1000)  # UDP_SEGMENT
+s.sendto(bytes(i % 251 for i in range(9500)), (host, port))
+"""
 
 
 def _ip(*args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
@@ -212,6 +235,23 @@ def test_two_tun_payloads_talk_over_ipv4_and_ipv6(
                 return data
 
         assert asyncio.run(through_gate()) == b"hello from the requestor"
+
+        for target in (b4, b6):
+            receiver = subprocess.Popen(
+                _in_netns(ns_b, sys.executable, "-c", _USO_RECEIVER, str(ECHO_PORT + 1), "10"),
+                stdout=subprocess.PIPE,
+                text=True,
+            )
+            assert receiver.stdout is not None
+            assert receiver.stdout.readline().strip() == "ready"
+            subprocess.run(
+                _in_netns(ns_a, sys.executable, "-c", _USO_SENDER, target, str(ECHO_PORT + 1)),
+                check=True,
+                timeout=30,
+            )
+            out, _ = receiver.communicate(timeout=30)
+            sent = bytes(i % 251 for i in range(9500))
+            assert json.loads(out) == [1000] * 9 + [500, hashlib.sha256(sent).hexdigest()]
 
         (listed,) = json.loads(cli("attachments", "--json", env=prov_a.env()).stdout)
         assert listed["id"] == att_a["id"]

@@ -19,6 +19,7 @@ const F_NEEDS_CSUM: u8 = 1;
 const GSO_NONE: u8 = 0;
 const GSO_TCPV4: u8 = 1;
 const GSO_TCPV6: u8 = 4;
+const GSO_UDP_L4: u8 = 5;
 const GSO_ECN: u8 = 0x80;
 
 const TCP_FIN: u8 = 0x01;
@@ -117,6 +118,19 @@ fn pseudo_sum(src: &[u8], dst: &[u8], proto: u8, len: usize) -> u64 {
     )
 }
 
+/// Sets the IP length field of a packet of `total` bytes whose IP header is `ip_len`
+/// bytes (and, for IPv4, the header checksum).
+fn set_ip_len(v4: bool, ip_len: usize, p: &mut [u8], total: usize) {
+    if v4 {
+        p[2..4].copy_from_slice(&(total as u16).to_be_bytes());
+        p[10..12].copy_from_slice(&[0, 0]);
+        let c = checksum(&p[..ip_len]);
+        p[10..12].copy_from_slice(&c.to_be_bytes());
+    } else {
+        p[4..6].copy_from_slice(&((total - 40) as u16).to_be_bytes());
+    }
+}
+
 /// Where a TCP packet's parts are.
 #[derive(Debug, Clone, Copy)]
 struct Tcp {
@@ -168,14 +182,7 @@ impl Tcp {
 
     /// Sets the IP length fields for a packet of `total` bytes (and the IPv4 checksum).
     fn set_ip_len(&self, p: &mut [u8], total: usize) {
-        if self.v4 {
-            p[2..4].copy_from_slice(&(total as u16).to_be_bytes());
-            p[10..12].copy_from_slice(&[0, 0]);
-            let c = checksum(&p[..self.ip_len]);
-            p[10..12].copy_from_slice(&c.to_be_bytes());
-        } else {
-            p[4..6].copy_from_slice(&((total - 40) as u16).to_be_bytes());
-        }
+        set_ip_len(self.v4, self.ip_len, p, total);
     }
 
     /// Stores the full TCP checksum of `p` (IP header included in `p`).
@@ -224,6 +231,9 @@ pub fn segment(
         lens.push(packet.len());
         return true;
     }
+    if gso == GSO_UDP_L4 {
+        return segment_udp(hdr, packet, bufs, lens);
+    }
     if gso != GSO_TCPV4 && gso != GSO_TCPV6 {
         return false;
     }
@@ -266,6 +276,65 @@ pub fn segment(
         off += n;
         i += 1;
         if last {
+            return true;
+        }
+    }
+}
+
+/// UDP segmentation (USO, `VIRTIO_NET_HDR_GSO_UDP_L4`): a payload that sent one large
+/// buffer with `UDP_SEGMENT` becomes its datagrams of `gso_size` bytes each (the last may
+/// be shorter), each with its own UDP length and full checksum.
+fn segment_udp(
+    hdr: &VnetHdr,
+    packet: &[u8],
+    bufs: &mut Vec<Vec<u8>>,
+    lens: &mut Vec<usize>,
+) -> bool {
+    let (v4, ip_len) = match packet.first().map(|b| b >> 4) {
+        Some(4) => {
+            let ihl = usize::from(packet[0] & 0xf) * 4;
+            if ihl < 20 || packet.len() < ihl + 8 || packet[9] != 17 {
+                return false;
+            }
+            (true, ihl)
+        }
+        Some(6) if packet.len() >= 48 && packet[6] == 17 => (false, 40),
+        _ => return false,
+    };
+    let size = usize::from(hdr.gso_size);
+    if size == 0 {
+        return false;
+    }
+    let h = ip_len + 8;
+    let payload_len = packet.len() - h;
+    let id0 = u16::from_be_bytes([packet[4], packet[5]]);
+    let mut off = 0;
+    let mut i = 0u16;
+    loop {
+        let n = size.min(payload_len - off);
+        let out = &mut next_buf(bufs, lens)[..h + n];
+        out[..h].copy_from_slice(&packet[..h]);
+        out[h..].copy_from_slice(&packet[h + off..h + off + n]);
+        if v4 {
+            out[4..6].copy_from_slice(&id0.wrapping_add(i).to_be_bytes());
+        }
+        set_ip_len(v4, ip_len, out, h + n);
+        let udp_len = (8 + n) as u16;
+        out[ip_len + 4..ip_len + 6].copy_from_slice(&udp_len.to_be_bytes());
+        out[ip_len + 6..ip_len + 8].copy_from_slice(&[0, 0]);
+        let (src, dst) = if v4 {
+            (&out[12..16], &out[16..20])
+        } else {
+            (&out[8..24], &out[24..40])
+        };
+        let c = !fold(sum(pseudo_sum(src, dst, 17, 8 + n), &out[ip_len..]));
+        // A computed 0 is sent as all ones (0 means "no checksum" in UDP over IPv4).
+        let c = if c == 0 { 0xffff } else { c };
+        out[ip_len + 6..ip_len + 8].copy_from_slice(&c.to_be_bytes());
+        lens.push(h + n);
+        off += n;
+        i = i.wrapping_add(1);
+        if off == payload_len {
             return true;
         }
     }

@@ -273,3 +273,95 @@ fn unsafe_packets_are_refused_not_guessed() {
     assert!(!segment(&hdr, &mut bad_csum, &mut bufs, &mut lens));
     assert!(lens.is_empty());
 }
+
+/// A UDP packet of `payload` (IPv4 or IPv6), as a payload hands it to a TUN device with
+/// USO: one datagram of up to 64 KiB, checksum left to the device.
+fn udp(v4: bool, payload: &[u8]) -> Vec<u8> {
+    let ip_len = if v4 { 20 } else { 40 };
+    let total = ip_len + 8 + payload.len();
+    let mut p = vec![0u8; total];
+    if v4 {
+        p[0] = 0x45;
+        p[4..6].copy_from_slice(&9000u16.to_be_bytes());
+        p[8] = 64;
+        p[9] = 17;
+        p[12..16].copy_from_slice(&SRC4);
+        p[16..20].copy_from_slice(&DST4);
+    } else {
+        p[0] = 0x60;
+        p[6] = 17;
+        p[7] = 64;
+        p[8..24].copy_from_slice(&[0xfd, 0, 0, 1, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 2]);
+        p[24..40].copy_from_slice(&[0xfd, 0, 0, 1, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 3]);
+    }
+    set_ip_len(v4, ip_len, &mut p, total);
+    p[ip_len..ip_len + 2].copy_from_slice(&4433u16.to_be_bytes());
+    p[ip_len + 2..ip_len + 4].copy_from_slice(&443u16.to_be_bytes());
+    p[ip_len + 8..].copy_from_slice(payload);
+    p
+}
+
+fn uso(v4: bool, size: u16) -> VnetHdr {
+    let ip_len = if v4 { 20 } else { 40 };
+    VnetHdr {
+        flags: F_NEEDS_CSUM,
+        gso_type: GSO_UDP_L4,
+        hdr_len: ip_len + 8,
+        gso_size: size,
+        csum_start: ip_len,
+        csum_offset: 6,
+    }
+}
+
+#[test]
+fn a_uso_packet_becomes_datagrams_with_their_own_lengths_and_checksums() {
+    for v4 in [true, false] {
+        let ip_len = if v4 { 20 } else { 40 };
+        let data = payload(3 * 1200 + 345);
+        let out = run_segment(uso(v4, 1200), udp(v4, &data));
+        assert_eq!(
+            out.iter().map(|d| d.len() - ip_len - 8).collect::<Vec<_>>(),
+            [1200, 1200, 1200, 345]
+        );
+        let mut joined = Vec::new();
+        for (i, d) in out.iter().enumerate() {
+            let udp_len = usize::from(u16::from_be_bytes([d[ip_len + 4], d[ip_len + 5]]));
+            assert_eq!(udp_len, d.len() - ip_len);
+            let (src, dst) = if v4 {
+                assert_eq!(usize::from(u16::from_be_bytes([d[2], d[3]])), d.len());
+                assert_eq!(fold(sum(0, &d[..20])), 0xffff, "IPv4 header checksum");
+                assert_eq!(u16::from_be_bytes([d[4], d[5]]), 9000 + i as u16);
+                (&d[12..16], &d[16..20])
+            } else {
+                assert_eq!(usize::from(u16::from_be_bytes([d[4], d[5]])), d.len() - 40);
+                (&d[8..24], &d[24..40])
+            };
+            let acc = pseudo_sum(src, dst, 17, udp_len);
+            assert_eq!(fold(sum(acc, &d[ip_len..])), 0xffff, "UDP checksum");
+            assert_eq!(
+                &d[ip_len..ip_len + 4],
+                &[0x11, 0x51, 0x01, 0xbb],
+                "ports kept"
+            );
+            joined.extend_from_slice(&d[ip_len + 8..]);
+        }
+        assert_eq!(joined, data);
+    }
+}
+
+#[test]
+fn a_uso_packet_that_is_not_udp_or_has_no_size_is_refused() {
+    let (mut bufs, mut lens) = (Vec::new(), Vec::new());
+    let mut not_udp = tcp_v4(1, TCP_ACK, 1, &payload(3000), 4000);
+    assert!(!segment(
+        &uso(true, 1000),
+        &mut not_udp,
+        &mut bufs,
+        &mut lens
+    ));
+    let mut packet = udp(true, &payload(3000));
+    assert!(!segment(&uso(true, 0), &mut packet, &mut bufs, &mut lens));
+    let mut short = udp(true, &[])[..24].to_vec();
+    assert!(!segment(&uso(true, 1000), &mut short, &mut bufs, &mut lens));
+    assert!(lens.is_empty());
+}

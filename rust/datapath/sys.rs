@@ -22,6 +22,8 @@ const TUNSETVNETHDRSZ: libc::c_ulong = 0x4004_54d8;
 const TUN_F_CSUM: libc::c_ulong = 0x01;
 const TUN_F_TSO4: libc::c_ulong = 0x02;
 const TUN_F_TSO6: libc::c_ulong = 0x04;
+const TUN_F_USO4: libc::c_ulong = 0x20;
+const TUN_F_USO6: libc::c_ulong = 0x40;
 
 /// `struct ifreq` as TUNSETIFF reads it: the name, then a union whose first member is
 /// the flags (40 bytes in all on every Linux ABI we build for).
@@ -58,8 +60,9 @@ pub fn check_ifname(name: &str) -> io::Result<()> {
 /// it deletes the device (it is not persistent).
 ///
 /// With `offload`, each packet carries a `virtio_net_hdr` (`IFF_VNET_HDR`) and the kernel
-/// may hand over TCP packets of up to 64 KiB to segment (TSO4/TSO6) and with checksums to
-/// complete; returns whether it agreed (false: plain packets, as without `offload`).
+/// may hand over TCP packets of up to 64 KiB to segment (TSO4/TSO6), UDP ones too
+/// (USO4/USO6, Linux 6.2+), and packets with checksums to complete; returns whether it
+/// agreed (false: plain packets, as without `offload`).
 pub fn open_tun(name: &str, offload: bool) -> io::Result<(File, bool)> {
     check_ifname(name)?;
     let file = OpenOptions::new()
@@ -90,16 +93,16 @@ pub fn open_tun(name: &str, offload: bool) -> io::Result<(File, bool)> {
     if rc < 0 {
         return Err(io::Error::last_os_error());
     }
-    // SAFETY: TUNSETOFFLOAD takes its flags by value; no memory is passed.
-    let rc = unsafe {
-        libc::ioctl(
-            file.as_raw_fd(),
-            TUNSETOFFLOAD as _,
-            TUN_F_CSUM | TUN_F_TSO4 | TUN_F_TSO6,
-        )
-    };
+    // UDP segmentation (Linux 6.2+) where the kernel has it, else TCP's alone.
+    let tso = TUN_F_CSUM | TUN_F_TSO4 | TUN_F_TSO6;
+    let ok = [tso | TUN_F_USO4 | TUN_F_USO6, tso]
+        .into_iter()
+        .any(|flags| {
+            // SAFETY: TUNSETOFFLOAD takes its flags by value; no memory is passed.
+            unsafe { libc::ioctl(file.as_raw_fd(), TUNSETOFFLOAD as _, flags) >= 0 }
+        });
     // Refused (an old kernel): the header stays, but every packet comes whole.
-    Ok((file, rc >= 0))
+    Ok((file, ok))
 }
 
 const _: () = assert!(std::mem::size_of::<IfReq>() == 40);
