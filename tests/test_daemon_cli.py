@@ -145,3 +145,59 @@ def test_one_daemon_per_data_dir(tmp_path: Path) -> None:
     # The lock goes with the process: the next daemon starts.
     proc, _, _ = _start_daemon(tmp_path)
     _stop(proc)
+
+
+def test_a_key_from_another_data_dir_gets_a_hint(tmp_path: Path) -> None:
+    other = _cli("app-key", "create", "elsewhere", "--json", data_dir=tmp_path / "other")
+    key = json.loads(other.stdout)["key"]
+    proc, _, api = _start_daemon(tmp_path / "daemon")
+    try:
+        refused = subprocess.run(
+            [sys.executable, "-m", "golem_vpn", "net", "list", "--url", api, f"--app-key={key}"],
+            capture_output=True,
+            text=True,
+            timeout=30,
+            check=False,
+        )
+    finally:
+        _stop(proc)
+    assert (refused.returncode, refused.stdout) == (1, "")
+    assert "did not accept the app key (401 Unauthorized)" in refused.stderr
+    assert "App keys belong to a data dir" in refused.stderr
+    assert "--data-dir" in refused.stderr
+    assert key not in refused.stderr
+
+
+def test_a_data_dir_that_is_a_file(tmp_path: Path) -> None:
+    file = tmp_path / "not-a-dir"
+    file.write_text("")
+    for argv in (["daemon", "--api", "127.0.0.1:0"], ["app-key", "create", "x"], ["id", "show"]):
+        proc = _cli(*argv, data_dir=file)
+        assert proc.returncode == 1, argv
+        assert proc.stderr == (
+            f"golem-vpn: error: the data dir {file} is a file, not a directory; point "
+            "--data-dir or $GOLEM_VPN_DATA_DIR at a directory\n"
+        ), argv
+    inside = _cli("app-key", "create", "x", data_dir=file / "sub")
+    assert inside.returncode == 1
+    assert "a part of its path is a file" in inside.stderr
+    assert "Errno" not in inside.stderr
+
+
+def test_reading_app_keys_never_creates_a_data_dir(tmp_path: Path) -> None:
+    typo = tmp_path / "typo"
+    for argv in (["app-key", "list"], ["app-key", "rm", "x"]):
+        proc = _cli(*argv, data_dir=typo)
+        assert proc.returncode == 1, argv
+        assert proc.stderr.startswith(
+            f"golem-vpn: error: there is no golem-vpn data dir at {typo} (nothing was ever "
+            "stored there); check --data-dir or $GOLEM_VPN_DATA_DIR"
+        ), argv
+    assert not typo.exists()
+    # An existing dir without keys lists none, and gets no database for it.
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    listed = _cli("app-key", "list", "--json", data_dir=empty)
+    assert (listed.returncode, listed.stdout) == (0, "[]\n")
+    assert _cli("app-key", "list", data_dir=empty).stdout == "NAME  NODE ID\n"
+    assert list(empty.iterdir()) == []

@@ -258,6 +258,10 @@ BAD_CREATE = [
     (b'{"ip": "192.168.0.0/24", "mask": "255.255.0.0"}', "conflicts"),
     (b'{"ip": "192.168.0.0/24", "gateway": "10.0.0.1"}', "not in network"),
     (b'{"ip": "192.168.0.0/24", "gateway": "gw"}', "is not an IP address"),
+    # No room for a node besides the requestor (yagna creates these; nothing could join).
+    (b'{"ip": "10.0.0.0/32"}', "has no address for a node besides the requestor's"),
+    (b'{"ip": "10.0.0.1", "mask": "255.255.255.255"}', "has no address for a node"),
+    (b'{"ip": "fd00::5/128"}', "has no address for a node"),
 ]
 
 
@@ -470,12 +474,12 @@ def test_taken_address_is_409_but_re_adding_the_same_node_is_a_refresh(tmp_path:
                 "POST", nodes, {"id": PROV_A.upper().replace("0X", "0x"), "ip": "192.168.0.2"},
                 prefix=prefix,
             ) == (200, None)  # fmt: skip
-        taken = (409, {"message": "IP address is taken: 192.168.0.2"})
+        taken = (409, {"message": f"IP address is taken: 192.168.0.2 (held by node {PROV_A})"})
         # A different node at a taken address: 409 (yagna silently answers 200 here).
         assert await api.call("POST", nodes, {"id": PROV_B, "ip": "192.168.0.2"}) == taken
         assert await api.call("POST", nodes, {"id": PROV_B, "ip": "192.168.0.1"}) == (
             409,
-            {"message": "IP address is taken: 192.168.0.1"},  # the requestor's
+            {"message": "IP address is taken: 192.168.0.1 (the requestor's own address)"},
         )
         assert await api.call("POST", f"/net/{nid}/addresses", {"ip": "192.168.0.2"}) == taken
         assert await api.call("POST", f"/net/{nid}/addresses", {"ip": "192.168.0.50"}) == (
@@ -484,7 +488,7 @@ def test_taken_address_is_409_but_re_adding_the_same_node_is_a_refresh(tmp_path:
         )
         assert await api.call("POST", nodes, {"id": PROV_B, "ip": "192.168.0.50"}) == (
             409,
-            {"message": "IP address is taken: 192.168.0.50"},
+            {"message": "IP address is taken: 192.168.0.50 (the requestor's own address)"},
         )
         # A node holds one address: another one is a 409 too.
         status, answer = await api.call("POST", nodes, {"id": PROV_A, "ip": "192.168.0.3"})
@@ -499,7 +503,10 @@ def test_taken_address_is_409_but_re_adding_the_same_node_is_a_refresh(tmp_path:
         # golem-js registers the requestor itself through /nodes: that is its address.
         assert await api.call("POST", nodes, {"id": REQ, "ip": "192.168.0.1"}) == (200, None)
         assert await api.call("POST", nodes, {"id": REQ, "ip": "192.168.0.60"}) == (200, None)
-        assert await api.call("POST", nodes, {"id": REQ, "ip": "192.168.0.2"}) == taken
+        assert await api.call("POST", nodes, {"id": REQ, "ip": "192.168.0.2"}) == (
+            409,
+            {"message": f"IP address is taken: 192.168.0.2 (held by node {PROV_B})"},
+        )
         assert await api.call("GET", nodes) == (200, [{"id": PROV_B, "ip": "192.168.0.2"}])
         assert await api.call("GET", f"/net/{nid}/addresses") == (
             200,
@@ -554,7 +561,7 @@ def test_patch_moves_a_node_persists_it_and_refuses_what_it_must(tmp_path: Path)
             assert await b.ping("192.168.0.20", timeout=2.0) >= 0
             with pytest.raises(TimeoutError):
                 await b.ping("192.168.0.2", timeout=0.3)
-            taken = (409, {"message": "IP address is taken: 192.168.0.3"})
+            taken = (409, {"message": f"IP address is taken: 192.168.0.3 (held by node {PROV_B})"})
             assert await api.call("PATCH", f"{nodes}/{PROV_A}", {"ip": "192.168.0.3"}) == taken
             status, answer = await api.call("PATCH", f"{nodes}/{PROV_A}", {"ip": "10.0.0.3"})
             assert status == 400, answer

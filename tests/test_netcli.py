@@ -39,6 +39,7 @@ OTHER = "0x" + "e5" * 20
 PROV_A = "0x" + "b2" * 20
 PROV_B = "0x" + "c3" * 20
 ECHO_PORT = 7000
+GOLEM_VPN = [sys.executable, "-m", "golem_vpn"]
 T = TypeVar("T")
 
 
@@ -412,9 +413,9 @@ def test_request_errors(capsys: pytest.CaptureFixture[str], daemon: Daemon) -> N
     net_json(capsys, daemon, "node", "add", nid, PROV_A, "192.168.0.2")
     code, out, err = net(capsys, daemon, "node", "add", nid, PROV_B, "192.168.0.2")
     assert (code, out) == (1, "")
-    assert err.startswith(
-        f"golem-vpn: error: address 192.168.0.2 is taken by another node of network {nid} "
-        "(409 Conflict)"
+    assert err == (
+        f"golem-vpn: error: address 192.168.0.2 is held by node {PROV_A} in network {nid}; "
+        f"give the node another (`golem-vpn net show {nid}` lists who holds which)\n"
     )
 
     code, _, err = net(capsys, daemon, "node", "add", nid, PROV_B, "10.0.0.3")
@@ -425,6 +426,95 @@ def test_request_errors(capsys: pytest.CaptureFixture[str], daemon: Daemon) -> N
     assert code == 1
     assert "'10.0.0.x' is not an IP address" in err
     assert [n["ip"] for n in net_json(capsys, daemon, "node", "list", nid)] == ["192.168.0.2"]
+
+
+def golem_vpn(daemon: Daemon, *argv: str) -> subprocess.CompletedProcess[str]:
+    """The real command, ``python -m golem_vpn net ARGV``, against the daemon."""
+    return subprocess.run(
+        [*GOLEM_VPN, "net", *argv, f"--url={daemon.root}", f"--app-key={daemon.key}"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+
+
+def error_line(proc: subprocess.CompletedProcess[str]) -> str:
+    """The one ``golem-vpn: error:`` line of a failed command, without its prefix."""
+    assert (proc.returncode, proc.stdout) == (1, ""), proc.stderr
+    assert proc.stderr.startswith("golem-vpn: error: "), proc.stderr
+    assert proc.stderr.count("\n") == 1, proc.stderr
+    return proc.stderr.removeprefix("golem-vpn: error: ").rstrip("\n")
+
+
+def test_node_address_conflicts_say_what_is_wrong(daemon: Daemon) -> None:
+    nid = json.loads(golem_vpn(daemon, "create", "10.5.0.0/24", "--json").stdout)["id"]
+    assert golem_vpn(daemon, "node", "add", nid, PROV_A, "10.5.0.2").returncode == 0
+    # The node holds another address; the one asked for is free: say so, and how to move it.
+    moved = error_line(golem_vpn(daemon, "node", "add", nid, PROV_A, "10.5.0.3"))
+    assert moved == (
+        f"node {PROV_A} already holds 10.5.0.2 in network {nid} (a node has one address); to "
+        f"move it: `golem-vpn net node set-ip {nid} {PROV_A} 10.5.0.3`"
+    )
+    # The requestor's own address, which `node list` does not show but `net show` does.
+    own = error_line(golem_vpn(daemon, "node", "add", nid, PROV_B, "10.5.0.1"))
+    assert own.startswith(f"10.5.0.1 is the requestor's own address in network {nid}")
+    assert f"`golem-vpn net show {nid}`" in own
+    own = error_line(golem_vpn(daemon, "node", "set-ip", nid, PROV_A, "10.5.0.1"))
+    assert own.startswith("10.5.0.1 is the requestor's own address")
+    # Re-adding at the same address is still a refresh.
+    assert golem_vpn(daemon, "node", "add", nid, PROV_A, "10.5.0.2").returncode == 0
+
+
+def test_connect_to_an_address_no_node_can_have(daemon: Daemon) -> None:
+    nid = json.loads(golem_vpn(daemon, "create", "10.6.0.0/24", "--json").stdout)["id"]
+    outside = error_line(golem_vpn(daemon, "connect", nid, "10.9.9.9:80", "0"))
+    assert outside.startswith(f"10.9.9.9 is not in network {nid} (10.6.0.0/24)")
+    assert "node add" not in outside
+    broadcast = error_line(golem_vpn(daemon, "connect", nid, "10.6.0.255:80", "0"))
+    assert "broadcast address of 10.6.0.0/24" in broadcast
+    assert "node add" not in broadcast
+    own = error_line(golem_vpn(daemon, "connect", nid, "10.6.0.1:80", "0"))
+    assert own.startswith(f"10.6.0.1 is the requestor's own address in network {nid}")
+    free = error_line(golem_vpn(daemon, "connect", nid, "10.6.0.9:80", "0"))
+    assert free.endswith(f"add one with `golem-vpn net node add {nid} NODE_ID 10.6.0.9`")
+
+
+def test_inputs_are_normalised_or_refused(daemon: Daemon) -> None:
+    # Host bits: the network is the range they belong to, and the user is told.
+    created = golem_vpn(daemon, "create", "192.168.1.7/24", "--json")
+    assert created.returncode == 0, created.stderr
+    assert json.loads(created.stdout)["ip"] == "192.168.1.0/24"
+    assert created.stderr == (
+        "golem-vpn: note: 192.168.1.7/24 has host bits set; creating network 192.168.1.0/24\n"
+    )
+    nid = json.loads(created.stdout)["id"]
+    listed = json.loads(golem_vpn(daemon, "list", "--json").stdout)
+    assert {n["id"]: n["ip"] for n in listed}[nid] == "192.168.1.0/24"
+    with_mask = golem_vpn(daemon, "create", "10.7.3.3", "--mask", "255.255.0.0", "--json")
+    assert json.loads(with_mask.stdout)["ip"] == "10.7.0.0/16"
+
+    # A range with no room for a node next to the requestor: refused.
+    for cidr in ("10.0.0.0/32", "fd00::1/128"):
+        refused = error_line(golem_vpn(daemon, "create", cidr))
+        assert "has no address for a node besides the requestor's" in refused
+    assert [n["id"] for n in json.loads(golem_vpn(daemon, "list", "--json").stdout)] == [
+        nid,
+        json.loads(with_mask.stdout)["id"],
+    ]
+
+    # A node's address with the network's prefix: the address alone is stored and shown.
+    added = golem_vpn(daemon, "node", "add", nid, PROV_A, "192.168.1.30/24")
+    assert (added.returncode, added.stdout) == (
+        0,
+        f"added node {PROV_A} to network {nid} as 192.168.1.30\n",
+    )
+    as_json = golem_vpn(daemon, "node", "add", nid, PROV_A, "192.168.1.30/24", "--json")
+    assert json.loads(as_json.stdout)["ip"] == "192.168.1.30"
+    wrong = error_line(golem_vpn(daemon, "node", "add", nid, PROV_B, "192.168.1.31/16"))
+    assert wrong.startswith(f"192.168.1.31/16: network {nid} is 192.168.1.0/24")
+    nodes = json.loads(golem_vpn(daemon, "node", "list", nid, "--json").stdout)
+    assert nodes == [{"id": PROV_A, "ip": "192.168.1.30"}]
 
 
 def test_server_down(capsys: pytest.CaptureFixture[str]) -> None:

@@ -226,13 +226,21 @@ def _daemon(args: argparse.Namespace) -> int:
 
 def _app_key(args: argparse.Namespace) -> int:
     from golem_vpn import config
-    from golem_vpn.errors import GolemVpnError
-    from golem_vpn.netapi.appkeys import AppKeys
-    from golem_vpn.netapi.store import Store
+    from golem_vpn.console import table
+    from golem_vpn.netapi.appkeys import AppKeyError, AppKeys
+    from golem_vpn.netapi.store import DEFAULT_FILENAME, Store
     from golem_vpn.node import identity
 
     try:
-        data_dir = config.data_dir(args.data_dir)
+        if args.key_command == "create":
+            data_dir = config.data_dir(args.data_dir)
+        else:  # reading or removing: a mistyped --data-dir must not become a new data dir
+            data_dir = config.data_dir(args.data_dir, create=False, must_exist=True)
+            if not (data_dir / DEFAULT_FILENAME).exists():  # nor get a database made
+                if args.key_command == "rm":
+                    raise AppKeyError(f"no app key named {args.name!r} (no keys in {data_dir})")
+                print("[]" if args.json else table(["NAME", "NODE ID"], []))
+                return 0
         with Store.in_data_dir(data_dir) as store:
             keys = AppKeys(store)
             if args.key_command == "create":
@@ -246,19 +254,12 @@ def _app_key(args: argparse.Namespace) -> int:
             elif args.key_command == "list":
                 infos = keys.list()
                 if args.json:
-                    print(
-                        json.dumps(
-                            [
-                                {"name": k.name, "nodeId": k.identity, "created": k.created}
-                                for k in infos
-                            ]
-                        )
-                    )
+                    listed = [
+                        {"name": k.name, "nodeId": k.identity, "created": k.created} for k in infos
+                    ]
+                    print(json.dumps(listed))
                 else:
-                    width = max([len(k.name) for k in infos] + [4])
-                    print(f"{'NAME':<{width}}  NODE ID")
-                    for k in infos:
-                        print(f"{k.name:<{width}}  {k.identity}")
+                    print(table(["NAME", "NODE ID"], [[k.name, k.identity] for k in infos]))
             else:
                 keys.delete(args.name)
                 if args.json:
@@ -266,8 +267,7 @@ def _app_key(args: argparse.Namespace) -> int:
                 else:
                     print(f"removed app key {args.name!r}")
     except (GolemVpnError, OSError, ValueError) as exc:
-        print(f"golem-vpn: error: {exc}", file=sys.stderr)
-        return 1
+        return fail(str(exc))
     return 0
 
 

@@ -43,6 +43,8 @@ import os
 import sys
 from pathlib import Path
 
+from golem_vpn.errors import DataDirError
+
 __all__ = [
     "API_URL_ENV",
     "APPKEY_ENV",
@@ -64,7 +66,9 @@ NET_API_PATH = "/net-api/v1"
 _APP = "golem-vpn"
 
 
-def data_dir(flag: str | Path | None = None, *, create: bool = True) -> Path:
+def data_dir(
+    flag: str | Path | None = None, *, create: bool = True, must_exist: bool = False
+) -> Path:
     """The data dir: ``flag`` if given, else ``$GOLEM_VPN_DATA_DIR``, else the platform default.
 
     ``~`` is expanded and the result made absolute (symlinks are kept).
@@ -73,9 +77,12 @@ def data_dir(flag: str | Path | None = None, *, create: bool = True) -> Path:
         flag: The ``--data-dir`` value, if the user gave one.
         create: Create the dir (and missing parents) if it does not exist. The dir itself is
             made with mode 0700, since it holds secret keys; an existing dir is left as it is.
+        must_exist: Refuse a dir that does not exist (for commands that only read: a typo
+            in ``--data-dir`` must not pass for an empty data dir, nor create one).
 
     Raises:
-        OSError: The dir is missing and cannot be created.
+        DataDirError: The path is a file; or it is missing and cannot be created, or
+            ``must_exist`` and it is missing. (Also an ``OSError``.)
     """
     if flag is not None and str(flag) != "":
         path = Path(flag)
@@ -84,12 +91,36 @@ def data_dir(flag: str | Path | None = None, *, create: bool = True) -> Path:
     else:
         path = _platform_data_home() / _APP
     path = path.expanduser().absolute()
+    where = f"--data-dir or ${DATA_DIR_ENV}"
+    if path.exists() and not path.is_dir():
+        raise DataDirError(
+            f"the data dir {path} is a file, not a directory; point {where} at a directory"
+        )
+    if must_exist and not path.is_dir():
+        raise DataDirError(
+            f"there is no golem-vpn data dir at {path} (nothing was ever stored there); check "
+            f"{where}, or make one with `golem-vpn app-key create NAME` or `golem-vpn daemon`"
+        )
     if create and not path.is_dir():
-        path.parent.mkdir(parents=True, exist_ok=True)
+        try:
+            path.parent.mkdir(parents=True, exist_ok=True)
+        except (FileExistsError, NotADirectoryError):
+            raise DataDirError(
+                f"cannot create the data dir {path}: a part of its path is a file; point {where} "
+                "at a directory"
+            ) from None
+        except OSError as exc:
+            raise DataDirError(
+                f"cannot create the data dir {path}: {exc.strerror or exc}"
+            ) from None
         try:
             path.mkdir(mode=0o700)
         except FileExistsError:
-            pass  # created concurrently, or a file in the way: the caller's open will say so
+            pass  # created concurrently
+        except OSError as exc:
+            raise DataDirError(
+                f"cannot create the data dir {path}: {exc.strerror or exc}"
+            ) from None
         else:
             os.chmod(path, 0o700)  # exactly 0700, whatever the umask
     return path

@@ -83,7 +83,14 @@ class AddressReserved(AddressError):
 
 
 class AddressTaken(GolemVpnError):
-    """An IP address is already held by another node of the network."""
+    """An IP address is already held by another node of the network (or the node holds
+    another one).
+
+    Attributes:
+        message: From the Net API client: the server's own words (its 409 ``message``).
+    """
+
+    message: str = ""
 
 
 class AddressesExhausted(GolemVpnError):

@@ -52,6 +52,7 @@ from golem_vpn.errors import (
     NotPermitted,
 )
 from golem_vpn.exeunit.options import DEFAULT_IFNAME, DEFAULT_MTU, DEFAULT_VM_ENDPOINT
+from golem_vpn.netcli import APP_KEY_DATA_DIR_HINT
 
 if TYPE_CHECKING:
     # asyncio and the API client load when a command runs, not for --help.
@@ -239,7 +240,7 @@ def _describe(exc: GolemVpnError, client: AttachClient) -> str:
         if client.has_app_key:
             return (
                 f"the daemon at {client.url} did not accept the app key (401 Unauthorized); "
-                f"check --app-key or {APPKEY_ENV}"
+                f"check --app-key or {APPKEY_ENV}. {APP_KEY_DATA_DIR_HINT}"
             )
         return (
             f"the daemon at {client.url} needs an app key (401 Unauthorized): set {APPKEY_ENV} "

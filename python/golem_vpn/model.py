@@ -448,6 +448,15 @@ class Network:
         """Return ``{ip: node_id}`` for every node, the requestor included (yapapi's shape)."""
         return {str(ip): node_id for ip, node_id in sorted(self._holders.items())}
 
+    def has_room(self) -> bool:
+        """Whether a node can still be added: some host address is free."""
+        try:
+            ip = self._pool.allocate()
+        except AddressesExhausted:
+            return False
+        self._pool.release(ip)
+        return True
+
     def node(self, node_id: str) -> Node:
         """Return the node (or the requestor) with ``node_id``.
 
@@ -482,8 +491,9 @@ class Network:
             if addr is None or addr == current.ip:
                 return current
             raise AddressTaken(
-                f"node {node_id} already holds {current.ip} in network {self._id}; "
-                "remove it before giving it another address"
+                f"node {node_id} already holds {current.ip} in network {self._id} (a node has "
+                f"one address here; {addr} is not the problem): move it to {addr} instead "
+                "(PATCH .../nodes/{nodeId}), or remove it first"
             )
         if addr is not None and addr in self._holders:
             raise AddressTaken(

@@ -22,6 +22,20 @@ Where the API is and which key to use: ``--url`` (a daemon root such as
 ``YAGNA_NET_URL``, else ``YAGNA_API_URL`` + ``/net-api/v1``, else ``http://127.0.0.1:7465``;
 ``--app-key``, else ``YAGNA_APPKEY``. The key is never printed.
 
+What is normalised and what is refused, before anything is sent (so against yagna too):
+
+- ``net create``: an address with host bits set (``192.168.1.7/24``) becomes its network
+  (``192.168.1.0/24``), with a note on stderr; yagna keeps the range the same way but echoes
+  the address as given, and so does golem-vpn's API for other clients. A range with no
+  address for a node besides the requestor's (``/32``, ``/128``; ``/31`` and ``/127`` hold
+  two) is refused; golem-vpn's API refuses it too (400), yagna would create it.
+- ``net node add`` / ``set-ip``: ``IP/PREFIX`` with the network's prefix is the address alone
+  (stored and printed without the prefix; yagna refuses a prefix); another prefix is refused.
+  The requestor's own address, an address another node holds, and a second address for a
+  node (a node has one; ``set-ip`` moves it) are refused, each saying which.
+- ``net connect``: an address outside the network or one no node can hold (network,
+  broadcast) is refused as such; the requestor's own address too.
+
 Output: plain-text tables (columns aligned, two spaces apart, a header row) and ``key: value``
 blocks for people; with ``--json``, one JSON document on stdout using the Net API's own field
 names (camelCase), for scripts.
@@ -63,6 +77,7 @@ if TYPE_CHECKING:
     # asyncio and the client load when a command runs, not for --help (benches/cli_startup.py).
     import asyncio
 
+    from golem_vpn.model import IPNetwork
     from golem_vpn.netapi.client import (
         AddressInfo,
         Client,
@@ -75,6 +90,11 @@ if TYPE_CHECKING:
 
 __all__ = ["add_net_parser", "main", "run_net"]
 
+#: Why a key that was just created may not work: each data dir has its own keys.
+APP_KEY_DATA_DIR_HINT = (
+    f"App keys belong to a data dir: create the key with `{PROG} app-key create NAME` on the "
+    "daemon's machine with the daemon's --data-dir (or $GOLEM_VPN_DATA_DIR)"
+)
 #: The host ``connect`` listens on unless told otherwise: only this machine can use the forward.
 DEFAULT_LISTEN_HOST = "127.0.0.1"
 #: Bytes read per step when relaying (the gate's streams hold at most twice their 64 KiB limit).
@@ -313,8 +333,7 @@ def _describe(exc: GolemVpnError, client: Client, args: argparse.Namespace) -> s
             if client.has_app_key:
                 return (
                     f"the Net API at {client.url} did not accept the app key (401 Unauthorized); "
-                    f"check --app-key or {APPKEY_ENV} (create a key with "
-                    f"`{PROG} app-key create NAME`)"
+                    f"check --app-key or {APPKEY_ENV}. {APP_KEY_DATA_DIR_HINT}"
                 )
             return (
                 f"the Net API at {client.url} needs an app key (401 Unauthorized): set "
@@ -334,9 +353,10 @@ def _describe(exc: GolemVpnError, client: Client, args: argparse.Namespace) -> s
             )
         return f"network {network} not found (404); `{PROG} net list` shows your networks"
     if isinstance(exc, AddressTaken):
+        why = exc.message or str(exc)
         return (
-            f"address {args.ip} is taken by another node of network {network} (409 Conflict); "
-            f"`{PROG} net node list {network}` shows who holds which"
+            f"network {network} refused the address (409 Conflict): {why}; "
+            f"`{PROG} net show {network}` shows the requestor's and the nodes' addresses"
         )
     target = getattr(args, "target", None)
     if isinstance(exc, ConnectTimeout) and target is not None:
@@ -404,8 +424,37 @@ def _sorted_nodes(nodes: Sequence[NodeInfo]) -> list[NodeInfo]:
 # -- commands -------------------------------------------------------------------------------------
 
 
+def _network_to_create(text: str, mask: str | None) -> tuple[str, str | None]:
+    """What ``net create IP [--mask MASK]`` sends: the network address with its prefix (host
+    bits cleared, with a note, as yagna clears them for the range), or a refusal of a range
+    with no address for a node besides the requestor's."""
+    from golem_vpn.errors import AddressError, AddressesExhausted
+    from golem_vpn.model import Network, parse_network
+
+    try:
+        network = parse_network(text, mask)
+        room = Network(network, requestor_id="0x" + "00" * 20).has_room()
+    except AddressesExhausted:
+        room = False
+    except AddressError as exc:
+        raise _Failure(str(exc)) from None
+    if not room:
+        raise _Failure(
+            f"network {network} has no address for a node besides the requestor's; use a "
+            f"shorter prefix (e.g. /{24 if network.version == 4 else 64})"
+        )
+    given = ipaddress.ip_address(text.partition("/")[0])
+    if given != network.network_address:
+        print(
+            f"{PROG}: note: {text} has host bits set; creating network {network}",
+            file=sys.stderr,
+        )
+    return str(network), None
+
+
 async def _create(client: Client, args: argparse.Namespace) -> int:
-    info = await client.create_network(args.ip, args.mask, args.gateway)
+    ip, mask = _network_to_create(args.ip, args.mask)
+    info = await client.create_network(ip, mask, args.gateway)
     if args.json:
         _print_json(info.to_json())
     else:
@@ -554,20 +603,71 @@ async def _remove(client: Client, args: argparse.Namespace) -> int:
     return 0
 
 
+async def _members(client: Client, nid: str, text: str) -> tuple[str, list[NodeInfo], list[str]]:
+    """The address ``text`` as the API takes it (``IP``, or ``IP/PREFIX`` with the network's
+    prefix: the prefix is dropped), the network's nodes and the requestor's addresses."""
+    import asyncio
+
+    address, slash, prefix = text.partition("/")
+    try:
+        ip = str(ipaddress.ip_address(address))
+    except ValueError:
+        raise _Failure(f"{text!r} is not an IP address") from None
+    info, nodes, addresses = await asyncio.gather(
+        client.get_network(nid), client.list_nodes(nid), client.list_addresses(nid)
+    )
+    if slash:
+        network = info.network
+        if prefix != str(network.prefixlen):
+            raise _Failure(
+                f"{text}: network {nid} is {network}; give the address alone ({address}) "
+                "or with its prefix"
+            )
+    return ip, nodes, [_bare(a.ip) for a in addresses]
+
+
+def _check_free(
+    nid: str, ip: str, node_id: str, nodes: Sequence[NodeInfo], requestor: list[str]
+) -> None:
+    """Refuses an address that the requestor or another node holds, saying which."""
+    if ip in requestor:
+        raise _Failure(
+            f"{ip} is the requestor's own address in network {nid}; give the node another "
+            f"(`{PROG} net show {nid}` lists the requestor's and the nodes' addresses)"
+        )
+    holder = next((n.id for n in nodes if _bare(n.ip) == ip), None)
+    if holder is not None and holder.lower() != node_id.lower():
+        raise _Failure(
+            f"address {ip} is held by node {holder} in network {nid}; give the node another "
+            f"(`{PROG} net show {nid}` lists who holds which)"
+        )
+
+
 async def _node_add(client: Client, args: argparse.Namespace) -> int:
-    await client.add_node(args.network_id, args.node_id, args.ip)
+    nid, node_id = args.network_id, args.node_id
+    ip, nodes, requestor = await _members(client, nid, args.ip)
+    current = next((n for n in nodes if n.id.lower() == node_id.lower()), None)
+    if current is not None and _bare(current.ip) != ip:
+        raise _Failure(
+            f"node {node_id} already holds {current.ip} in network {nid} (a node has one "
+            f"address); to move it: `{PROG} net node set-ip {nid} {node_id} {ip}`"
+        )
+    _check_free(nid, ip, node_id, nodes, requestor)
+    await client.add_node(nid, node_id, ip)
     if args.json:
-        _print_json({"networkId": args.network_id, "id": args.node_id, "ip": args.ip})
+        _print_json({"networkId": nid, "id": node_id, "ip": ip})
     else:
-        print(f"added node {args.node_id} to network {args.network_id} as {args.ip}")
+        print(f"added node {node_id} to network {nid} as {ip}")
     return 0
 
 
 async def _node_move(client: Client, args: argparse.Namespace) -> int:
     nid, node_id = args.network_id, args.node_id
-    if not any(n.id.lower() == node_id.lower() for n in await client.list_nodes(nid)):
+    ip, nodes, requestor = await _members(client, nid, args.ip)
+    if not any(n.id.lower() == node_id.lower() for n in nodes):
         raise _Failure(f"node {node_id} is not in network {nid}")
-    node = await client.set_node_ip(nid, node_id, args.ip)
+    _check_free(nid, ip, node_id, nodes, requestor)
+    node = await client.set_node_ip(nid, node_id, ip)
     if args.json:
         _print_json({"networkId": args.network_id, **node.to_json()})
     else:
@@ -610,13 +710,10 @@ async def _connect(client: Client, args: argparse.Namespace) -> int:
     target = _hostport(str(ip), port)
 
     # Fail now, not on the first connection: a wrong key, network or address is a setup error.
-    await client.get_network(nid)
+    info = await client.get_network(nid)
     nodes = await client.list_nodes(nid)
     if not any(_ip_key(n.ip)[:2] == (ip.version, int(ip)) for n in nodes):
-        raise _Failure(
-            f"no node of network {nid} has address {ip}; add one with "
-            f"`{PROG} net node add {nid} NODE_ID {ip}`"
-        )
+        raise _Failure(_no_node_at(nid, info.network, ip, await client.list_addresses(nid)))
 
     forwards: set[asyncio.Task[Any]] = set()
 
@@ -664,6 +761,31 @@ async def _connect(client: Client, args: argparse.Namespace) -> int:
         await asyncio.gather(*forwards, return_exceptions=True)
         await server.wait_closed()
     return 0
+
+
+def _no_node_at(nid: str, network: IPNetwork, ip: Address, requestor: list[AddressInfo]) -> str:
+    """Why ``net connect`` has nowhere to go at ``ip``, and what would help, if anything."""
+    from golem_vpn.errors import AddressError
+    from golem_vpn.model import check_host
+
+    if ip.version != network.version or ip not in network:
+        return (
+            f"{ip} is not in network {nid} ({network}); `{PROG} net node list {nid}` shows "
+            "the nodes' addresses"
+        )
+    if str(ip) in {_bare(a.ip) for a in requestor}:
+        return (
+            f"{ip} is the requestor's own address in network {nid}: the gate connects from "
+            f"there; connect to a node's address (`{PROG} net node list {nid}`)"
+        )
+    try:
+        check_host(network, ip)
+    except AddressError as exc:
+        return f"{exc}: no node can hold it; `{PROG} net node list {nid}` shows the nodes"
+    return (
+        f"no node of network {nid} has address {ip}; add one with "
+        f"`{PROG} net node add {nid} NODE_ID {ip}`"
+    )
 
 
 def _on_signals(callback: Callable[[], None]) -> list[int]:

@@ -491,7 +491,9 @@ class Client:
         if status == 404:
             raise NetworkNotFound(f"{what} from {where}{detail}")
         if status == 409:
-            raise AddressTaken(f"{what} from {where}{detail}")
+            taken = AddressTaken(f"{what} from {where}{detail}")
+            taken.message = message  # the server's words, for callers that show them
+            raise taken
         if status == 504:
             raise ConnectTimeout(f"{what} from {where}{detail or ': connection timed out'}")
         if status == 400:

@@ -159,8 +159,9 @@ def _not_found() -> ApiError:
     return ApiError(404, "Network not found")
 
 
-def _taken(ip: IPAddress) -> ApiError:
-    return ApiError(409, f"IP address is taken: {ip}")
+def _taken(ip: IPAddress, by: str) -> ApiError:
+    # yagna's words first (clients may match them), then who holds it.
+    return ApiError(409, f"IP address is taken: {ip} ({by})")
 
 
 @dataclass(eq=False)
@@ -324,6 +325,12 @@ class NetApi:
         ip = body["ip"]
         assert ip is not None
         model = Network.create(ip, body["mask"], body["gateway"], requestor_id=self.backend.node_id)
+        if not model.has_room():  # yagna creates it; it could never hold a provider
+            raise ApiError(
+                400,
+                f"Network {model.network} has no address for a node besides the requestor's; "
+                "use a shorter prefix",
+            )
         given = parse_ip(ip.partition("/")[0])
         entry = _Entry(model, request[IDENTITY], f"{given}/{model.network.prefixlen}", time.time())
         async with self._lock:
@@ -370,8 +377,8 @@ class NetApi:
         model = entry.model
         if ip == model.requestor_ip or ip in entry.addresses:
             return  # the stack has it already (yagna adds no duplicates)
-        if str(ip) in model.nodes_dict():
-            raise _taken(ip)
+        if (holder := model.nodes_dict().get(str(ip))) is not None:
+            raise _taken(ip, f"held by node {holder}")
         await self._db(self.store.add_address, model.id, str(ip))
         entry.addresses.append(ip)
         try:
@@ -405,9 +412,9 @@ class NetApi:
                 await self.backend.node_added(model, current)
                 return web.json_response(None)
             if ip == model.requestor_ip or ip in entry.addresses:
-                raise _taken(ip)
-            if str(ip) in model.nodes_dict():
-                raise _taken(ip)
+                raise _taken(ip, "the requestor's own address")
+            if (holder := model.nodes_dict().get(str(ip))) is not None:
+                raise _taken(ip, f"held by node {holder}")
             node = model.add_node(node_id, ip)  # AddressTaken if it holds another address
             try:
                 await self._db(self.store.add_node, model.id, node.id, str(node.ip))
@@ -438,10 +445,11 @@ class NetApi:
             if current is None:
                 raise ApiError(404, f"Node {node_id} is not in network {model.id}")
             ip = _address_in(entry, body["ip"])
-            if ip != current.ip and (
-                ip == model.requestor_ip or ip in entry.addresses or str(ip) in model.nodes_dict()
-            ):
-                raise _taken(ip)
+            if ip != current.ip:
+                if ip == model.requestor_ip or ip in entry.addresses:
+                    raise _taken(ip, "the requestor's own address")
+                if (holder := model.nodes_dict().get(str(ip))) is not None:
+                    raise _taken(ip, f"held by node {holder}")
             if ip == current.ip:
                 return web.json_response({"id": current.id, "ip": str(current.ip)})
             old_ip = current.ip
