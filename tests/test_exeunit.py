@@ -67,6 +67,15 @@ def _v6_entry(**overrides: Any) -> dict[str, Any]:
 # --- DEPLOY ---------------------------------------------------------------------------------
 
 
+def test_the_default_mtu_is_the_one_the_tunnel_never_fragments_at() -> None:
+    # The arithmetic (and that a packet this size seals to exactly a 1500-byte relayed IPv6
+    # datagram) is checked in Rust; here, that the provider side uses it.
+    from golem_vpn import _golem_vpn
+    from golem_vpn.exeunit import DEFAULT_MTU
+
+    assert DEFAULT_MTU == _golem_vpn.DEFAULT_TUN_MTU == 1368
+
+
 def test_a_deploy_with_two_networks_and_hosts() -> None:
     body = {"net": [_entry(), _v6_entry()], "hosts": {"db": "192.168.7.3"}, "volumes": {}}
     for form in (body, {"deploy": body}, json.dumps({"deploy": body})):

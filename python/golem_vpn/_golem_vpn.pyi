@@ -7,6 +7,9 @@ from typing import Final, Literal, TypedDict
 __version__: Final[str]
 build_profile: Final[Literal["debug", "release"]]
 MAX_PACKET_LEN: Final[int]
+#: The MTU at which the tunnel never fragments on a 1500-byte underlay, worst case (IPv6,
+#: relayed, a 32-character network id): 1500 - 132.
+DEFAULT_TUN_MTU: Final[int]
 """The largest frame the router accepts (65535 bytes)."""
 DROP_REASONS: Final[list[str]]
 """Every drop reason the router counts, in ``stats()["drops"]`` order."""

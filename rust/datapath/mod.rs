@@ -47,6 +47,18 @@ pub use worker::{State, Worker, WorkerError};
 /// kernel drops datagrams and TCP inside the tunnel pays a retransmission timeout.
 pub const SOCKET_BUFFER: usize = 4 << 20;
 
+/// What one tunnelled packet costs on the underlay in the worst case: an IPv6 (40) and
+/// UDP (8) header, the relay's forwarding header (21) and the data message's overhead with
+/// a yagna-style 32-character network id (63; see [`crate::tunnel::data_overhead`]).
+pub const MAX_UNDERLAY_OVERHEAD: usize =
+    40 + 8 + relay::FORWARD_HEADER + crate::tunnel::data_overhead(32);
+
+/// The default MTU of a TUN attachment (1368): the largest packet that crosses a
+/// 1500-byte underlay in one datagram on every path (IPv4 or IPv6, direct or relayed), so
+/// the tunnel never fragments. A direct IPv4 path would fit 1409; the few percent are
+/// the price of never depending on IP fragments (which firewalls and NATs drop).
+pub const DEFAULT_TUN_MTU: usize = 1500 - MAX_UNDERLAY_OVERHEAD;
+
 /// The largest UDP datagram read.
 const MAX_DATAGRAM: usize = 65535;
 

@@ -500,3 +500,48 @@ fn a_gso_run_arrives_as_the_datagrams_it_was_made_of() {
     let n = other.recv(&mut buf).unwrap();
     assert_eq!(&buf[..n], &bufs[11][..]);
 }
+
+#[test]
+fn a_default_mtu_packet_fits_a_1500_byte_underlay_on_the_worst_path() {
+    use crate::tunnel::{Config, Endpoint, Payload, PayloadKind};
+    let (ia, ib) = (identity(1), identity(2));
+    let mut a = Endpoint::new(&ia, Config::default(), 1).unwrap();
+    let mut b = Endpoint::new(&ib, Config::default(), 2).unwrap();
+    let (a_addr, b_addr): (SocketAddr, SocketAddr) = (
+        "[fd00::1]:1".parse().unwrap(),
+        "[fd00::2]:2".parse().unwrap(),
+    );
+    a.allow(ib.node_id());
+    b.allow(ia.node_id());
+    a.set_peer_address(ib.node_id(), b_addr);
+    let network = "0123456789abcdef0123456789abcdef"; // yagna's network ids: 32 hex digits
+    let packet = vec![0x45u8; DEFAULT_TUN_MTU];
+    let payload = || Payload {
+        kind: PayloadKind::Ip,
+        network,
+        bytes: &packet,
+    };
+    let now = Instant::now();
+    a.send(&ib.node_id(), payload(), now).unwrap();
+    let mut plain = Vec::new();
+    let mut sealed = None;
+    for _ in 0..8 {
+        while let Some(t) = a.poll_transmit() {
+            if let Some(got) = b.receive_into(a_addr, &t.bytes, now, &mut plain) {
+                assert_eq!(got.bytes, &packet[..]);
+                sealed = Some(t.bytes.len());
+            }
+        }
+        while let Some(t) = b.poll_transmit() {
+            a.receive_into(b_addr, &t.bytes, now, &mut plain);
+        }
+    }
+    let sealed = sealed.expect("the packet crossed");
+    assert_eq!(
+        sealed,
+        DEFAULT_TUN_MTU + crate::tunnel::data_overhead(network.len())
+    );
+    // IPv6 + UDP + the relay's header around it: exactly the 1500 bytes of the underlay.
+    assert_eq!(40 + 8 + relay::FORWARD_HEADER + sealed, 1500);
+    assert_eq!(DEFAULT_TUN_MTU, 1368);
+}

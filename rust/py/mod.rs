@@ -21,6 +21,7 @@ fn _golem_vpn(m: &Bound<'_, PyModule>) -> PyResult<()> {
         },
     )?;
     m.add("MAX_PACKET_LEN", crate::wire::MAX_PACKET_LEN)?;
+    m.add("DEFAULT_TUN_MTU", crate::datapath::DEFAULT_TUN_MTU)?;
     m.add(
         "DROP_REASONS",
         crate::router::DropReason::ALL

@@ -114,7 +114,9 @@ use snow::{Builder, HandshakeState};
 
 pub use replay::REPLAY_WINDOW;
 pub use stats::{DropCounters, DropReason, TunnelStats};
-pub use wire::{DATA_HEADER_LEN, DATA_MIN_LEN, MAX_DATAGRAM_LEN, MAX_NETWORK_LEN, TAG_LEN};
+pub use wire::{
+    DATA_HEADER_LEN, DATA_MIN_LEN, MAX_DATAGRAM_LEN, MAX_NETWORK_LEN, TAG_LEN, data_overhead,
+};
 
 use crate::identity::{Identity, recover_node_id};
 use crate::node_id::NodeId;

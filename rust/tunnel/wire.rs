@@ -16,6 +16,11 @@ pub(crate) const DATA: u8 = 4;
 pub const TAG_LEN: usize = 16;
 /// Type byte, receiver index and counter in front of a data message's ciphertext.
 pub const DATA_HEADER_LEN: usize = 1 + 4 + 8;
+/// Bytes a data message adds to the packet it carries, for a network id of
+/// `network_len` bytes: header, kind and length bytes, the id, and the tag.
+pub const fn data_overhead(network_len: usize) -> usize {
+    DATA_HEADER_LEN + 2 + network_len + TAG_LEN
+}
 /// The smallest data message: a header and a keep-alive (one byte) with its tag.
 pub const DATA_MIN_LEN: usize = DATA_HEADER_LEN + 1 + TAG_LEN;
 /// The longest network id a data message carries.

@@ -20,7 +20,7 @@ The ``POST`` body is ``{"deploy": DEPLOY, "mode": "tun" | "vm" | "userspace", "r
 ``mode`` defaults to ``tun``. ``Attachment`` is::
 
     {"id": "a1b2c3d4", "kind": "tun", "interface": "gvpn0", "netns": "payload",
-     "netnsCreated": true, "endpoint": null, "mtu": 1400,
+     "netnsCreated": true, "endpoint": null, "mtu": 1368,
      "addresses": ["192.168.0.2/24"],
      "networks": [{"id": ..., "nodeIp": "192.168.0.2", "cidr": "192.168.0.0/24",
                    "requestor": "0x..."}],

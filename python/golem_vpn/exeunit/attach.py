@@ -435,7 +435,8 @@ class ExeUnit:
             netns: ``tun``: the payload's network namespace (created if missing, and then
                 deleted on detach); None: the daemon's own namespace.
             ifname: ``tun``: the device's name (default ``gvpn0``).
-            mtu: ``tun``: the device's MTU (default 1400; IPv6 needs at least 1280).
+            mtu: ``tun``: the device's MTU (default 1368, which never
+                fragments on a 1500-byte underlay; IPv6 needs at least 1280).
             vm_endpoint: ``vm``: the endpoint URL (default ``udp://127.0.0.1:0``).
 
         Returns:

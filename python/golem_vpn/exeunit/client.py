@@ -88,7 +88,7 @@ class AttachClient(Client):
             requestor: The requestor's node id (default: per network, from the DEPLOY).
             netns: ``tun``: the payload's network namespace (made if missing).
             ifname: ``tun``: the device name (default ``gvpn0``).
-            mtu: ``tun``: the device's MTU (default 1400).
+            mtu: ``tun``: the device's MTU (default 1368).
             vm_endpoint: ``vm``: the endpoint URL (default ``udp://127.0.0.1:0``).
 
         Returns:
