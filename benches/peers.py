@@ -575,8 +575,18 @@ def table(results: dict[str, PathResult], udp_rates: list[str], *, markdown: boo
     return "\n".join(lines)
 
 
-def bench(lab: Lab, results: dict[str, PathResult], args: argparse.Namespace) -> None:
-    """Hosts, then every path (a failure is recorded, not raised), then the rounds."""
+def loadavg() -> str:
+    """This machine's 1, 5 and 15 minute load averages (others' work shows in the figures)."""
+    with contextlib.suppress(OSError):
+        return " ".join(Path("/proc/loadavg").read_text().split()[:3])
+    return "?"
+
+
+def bench(
+    lab: Lab, results: dict[str, PathResult], args: argparse.Namespace, loads: list[str]
+) -> None:
+    """Hosts, then every path (a failure is recorded, not raised), then the rounds; appends
+    the load average at the start of each round, and at the end, to ``loads``."""
     hosts = Hosts(lab, lab.host("a"), lab.host("b"))
     for name, result in results.items():
         missing = [t for t in (*COMMON_TOOLS, *TOOLS[name]) if shutil.which(t) is None]
@@ -593,6 +603,7 @@ def bench(lab: Lab, results: dict[str, PathResult], args: argparse.Namespace) ->
             continue
         print(f"{name}: up in {time.monotonic() - started:.1f} s", file=sys.stderr)
     for n in range(args.rounds):
+        loads.append(loadavg())
         for name, result in results.items():
             if result.failure is not None:
                 continue
@@ -601,6 +612,7 @@ def bench(lab: Lab, results: dict[str, PathResult], args: argparse.Namespace) ->
                 measure(lab, result, args.seconds, args.udp_rates)
             except (PathFailed, LabError, subprocess.SubprocessError, KeyError) as exc:
                 result.failure = f"round {n + 1}: {exc}"
+    loads.append(loadavg())
     for result in results.values():
         moved = [v for k, v in result.medians().items() if k.endswith("Gbit/s")]
         if result.failure is None and (not moved or min(moved) <= 0):
@@ -645,9 +657,10 @@ def main() -> int:
         signal.signal(sig, _interrupt)
     lab = Lab(PREFIX, UNDERLAY)
     interrupted = False
+    loads: list[str] = []
     try:
         lab.__enter__()
-        bench(lab, results, args)
+        bench(lab, results, args, loads)
     except KeyboardInterrupt:
         interrupted = True
     except (LabError, OSError, subprocess.SubprocessError) as exc:  # the underlay itself
@@ -666,7 +679,8 @@ def main() -> int:
 
     info = machine()
     print(f"{info['cores']} cores, {info['cpu']}, Linux {info['kernel']}; "
-          f"{args.rounds} round(s) of {args.seconds} s per test, medians")  # fmt: skip
+          f"{args.rounds} round(s) of {args.seconds} s per test, medians; "
+          f"load average at each round's start and the end: {', '.join(loads)}")  # fmt: skip
     print(table(results, args.udp_rates, markdown=args.markdown))
     if args.json:
         report = {
@@ -686,6 +700,7 @@ def main() -> int:
                 }
                 for name, r in results.items()
             },
+            "loadavg": loads,
             "processes": processes,
         }
         Path(args.json).write_text(json.dumps(report, indent=2) + "\n")
