@@ -23,6 +23,16 @@ def test_demo_routes_and_counts() -> None:
     assert "dropped by provider-a's router: truncated" in text
     assert "removed provider-b sends to A: dropped by provider-a's router: unknown_node" in text
     assert '"nodeIp": "192.168.0.3"' in text
+    # Nothing runs a TUN device or a VM here: the nodes say they are simulated.
+    assert "TUN runtime" not in text
+    assert "VM runtime" not in text
+    assert "simulated VM guest: Ethernet frames" in text
+    # The counters say what in and out mean, and keep the rows of the removed node.
+    assert "'in' counts packets\nfrom that node and 'out' packets to it" in text
+    counters = text.split("Counters of each router")[1].split("Part 2")[0]
+    assert "requestor (self)     in 1 pkts/31 B, out 0 pkts/0 B" in counters
+    assert "provider-b (removed) in 0 pkts/0 B, out 1 pkts/31 B" in counters  # the requestor's
+    assert "provider-b (removed) in 1 pkts/35 B, out 1 pkts/35 B" in counters  # provider-a's
     # Part 2: real TCP, ICMP and UDP between the nodes' userspace stacks.
     assert (
         "provider-b GET http://192.168.0.2/index.html -> HTTP/1.1 200 OK: "

@@ -4,9 +4,10 @@ This is what ``make demo`` (``golem-vpn demo``) runs, in two parts.
 
 1. Routing: a requestor creates a network with the model layer, adds two providers, and hands
    each its DEPLOY ``net`` config; every node builds its :class:`~golem_vpn.Router` from that
-   config (provider B as a VM runtime that speaks Ethernet). Packets are injected as a payload
-   would send them, carried in-process to the destination's router (standing in for the node
-   transport), and the demo prints where each one went and what each router dropped and why.
+   config (provider B's in Ethernet mode, as for a VM guest). No runtime runs: the demo builds
+   the packets a payload would send, injects them, carries them in-process to the destination's
+   router (standing in for the node transport), and prints where each one went, what each
+   router dropped and why, and each router's counters (kept for nodes removed on the way).
 2. Payloads talking: the same three nodes as a :class:`~golem_vpn.LocalNetwork`, each with a
    userspace TCP/IP stack. Provider A serves HTTP; provider B fetches a page, pings A, sends a
    UDP datagram, and streams 16 MiB to A with its SHA-256 checked at both ends.
@@ -120,7 +121,7 @@ def main(out: TextIO = sys.stdout) -> int:
             "requestor",
             REQUESTOR,
             Router(network.id, str(network.network), REQUESTOR, [network.requestor_ip]),
-            "userspace stack (IP packets)",
+            "simulated requestor: IP packets, as its userspace stack sends them",
         ),
         "provider-a": _Node(
             "provider-a",
@@ -128,13 +129,13 @@ def main(out: TextIO = sys.stdout) -> int:
             _router_from_deploy(
                 PROVIDER_A, parse_deploy_net(network.deploy_args(PROVIDER_A))[0], ethernet=False
             ),
-            "TUN runtime (IP packets)",
+            "simulated payload: IP packets, as through a TUN device",
         ),
         "provider-b": _Node(
             "provider-b",
             PROVIDER_B,
             _router_from_deploy(PROVIDER_B, parse_deploy_net(deploy_b)[0], ethernet=True),
-            "VM runtime (Ethernet frames)",
+            "simulated VM guest: Ethernet frames, as through a VM endpoint",
         ),
     }
     for node in network.nodes.values():
@@ -142,6 +143,7 @@ def main(out: TextIO = sys.stdout) -> int:
     by_id = {n.node_id: n for n in nodes.values()}
     for n in nodes.values():
         say(f"  {n.name:<10} {n.node_id}  {', '.join(n.router.ips):<12} {n.kind}")
+    say("The packets below are built by the demo and injected into each node's router.")
     say()
 
     ip = {name: n.router.ips[0] for name, n in nodes.items()}
@@ -209,6 +211,11 @@ def main(out: TextIO = sys.stdout) -> int:
 
     say()
     say("Provider B leaves the network: the requestor removes it and tells the others.")
+    # A router forgets a removed node's counters; keep them to show what B did.
+    removed = {
+        name: {PROVIDER_B: nodes[name].router.stats()["nodes"][PROVIDER_B]}
+        for name in ("requestor", "provider-a")
+    }
     network.remove_node(PROVIDER_B)
     for name in ("requestor", "provider-a"):
         nodes[name].router.remove_node(PROVIDER_B)
@@ -220,16 +227,21 @@ def main(out: TextIO = sys.stdout) -> int:
     say(f"{len(steps) + 2}. removed provider-b sends to A: {verdict}")
 
     say()
-    say("Counters (drops by reason, traffic per node):")
+    say("Counters of each router: what was injected (by its payload) and received (from")
+    say("other nodes), drops by reason, then one row per node it knows. 'in' counts packets")
+    say("from that node and 'out' packets to it; on the router's own row (self), 'in' is what")
+    say("its payload sent that the router passed, and 'out' what was handed to its payload.")
     for n in nodes.values():
         stats = n.router.stats()
         drops = ", ".join(f"{k} {v}" for k, v in stats["drops"].items() if v) or "none"
         totals = f"injected {stats['injected']}, received {stats['received']}"
         say(f"  {n.name:<10} {totals}, drops: {drops}")
-        for nid, c in stats["nodes"].items():
-            peer = by_id[nid].name
+        rows = [(nid, c, "") for nid, c in stats["nodes"].items()]
+        rows += [(nid, c, " (removed)") for nid, c in removed.get(n.name, {}).items()]
+        for nid, c, note in rows:
+            peer = by_id[nid].name + (" (self)" if nid == n.node_id else note)
             say(
-                f"      {peer:<10} in {c['packets_in']} pkts/{c['bytes_in']} B,"
+                f"      {peer:<20} in {c['packets_in']} pkts/{c['bytes_in']} B,"
                 f" out {c['packets_out']} pkts/{c['bytes_out']} B"
             )
     say()

@@ -63,6 +63,10 @@ __all__ = [
 
 DEFAULT_CONNECT_TIMEOUT = 10.0
 _READ_CHUNK = 1024 * 1024
+#: The most bytes of a queued write handed to the stack per call. The stack takes what fits
+#: in its send buffer and the rest waits; slicing a bounded piece keeps the copying linear
+#: (re-slicing the rest of a 16 MiB write after each partial send made it quadratic).
+_SEND_SLICE = 256 * 1024
 _STREAM_LIMIT = 2**16
 
 ClientConnected = Callable[[asyncio.StreamReader, asyncio.StreamWriter], Awaitable[None] | None]
@@ -93,6 +97,7 @@ class TcpTransport(WriteFlowControl, asyncio.Transport):
             "interface": interface,
         }
         self._buffer: deque[bytes] = deque()
+        self._sent_of_first = 0  # bytes of _buffer[0] the stack already took
         self._buffered = 0
         self._init_flow_control(64 * 1024)
         self._reading_paused = False
@@ -152,19 +157,12 @@ class TcpTransport(WriteFlowControl, asyncio.Transport):
             return
         if not data:
             return
-        chunk = bytes(data)
-        if not self._buffer:
-            try:
-                sent = self._stack.tcp_send(self._id, chunk)
-            except GolemVpnError as exc:
-                self._fatal(exc)
-                return
-            if sent:
-                self._iface.schedule()
-            chunk = chunk[sent:]
-        if chunk:
-            self._buffer.append(chunk)
-            self._buffered += len(chunk)
+        chunk = bytes(data)  # copies only a mutable buffer
+        self._buffer.append(chunk)
+        self._buffered += len(chunk)
+        if len(self._buffer) == 1:
+            self._flush()
+        if not self._lost:
             self._maybe_pause_protocol()
 
     def writelines(self, list_of_data: Any) -> None:
@@ -237,16 +235,20 @@ class TcpTransport(WriteFlowControl, asyncio.Transport):
         sent_any = False
         try:
             while self._buffer:
-                chunk = self._buffer[0]
-                sent = self._stack.tcp_send(self._id, chunk)
+                chunk, start = self._buffer[0], self._sent_of_first
+                whole = start == 0 and len(chunk) <= _SEND_SLICE
+                piece = chunk if whole else chunk[start : start + _SEND_SLICE]
+                sent = self._stack.tcp_send(self._id, piece)
                 if sent == 0:
                     break
                 sent_any = True
                 self._buffered -= sent
-                if sent < len(chunk):
-                    self._buffer[0] = chunk[sent:]
-                    break
-                self._buffer.popleft()
+                self._sent_of_first += sent
+                if self._sent_of_first == len(chunk):
+                    self._buffer.popleft()
+                    self._sent_of_first = 0
+                elif sent < len(piece):
+                    break  # the send buffer is full
             if not self._buffer and self._eof_pending and not self._eof_sent:
                 self._stack.tcp_shutdown(self._id)
                 self._eof_sent = True
@@ -266,6 +268,7 @@ class TcpTransport(WriteFlowControl, asyncio.Transport):
         self._lost = True
         self._closing = True
         self._buffer.clear()
+        self._sent_of_first = 0
         self._buffered = 0
         self._iface.unregister(self._id)
         try:
