@@ -258,7 +258,9 @@ class Member:
             ethernet: Ethernet frames (a VM) rather than IP packets (a TUN device).
         """
         cidr = str(ip_network(net.network))
-        self._transport.join_native(net.id, cidr, str(net.node_ip), ethernet=ethernet)
+        self._transport.join_native(
+            net.id, cidr, str(net.node_ip), ethernet=ethernet, requestor=requestor_id
+        )
         self._follow(net, requestor_id, requestor_addr)
 
     def leave(self, network_id: str) -> None:

@@ -141,7 +141,13 @@ class UdpTransport:
         return interface
 
     def join_native(
-        self, network_id: str, cidr: str | list[str], ip: str | list[str], *, ethernet: bool = False
+        self,
+        network_id: str,
+        cidr: str | list[str],
+        ip: str | list[str],
+        *,
+        ethernet: bool = False,
+        requestor: str | None = None,
     ) -> None:
         """Joins a network with its router only, for a native attachment to carry.
 
@@ -154,10 +160,12 @@ class UdpTransport:
             ip: This node's address in it, or several.
             ethernet: The attachment speaks Ethernet (VM runtimes): the router answers ARP
                 and neighbour solicitations and frames carry yagna's MACs.
+            requestor: The network's requestor, whose MAC is ``a0:13:`` + its address (yagna's
+                requestor stack's) rather than a node's ``90:13:``.
         """
         cidrs = [cidr] if isinstance(cidr, str) else list(cidr)
         ips = [ip] if isinstance(ip, str) else list(ip)
-        self._native.add_network(network_id, cidrs, ips, ethernet=ethernet)
+        self._native.add_network(network_id, cidrs, ips, ethernet=ethernet, requestor=requestor)
         self._native_networks.add(network_id)
 
     def leave(self, network_id: str) -> None:
