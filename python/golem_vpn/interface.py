@@ -7,8 +7,11 @@ outgoing packet to its ``transmit`` callback, and wakes the sockets whose ids th
 reports as ready. Sockets (``golem_vpn.streams``) register a handler per socket id.
 
 The ``transmit`` callback / :meth:`deliver` pair is the seam between the stack and whatever
-carries packets: the in-process :class:`~golem_vpn.local.LocalNetwork` today, the encrypted
-node transport later. Works under any asyncio loop (uvloop included); never sets a policy.
+carries packets: the in-process :class:`~golem_vpn.local.LocalNetwork` or the encrypted node
+transport. :meth:`Interface.tap` opens the same seam to packets that bypass the stack: the
+packets from one source address go to a callback instead, and :meth:`PacketTap.send` sends
+IP packets as this node (the Net API's raw gate uses it). Works under any asyncio loop
+(uvloop included); never sets a policy.
 """
 
 from __future__ import annotations
@@ -18,12 +21,13 @@ import itertools
 import os
 import time
 from collections.abc import Callable, Iterable
+from ipaddress import ip_address
 from typing import Protocol
 
 from golem_vpn._golem_vpn import Stack
-from golem_vpn.errors import ConnectTimeout
+from golem_vpn.errors import AddressError, ConnectTimeout
 
-__all__ = ["Interface", "SocketHandler"]
+__all__ = ["Interface", "PacketTap", "SocketHandler"]
 
 #: How many packets one stack poll may return before the interface yields to the loop.
 POLL_BUDGET = 1024
@@ -63,6 +67,7 @@ class Interface:
         self._icmp: int | None = None
         self._pings: dict[int, asyncio.Future[float]] = {}
         self._ping_seq = itertools.count(int.from_bytes(os.urandom(2), "big"))
+        self._taps: dict[bytes, list[PacketTap]] = {}
 
     def __repr__(self) -> str:
         return f"Interface({self._name!r}, addresses={self._stack.addresses})"
@@ -94,11 +99,80 @@ class Interface:
         self._handlers.pop(socket_id, None)
 
     def deliver(self, packets: Iterable[bytes]) -> None:
-        """Hands packets that arrived for this node to the stack (processed on next poll)."""
+        """Hands packets that arrived for this node to the stack (processed on next poll).
+
+        Packets from a tapped source address go to their taps instead (see :meth:`tap`).
+        """
         if self._closed:
             return
+        if self._taps:
+            packets = self._divert(packets)
         if self._stack.receive_many(packets):
             self.schedule()
+
+    def transmit(self, packets: list[bytes]) -> None:
+        """Sends IP packets as this node, past the stack (the carrier routes them as it
+        routes the stack's own: the source must be one of this node's addresses). Nothing
+        is sent once the interface is closed."""
+        if not self._closed and packets:
+            self._transmit(packets)
+
+    def tap(
+        self,
+        source: str,
+        receive: Callable[[list[bytes]], None],
+        *,
+        on_close: Callable[[], None] | None = None,
+    ) -> PacketTap:
+        """Diverts the packets that arrive from ``source`` to ``receive``, past the stack.
+
+        While the tap is open, every packet whose IP source address is ``source`` goes to
+        ``receive`` (called synchronously from :meth:`deliver`, with the packets of one
+        batch) and the stack never sees it; several taps on one address each get every
+        packet. The carrier has already checked that the sending node holds the source
+        address, so a tap on a node's address takes exactly that node's packets.
+
+        Args:
+            source: The IP address (of a remote node) whose packets to take.
+            receive: Called with each batch of packets from ``source``.
+            on_close: Called once when the interface closes while the tap is open.
+
+        Raises:
+            AddressError: ``source`` is not an IP address.
+        """
+        tap = PacketTap(self, _packed(source), receive, on_close)
+        self._taps.setdefault(tap.source, []).append(tap)
+        return tap
+
+    def _untap(self, tap: PacketTap) -> None:
+        taps = self._taps.get(tap.source)
+        if taps is not None and tap in taps:
+            taps.remove(tap)
+            if not taps:
+                del self._taps[tap.source]
+
+    def _divert(self, packets: Iterable[bytes]) -> list[bytes]:
+        """The packets for the stack; the tapped ones go to their taps."""
+        rest: list[bytes] = []
+        taken: dict[bytes, list[bytes]] = {}
+        taps = self._taps
+        for packet in packets:
+            version = packet[0] >> 4 if packet else 0
+            if version == 4 and len(packet) >= 20:
+                source = packet[12:16]
+            elif version == 6 and len(packet) >= 40:
+                source = packet[8:24]
+            else:
+                rest.append(packet)
+                continue
+            if source in taps:
+                taken.setdefault(source, []).append(packet)
+            else:
+                rest.append(packet)
+        for source, batch in taken.items():
+            for tap in list(taps.get(source, ())):
+                tap.receive(batch)
+        return rest
 
     def schedule(self) -> None:
         """Polls the stack soon (coalesced: at most one pending poll)."""
@@ -160,6 +234,10 @@ class Interface:
             closer = getattr(handler, "on_interface_closed", None)
             if closer is not None:
                 closer()
+        taps = [tap for group in self._taps.values() for tap in group]
+        self._taps.clear()
+        for tap in taps:
+            tap._interface_closed()
 
     # ICMP echo -----------------------------------------------------------------------------
 
@@ -192,6 +270,59 @@ class Interface:
         finally:
             self._pings.pop(seq, None)
         return fut.result() - started
+
+
+class PacketTap:
+    """The packets of one source address, taken from an :class:`Interface`; see
+    :meth:`Interface.tap`.
+
+    Attributes:
+        source: The tapped address, packed (4 or 16 bytes).
+        receive: Called with each batch of packets from ``source``.
+    """
+
+    def __init__(
+        self,
+        interface: Interface,
+        source: bytes,
+        receive: Callable[[list[bytes]], None],
+        on_close: Callable[[], None] | None,
+    ) -> None:
+        self._interface = interface
+        self.source = source
+        self.receive = receive
+        self._on_close = on_close
+        self._closed = False
+
+    @property
+    def closed(self) -> bool:
+        """True once :meth:`close` was called or the interface closed."""
+        return self._closed
+
+    def send(self, packets: list[bytes]) -> None:
+        """Sends IP packets as the interface's node (:meth:`Interface.transmit`); nothing is
+        sent once the tap is closed."""
+        if not self._closed:
+            self._interface.transmit(packets)
+
+    def close(self) -> None:
+        """Gives the source's packets back to the stack (idempotent)."""
+        if not self._closed:
+            self._closed = True
+            self._interface._untap(self)
+
+    def _interface_closed(self) -> None:
+        if not self._closed:
+            self._closed = True
+            if self._on_close is not None:
+                self._on_close()
+
+
+def _packed(address: str) -> bytes:
+    try:
+        return ip_address(address).packed
+    except ValueError:
+        raise AddressError(f"{address!r} is not an IP address") from None
 
 
 class _PingHandler:

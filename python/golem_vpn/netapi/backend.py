@@ -5,16 +5,18 @@ persistence, and tells a :class:`VpnBackend` what changed. The backend makes it 
 node daemon's backend joins networks on the encrypted UDP transport and tells providers
 about nodes (:mod:`golem_vpn.node.daemon`); :class:`LocalBackend` keeps every node in this
 process (routers and stacks linked in memory), for tests, demos and the WebSocket gate's
-development. Both give the gate TCP/UDP sockets from the requestor's userspace stack.
+development. Both give the gate TCP/UDP sockets from the requestor's userspace stack, and
+the raw gate a :class:`~golem_vpn.interface.PacketTap` on that stack's interface.
 """
 
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Callable
 from typing import Any, Protocol
 
 from golem_vpn.errors import NetworkNotFound, NodeNotFound
-from golem_vpn.interface import Interface
+from golem_vpn.interface import Interface, PacketTap
 from golem_vpn.local import LocalNetwork, LocalNode
 from golem_vpn.model import Network, Node
 from golem_vpn.streams import DatagramEndpoint, open_connection, open_datagram_endpoint
@@ -72,6 +74,22 @@ class VpnBackend(Protocol):
 
     async def open_udp(self, network_id: str) -> DatagramEndpoint:
         """A UDP socket on the requestor's stack in the network."""
+        ...
+
+    def tap(
+        self,
+        network_id: str,
+        source: str,
+        receive: Callable[[list[bytes]], None],
+        *,
+        on_close: Callable[[], None] | None = None,
+    ) -> PacketTap:
+        """Takes the IP packets that reach the requestor from ``source`` (a node's address)
+        away from its stack, to ``receive``; the tap also sends IP packets as the requestor.
+
+        Raises:
+            NetworkNotFound: No such network on this node.
+        """
         ...
 
     def status(self) -> dict[str, object]:
@@ -163,6 +181,16 @@ class LocalBackend:
 
     async def open_udp(self, network_id: str) -> DatagramEndpoint:
         return await open_datagram_endpoint(self.interface(network_id))
+
+    def tap(
+        self,
+        network_id: str,
+        source: str,
+        receive: Callable[[list[bytes]], None],
+        *,
+        on_close: Callable[[], None] | None = None,
+    ) -> PacketTap:
+        return self.interface(network_id).tap(source, receive, on_close=on_close)
 
     def status(self) -> dict[str, object]:
         return {"nodeId": self._node_id, "sessions": 0}

@@ -622,6 +622,15 @@ class Client:
         )
         return urlunsplit((scheme, parts.netloc, path, "", ""))
 
+    def raw_websocket_url(self, network_id: str, src: str, dst: str) -> str:
+        """The raw gate's URL: Ethernet frames between the requestor's address ``src`` and
+        the node at ``dst`` (yagna master's ``connect_raw``); as :meth:`websocket_url`."""
+        parts = urlsplit(self._base)
+        scheme = {"http": "ws", "https": "wss"}[parts.scheme]
+        segments = ["net", _seg(network_id), "raw", "from", _seg(src), "to", _seg(dst)]
+        path = "/".join([parts.path.rstrip("/"), *segments])
+        return urlunsplit((scheme, parts.netloc, path, "", ""))
+
     async def connect_tcp(
         self, network_id: str, ip: str, port: int, *, max_msg_size: int = 4 * 1024 * 1024
     ) -> aiohttp.ClientWebSocketResponse:
@@ -638,10 +647,35 @@ class Client:
             NetworkNotFound, Forbidden, BadRequest, NetApiError: the server refused the upgrade.
             NetApiUnavailable: the server cannot be reached.
         """
+        url = self.websocket_url(network_id, ip, port)
+        return await self._ws_connect(
+            url, f"{ip}:{port} in network {network_id}", network_id, max_msg_size
+        )
+
+    async def connect_raw(
+        self, network_id: str, src: str, dst: str, *, max_msg_size: int = 128 * 1024
+    ) -> aiohttp.ClientWebSocketResponse:
+        """Opens the raw gate: a WebSocket whose binary messages are Ethernet frames between
+        the requestor's address ``src`` and the node at ``dst`` (see
+        :mod:`golem_vpn.netapi.gate`). Close the socket when done.
+
+        Raises:
+            BadRequest: ``src`` is not the requestor's address, or no node holds ``dst``.
+            NetworkNotFound, Forbidden, NetApiError: the server refused the upgrade.
+            NetApiUnavailable: the server cannot be reached.
+        """
+        url = self.raw_websocket_url(network_id, src, dst)
+        return await self._ws_connect(
+            url, f"frames {src} -> {dst} in network {network_id}", network_id, max_msg_size
+        )
+
+    async def _ws_connect(
+        self, url: str, target: str, network_id: str, max_msg_size: int
+    ) -> aiohttp.ClientWebSocketResponse:
+        """A gate's WebSocket handshake, its refusals raised as golem-vpn errors."""
         import aiohttp
         from yarl import URL
 
-        url = self.websocket_url(network_id, ip, port)
         session = self._get_session()
         log.debug("GET %s (WebSocket)", url)
         try:
@@ -660,10 +694,10 @@ class Client:
                     status=exc.status,
                 ) from None
             # aiohttp drops the body of a refused handshake: say what we tried instead.
-            target = f"{ip}:{port} in network {network_id}"
             if exc.status == 502:  # golem-vpn's gate: the payload refused (yagna says 504)
                 raise ConnectionRefused(f"GET {url}: 502: connection to {target} refused") from None
             fallback = {
+                400: f"the gate refused {target}",
                 404: f"network {network_id} not found",
                 504: f"connection to {target} timed out",
             }.get(exc.status)

@@ -32,6 +32,29 @@ Gateway says what happened), 404 for an unknown network. Then:
 Beyond yagna: ``GET /net/{id}/udp/{ip}/{port}``, one WebSocket message per datagram each way
 (datagrams from other sources are dropped, as on a connected UDP socket), and the list of
 live TCP connections for ``GET /net/{id}/tcp`` (yagna specifies it but never implemented it).
+
+**The raw gate** (yagna master's ``connect_raw``): ``GET /net/{id}/raw/from/{src}/to/{dst}``
+joins the WebSocket to the node at ``dst`` at the link layer. Each binary message is one
+Ethernet II frame, each way; ``src`` is the requestor's own address the client speaks from,
+``dst`` a node's. The client is a host on a link with that node, as a VM guest is on its
+runtime's endpoint, with yagna's MACs: the client's is ``a0:13:`` + ``src`` (the requestor's),
+the node's ``90:13:`` + ``dst``. Between nodes only IP packets travel (the tunnels carry no
+Ethernet), so the gate does at the requestor what a VM attachment does at a provider, with a
+:class:`~golem_vpn.Router` in Ethernet mode of its own: ARP requests and neighbour
+solicitations for ``dst`` are answered at once, IPv4 and IPv6 frames lose their header and
+go to the node as packets, and the node's packets come back with a header put on. Frames
+are checked and dropped, never fatal, and each drop is counted by reason (listed with the
+session by ``GET /net/{id}/raw``): the router's reasons (``truncated``, ``oversized`` above
+:data:`MAX_RAW_FRAME`, ``spoofed_source`` when the IP source is not ``src``,
+``unsupported_ethertype``, ``unknown_destination``...), ``not_to_destination`` (a packet
+for any other address, broadcast and multicast included: this gate reaches one node),
+``text`` (text messages, which yagna ignores too), ``backlog`` (a client too slow for what
+the node sends: frames are dropped, as a full link drops them, after
+:data:`RAW_BACKLOG`). A message over :data:`MAX_RAW_MESSAGE` closes the WebSocket with
+1009. While a raw session is open, every packet from ``dst`` to the requestor goes to it and
+not to the requestor's stack (as in yagna), so TCP gate connections to that node stall
+until it closes. Heartbeat and idle timeout are the TCP gate's; removing the node or the
+network closes the session with 1001.
 """
 
 from __future__ import annotations
@@ -39,13 +62,17 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+from collections import deque
 from collections.abc import Awaitable, Callable, Coroutine
 from dataclasses import dataclass, field
+from ipaddress import ip_address
 from typing import Any
 
 from aiohttp import WSCloseCode, WSMsgType, web
 
+from golem_vpn._golem_vpn import Router
 from golem_vpn.errors import DatagramTooLarge, GolemVpnError
+from golem_vpn.interface import PacketTap
 from golem_vpn.netapi.backend import VpnBackend
 from golem_vpn.streams import DatagramEndpoint
 
@@ -54,9 +81,13 @@ __all__ = [
     "CLIENT_TIMEOUT",
     "CONNECT_TIMEOUT",
     "HEARTBEAT_INTERVAL",
+    "MAX_RAW_FRAME",
+    "MAX_RAW_MESSAGE",
+    "RAW_BACKLOG",
     "Connection",
     "Gate",
     "NotWebSocket",
+    "RawTarget",
 ]
 
 #: yagna's ``TCP_CONN_TIMEOUT``: how long the gate waits for the TCP handshake.
@@ -74,11 +105,20 @@ CLOSE_TIMEOUT = 5.0
 MAX_TCP_MESSAGE = 1024 * 1024
 #: Largest message a client may send on the UDP gate: the largest UDP payload.
 MAX_UDP_MESSAGE = 65535
+#: Largest frame the raw gate takes: the largest IP packet and an Ethernet header. Larger
+#: ones (up to :data:`MAX_RAW_MESSAGE`) are dropped and counted as ``oversized``.
+MAX_RAW_FRAME = 65535 + 14
+#: Largest message a client may send on the raw gate; larger ones close it with 1009.
+MAX_RAW_MESSAGE = 128 * 1024
+#: Frames from the node the raw gate holds for a slow client; more are dropped (``backlog``).
+RAW_BACKLOG = 1024
 
 _log = logging.getLogger(__name__)
 
 TCP = 6
 UDP = 17
+#: :attr:`Connection.protocol` of a raw gate session (frames, not one IP protocol).
+RAW = 0
 
 
 class NotWebSocket(Exception):
@@ -90,7 +130,7 @@ class Connection:
     """One live gate connection, in the Net API's ``Connection`` shape.
 
     Attributes:
-        protocol: The IP protocol number: 6 (TCP) or 17 (UDP).
+        protocol: The IP protocol number: 6 (TCP) or 17 (UDP); 0 for a raw gate session.
         local_ip: The requestor's address the socket uses.
         local_port: The requestor's port.
         remote_ip: The payload's address.
@@ -128,6 +168,123 @@ class _Session:
     #: Set when the socket side ended and its pump is closing the WebSocket.
     socket_ended: bool = False
     done: asyncio.Event = field(default_factory=asyncio.Event)
+    #: A raw gate session's frames and counters.
+    raw: _RawPort | None = None
+
+
+@dataclass(frozen=True)
+class RawTarget:
+    """Where a raw gate session goes; the server has checked every field.
+
+    Attributes:
+        network_id: The network.
+        cidr: Its range (``"192.168.0.0/24"``).
+        requestor_id: The requestor's node id (this node).
+        src: The requestor's address the client speaks from.
+        dst: The node's address.
+        node_id: The node that holds ``dst``.
+    """
+
+    network_id: str
+    cidr: str
+    requestor_id: str
+    src: str
+    dst: str
+    node_id: str
+
+
+class _RawPort:
+    """One raw gate session's link: a router in Ethernet mode, the frames waiting for the
+    client, and the counters (see the module docs)."""
+
+    def __init__(self, target: RawTarget) -> None:
+        self.target = target
+        self.router = Router(
+            target.network_id,
+            target.cidr,
+            target.requestor_id,
+            [target.src],
+            ethernet=True,
+            requestor=target.requestor_id,
+        )
+        self.router.add_node(target.node_id, target.dst)
+        self._local = self.router.node_id
+        self._dst = ip_address(target.dst).packed
+        self.tap: PacketTap | None = None
+        self.frames: deque[bytes] = deque()
+        self.wakeup = asyncio.Event()
+        self.ended = False
+        self.frames_in = self.bytes_in = self.frames_out = self.bytes_out = 0
+        self.drops: dict[str, int] = {}
+
+    def drop(self, reason: str) -> None:
+        self.drops[reason] = self.drops.get(reason, 0) + 1
+
+    def _queue(self, frame: bytes) -> None:
+        if len(self.frames) >= RAW_BACKLOG:
+            self.drop("backlog")
+        else:
+            self.frames.append(frame)
+
+    def arrived(self, packets: list[bytes]) -> None:
+        """The tap's callback: packets from the node, as frames for the client."""
+        receive, node_id = self.router.receive, self.target.node_id
+        for packet in packets:
+            frame = receive(packet, node_id)
+            if frame is not None:  # else dropped, and counted by the router
+                self._queue(frame)
+        self.wakeup.set()
+
+    async def send(self, data: bytes) -> None:
+        """One frame from the client: to the node as a packet, or answered here."""
+        packets = []
+        for node_id, packet in self.router.inject(data):
+            if node_id == self._local:  # an ARP or neighbour answer, for the client
+                self._queue(packet)
+                self.wakeup.set()
+            elif _destination(packet) == self._dst:
+                packets.append(packet)
+            else:
+                self.drop("not_to_destination")
+        if packets and self.tap is not None:
+            try:
+                self.tap.send(packets)
+            except GolemVpnError as exc:  # the network went away under the session
+                raise _Stop(WSCloseCode.GOING_AWAY, _reason(exc)) from None
+            self.frames_in += 1
+            self.bytes_in += len(data)
+
+    def text(self, _: str) -> None:
+        self.drop("text")
+
+    def end(self) -> None:
+        """Stops the session: the tap is closed and the outbound pump closes the WebSocket."""
+        self.ended = True
+        if self.tap is not None:
+            self.tap.close()
+        self.wakeup.set()
+
+    def to_json(self) -> dict[str, object]:
+        """The session as ``GET /net/{id}/raw`` lists it."""
+        stats = self.router.stats()
+        drops = {k: v for k, v in stats["drops"].items() if v}
+        for reason, count in self.drops.items():
+            drops[reason] = drops.get(reason, 0) + count
+        return {
+            "src": self.target.src,
+            "dst": self.target.dst,
+            "nodeId": self.target.node_id,
+            "framesIn": self.frames_in,
+            "bytesIn": self.bytes_in,
+            "framesOut": self.frames_out,
+            "bytesOut": self.bytes_out,
+            "drops": drops,
+        }
+
+
+def _destination(packet: bytes) -> bytes:
+    """The destination address of an IP packet the router let through, packed."""
+    return packet[16:20] if packet[0] >> 4 == 4 else packet[24:40]
 
 
 def _address(info: Any) -> tuple[str, int]:
@@ -172,6 +329,10 @@ class Gate:
             for s in self._sessions.get(network_id, ())
             if protocol is None or s.connection.protocol == protocol
         ]
+
+    def raw_sessions(self, network_id: str) -> list[dict[str, object]]:
+        """The live raw gate sessions of a network, with their counters."""
+        return [s.raw.to_json() for s in self._sessions.get(network_id, ()) if s.raw is not None]
 
     def buffered(self) -> int:
         """Bytes the gate holds on its way to clients: every WebSocket's HTTP transport buffer.
@@ -303,6 +464,47 @@ class Gate:
             self._remove(session)
         return ws
 
+    async def raw(self, request: web.Request, target: RawTarget) -> web.StreamResponse:
+        """Serve ``GET /net/{id}/raw/from/{src}/to/{dst}``: Ethernet frames to and from the
+        node at ``target.dst`` (see the module docs); ``target`` is validated.
+
+        Raises:
+            NotWebSocket: Not an upgrade request.
+            NetworkNotFound: The backend has no such network (404).
+        """
+        ws = self._websocket(request, MAX_RAW_MESSAGE)
+        port = _RawPort(target)
+        port.tap = self._backend.tap(target.network_id, target.dst, port.arrived, on_close=port.end)
+        try:
+            await ws.prepare(request)
+        except BaseException:
+            port.tap.close()
+            raise
+        connection = Connection(RAW, target.src, 0, target.dst, 0)
+        session = _Session(target.network_id, connection, ws, request.transport, port.end, raw=port)
+        self._add(session)
+        _log.info(
+            "gate: raw %s -> %s open in network %s", target.src, target.dst, target.network_id
+        )
+        try:
+            await self._run(
+                session,
+                inbound=port.send,
+                outbound=lambda: self._to_client(session, port),
+                on_text=port.text,
+            )
+        finally:
+            port.end()
+            self._remove(session)
+            _log.info(
+                "gate: raw %s -> %s closed in network %s: %s",
+                target.src,
+                target.dst,
+                target.network_id,
+                port.to_json(),
+            )
+        return ws
+
     # -- the pumps -------------------------------------------------------------------------
 
     async def _run(
@@ -311,8 +513,12 @@ class Gate:
         *,
         inbound: Callable[[bytes], Awaitable[None]],
         outbound: Callable[[], Coroutine[Any, Any, None]],
+        on_text: Callable[[str], None] | None = None,
     ) -> None:
-        """Pump until either side closes: client messages here, socket bytes in a task."""
+        """Pump until either side closes: client messages here, socket bytes in a task.
+
+        Text messages are data (their UTF-8 bytes) unless ``on_text`` takes them.
+        """
         ws = session.ws
         out_task = asyncio.create_task(outbound())
         ping_task = asyncio.create_task(self._ping(ws))
@@ -325,6 +531,9 @@ class Gate:
                     break
                 if msg.type is WSMsgType.BINARY:
                     data: bytes = msg.data
+                elif msg.type is WSMsgType.TEXT and on_text is not None:
+                    on_text(msg.data)
+                    continue
                 elif msg.type is WSMsgType.TEXT:
                     data = msg.data.encode("utf-8")
                 else:  # CLOSE (answered by aiohttp), CLOSING, CLOSED, ERROR
@@ -408,6 +617,25 @@ class Gate:
             await self._close_ws(session, WSCloseCode.GOING_AWAY, _reason(exc))
         except (ConnectionError, OSError):
             return
+
+    async def _to_client(self, session: _Session, port: _RawPort) -> None:
+        ws = session.ws
+        frames = port.frames
+        try:
+            while True:
+                while frames:
+                    frame = frames.popleft()
+                    await ws.send_bytes(frame)
+                    port.frames_out += 1
+                    port.bytes_out += len(frame)
+                if port.ended:
+                    break
+                port.wakeup.clear()
+                await port.wakeup.wait()
+        except (ConnectionError, OSError):
+            return  # the client went away while we were sending
+        session.socket_ended = True
+        await self._close_ws(session, WSCloseCode.GOING_AWAY, b"network removed")
 
     # -- bookkeeping -----------------------------------------------------------------------
 

@@ -18,8 +18,18 @@ endpoint                                    answer                              
 ``GET /net/{id}/tcp``                       ``[Connection]``, the gate's live ones   401-404
 ``GET /net/{id}/tcp/{ip}/{port}``           101, the TCP gate (:mod:`.gate`)         400-404 502 504
 ``GET /net/{id}/udp/{ip}/{port}``           101, the UDP gate (beyond yagna)         400-404
+``GET /net/{id}/raw/from/{src}/to/{dst}``   101, the raw frame gate (yagna master)   400-404
+``GET /net/{id}/raw``                       the raw gate's sessions and counters     401-404
+``GET /openapi.json``                       this API's OpenAPI document (no key)
 ``GET /net-api/v2/net/status``              ``{nodeId, listenIp?, publicIp?, sessions}`` 401
 =========================================== ======================================== =========
+
+The OpenAPI documents (:mod:`golem_vpn.netapi.openapi`, the single source of the API's
+description) are served at ``/net-api/v1/openapi.json`` and ``/net-api/v2/vpn/openapi.json``
+(and ``/golem-vpn/v1/openapi.json`` for the attachment API) *without* an app key: they are
+the same for every daemon and say nothing about its state, and tools (code generators,
+schemathesis, Swagger UI) fetch them before they hold a key. yagna serves no such path, so
+no yagna client is affected.
 
 A node daemon's backend (one with an ``exeunit``) also serves the provider side's attachment
 API, ``/golem-vpn/v1/attachments`` (see :mod:`golem_vpn.exeunit.api`), with the same app keys.
@@ -102,6 +112,7 @@ from golem_vpn.netapi.gate import (
     HEARTBEAT_INTERVAL,
     Gate,
     NotWebSocket,
+    RawTarget,
 )
 from golem_vpn.netapi.store import Store, StoredNetwork, StoreError
 
@@ -505,6 +516,42 @@ class NetApi:
         ip, port = self._target(request, entry)
         return await self.gate.udp(request, entry.model.id, ip, port)
 
+    async def connect_raw(self, request: web.Request) -> StreamResponse:
+        """``GET /net/{id}/raw/from/{src}/to/{dst}``: the raw frame gate. ``src`` must be
+        one of the requestor's addresses in the network (its packets could not pass the
+        nodes' anti-spoofing otherwise), ``dst`` a node's (yagna's 400 "destination address
+        not found" otherwise)."""
+        entry = self._entry(request)
+        model = entry.model
+        src = parse_ip(request.match_info["src"])
+        dst = parse_ip(request.match_info["dst"])
+        if src != model.requestor_ip and src not in entry.addresses:
+            mine = ", ".join(str(ip) for ip in [model.requestor_ip, *entry.addresses])
+            raise ApiError(
+                400,
+                f"source address {src} is not the requestor's in network {model.id} "
+                f"(its addresses: {mine})",
+            )
+        node = next((n for n in model.nodes.values() if n.ip == dst), None)
+        if node is None:
+            raise ApiError(
+                400, f"destination address not found: no node holds {dst} in network {model.id}"
+            )
+        target = RawTarget(
+            network_id=model.id,
+            cidr=str(model.network),
+            requestor_id=model.requestor_id,
+            src=str(src),
+            dst=str(dst),
+            node_id=node.id,
+        )
+        return await self.gate.raw(request, target)
+
+    async def get_raw_sessions(self, request: web.Request) -> web.Response:
+        """``GET /net/{id}/raw``: the raw gate's live sessions with their counters."""
+        entry = self._entry(request)
+        return web.json_response(self.gate.raw_sessions(entry.model.id))
+
     # -- node ------------------------------------------------------------------------------
 
     async def status(self, request: web.Request) -> web.Response:
@@ -670,6 +717,8 @@ def create_app(
         router.add_get(one + "/tcp", api.get_connections)
         router.add_get(one + "/tcp/{ip}/{port}", api.connect_tcp, allow_head=False)
         router.add_get(one + "/udp/{ip}/{port}", api.connect_udp, allow_head=False)
+        router.add_get(one + "/raw", api.get_raw_sessions)
+        router.add_get(one + "/raw/from/{src}/to/{dst}", api.connect_raw, allow_head=False)
     router.add_get(STATUS_PATH, api.status)
     exeunit = getattr(backend, "exeunit", None)
     if exeunit is not None:  # a node daemon: its provider side (golem_vpn.exeunit.api)

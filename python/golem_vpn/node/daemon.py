@@ -5,11 +5,12 @@ that runs as a requestor: creating a network joins it on the node's
 :class:`~golem_vpn.node.transport.UdpTransport` with a userspace stack at the requestor's
 address; adding and removing nodes goes through the
 :class:`~golem_vpn.node.membership.Coordinator`, which tells every provider over reliable
-control channels; the WebSocket gate's sockets come from the requestor's stacks. Providers
-join networks from their DEPLOY config and follow their requestor's control messages; the
-backend's :class:`~golem_vpn.exeunit.ExeUnit` (:attr:`DaemonBackend.exeunit`) turns a DEPLOY
-into an attached payload (TUN device, VM frame endpoint or userspace stack) through
-:meth:`DaemonBackend.join_deploy` and :meth:`DaemonBackend.join_deploy_native`.
+control channels; the WebSocket gate's sockets (and the raw gate's packet taps) come from the
+requestor's stacks. Providers join networks from their DEPLOY config and follow their
+requestor's control messages; the backend's :class:`~golem_vpn.exeunit.ExeUnit`
+(:attr:`DaemonBackend.exeunit`) turns a DEPLOY into an attached payload (TUN device, VM frame
+endpoint or userspace stack) through :meth:`DaemonBackend.join_deploy` and
+:meth:`DaemonBackend.join_deploy_native`.
 """
 
 from __future__ import annotations
@@ -18,13 +19,14 @@ import asyncio
 import contextlib
 import json
 import os
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 from golem_vpn.errors import DataDirLocked, NetworkNotFound
 from golem_vpn.exeunit.attach import ExeUnit
 from golem_vpn.hostport import format_hostport, listen_error
-from golem_vpn.interface import Interface
+from golem_vpn.interface import Interface, PacketTap
 from golem_vpn.model import DeployNetwork, Network, Node
 from golem_vpn.node.membership import ControlPlane, Coordinator, Member
 from golem_vpn.node.transport import UdpTransport
@@ -98,6 +100,16 @@ class DaemonBackend:
 
     async def open_udp(self, network_id: str) -> DatagramEndpoint:
         return await open_datagram_endpoint(self.interface(network_id))
+
+    def tap(
+        self,
+        network_id: str,
+        source: str,
+        receive: Callable[[list[bytes]], None],
+        *,
+        on_close: Callable[[], None] | None = None,
+    ) -> PacketTap:
+        return self.interface(network_id).tap(source, receive, on_close=on_close)
 
     def join_deploy(
         self, net: DeployNetwork, requestor_id: str, requestor_addr: tuple[str, int] | None = None
