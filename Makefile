@@ -3,7 +3,7 @@ PYTHON ?= python3
 PIP := $(PYTHON) -m pip
 CARGO ?= cargo
 
-.PHONY: help install dev test test-rust test-python lint fmt bench bench-rust bench-python bench-stack bench-tun bench-peers demo clean
+.PHONY: help install dev test test-rust test-python lint fmt docs bench bench-rust bench-python bench-stack bench-tun bench-peers demo clean
 
 help:
 	@echo "make demo    install the package and run the local demo"
@@ -14,6 +14,7 @@ help:
 	@echo "make bench-peers  (root) the same through wireguard-go, nebula, tinc and openvpn too"
 	@echo "make dev     editable install with dev extras"
 	@echo "make fmt     format Rust and Python sources"
+	@echo "make docs    regenerate docs/net-api.md from the OpenAPI documents"
 
 install:
 	$(PIP) install --quiet .
@@ -33,14 +34,18 @@ lint: dev
 	$(CARGO) fmt --check
 	$(CARGO) clippy --locked --all-targets -- -D warnings
 	$(CARGO) clippy --locked --all-targets --features python -- -D warnings
-	$(PYTHON) -m ruff check python tests benches examples
-	$(PYTHON) -m ruff format --check python tests benches examples
+	$(PYTHON) -m ruff check python tests benches examples tools
+	$(PYTHON) -m ruff format --check python tests benches examples tools
 	$(PYTHON) -m mypy
 
 fmt:
 	$(CARGO) fmt
-	$(PYTHON) -m ruff format python tests benches examples
-	$(PYTHON) -m ruff check --fix python tests benches examples
+	$(PYTHON) -m ruff format python tests benches examples tools
+	$(PYTHON) -m ruff check --fix python tests benches examples tools
+
+# docs/net-api.md is generated from golem_vpn/netapi/openapi.py (tests/test_openapi.py checks).
+docs:
+	$(PYTHON) tools/gen_api_docs.py
 
 bench: dev bench-rust bench-python bench-stack
 

@@ -2,7 +2,9 @@
 
 ``server`` serves it (aiohttp), ``backend`` is what it drives (the daemon's transport and
 stacks, or an in-process stand-in), ``store`` keeps its state, ``appkeys`` its keys, ``gate``
-bridges WebSockets to TCP/UDP inside networks, and ``client`` speaks it.
+bridges WebSockets to TCP/UDP inside networks (and to a node's link, the raw gate),
+``openapi`` describes it (the documents the server serves and ``docs/net-api.md`` is generated
+from), and ``client`` speaks it.
 """
 
 from __future__ import annotations

@@ -114,6 +114,7 @@ from golem_vpn.netapi.gate import (
     NotWebSocket,
     RawTarget,
 )
+from golem_vpn.netapi.openapi import DOCUMENT_PATHS, Api, document
 from golem_vpn.netapi.store import Store, StoredNetwork, StoreError
 
 __all__ = [
@@ -123,6 +124,7 @@ __all__ = [
     "IDENTITY",
     "MAX_BODY_SIZE",
     "NETAPI",
+    "PUBLIC_PATHS",
     "STATUS_PATH",
     "AccessLogger",
     "ApiError",
@@ -619,8 +621,14 @@ async def _error_middleware(request: web.Request, handler: Handler) -> StreamRes
         return _message(500, "Internal server error")
 
 
+#: Paths served without an app key: the OpenAPI documents (see the module docs).
+PUBLIC_PATHS = frozenset(DOCUMENT_PATHS.values())
+
+
 @web.middleware
 async def _auth_middleware(request: web.Request, handler: Handler) -> StreamResponse:
+    if request.path in PUBLIC_PATHS and request.method in ("GET", "HEAD"):
+        return await handler(request)
     key = _bearer(request)
     if key is None:
         raise ApiError(401, "Missing application key")
@@ -720,12 +728,28 @@ def create_app(
         router.add_get(one + "/raw", api.get_raw_sessions)
         router.add_get(one + "/raw/from/{src}/to/{dst}", api.connect_raw, allow_head=False)
     router.add_get(STATUS_PATH, api.status)
+    served: list[Api] = ["net-api-v1", "net-api-v2"]
     exeunit = getattr(backend, "exeunit", None)
     if exeunit is not None:  # a node daemon: its provider side (golem_vpn.exeunit.api)
         from golem_vpn.exeunit.api import add_routes
 
         add_routes(app, exeunit)
+        served.append("attachments")
+    for name in served:
+        router.add_get(DOCUMENT_PATHS[name], _document_handler(name))
     return app
+
+
+def _document_handler(name: Api) -> Handler:
+    """Serves one OpenAPI document (built once, at the first request)."""
+    body: list[bytes] = []
+
+    async def handler(_: web.Request) -> web.Response:
+        if not body:
+            body.append(json.dumps(document(name), indent=1).encode())
+        return web.Response(body=body[0], content_type="application/json")
+
+    return handler
 
 
 async def serve(
