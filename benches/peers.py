@@ -22,32 +22,36 @@ servers on side B.
 path          set-up                                                               MTU    overhead
 ============  ===================================================================  =====  =========
 veth          host A -> host B over the bare underlay                               1500   0
-golem-vpn     relay, requestor and provider A's daemons on A, provider B's on B;   1400   91
+golem-vpn     relay, requestor and provider A's daemons on A, provider B's on B;   M      91
               each provider attaches a payload namespace (``gvp-pa``, ``gvp-pb``)
               with ``golem-vpn attach --tun --netns``; Noise, AES-256-GCM
-wireguard-go  ``wireguard-go`` in each host, keys and peer set with ``wg``          1400   60
-nebula        CA and host certs from ``nebula-cert``, lighthouse on A, static       1400   60
+wireguard-go  ``wireguard-go`` in each host, keys and peer set with ``wg``          M      60
+nebula        CA and host certs from ``nebula-cert``, lighthouse on A, static       M      60
               host map over the underlay, cipher ``aes`` (AES-256-GCM)
-tinc          tinc 1.0, router mode, RSA keys from ``tincd -K``, aes-256-cbc and    1400   <= 66
+tinc          tinc 1.0, router mode, RSA keys from ``tincd -K``, aes-256-cbc and    M      <= 66
               HMAC-SHA256 (4 bytes, the defaults), no PMTU discovery (see below)
-openvpn       point-to-point TLS (self-signed EC certs pinned with                 1400   52
+openvpn       point-to-point TLS (self-signed EC certs pinned with                 M      52
               ``--peer-fingerprint``), AES-256-GCM, UDP, ``--disable-dco``
 ============  ===================================================================  =====  =========
 
 The overhead is bytes per packet on the IPv4 underlay: IP 20 + UDP 8, plus golem-vpn's 63
 (type 1, receiver index 4, counter 8, kind and network id 2 + 32, tag 16), WireGuard's 32
 (type and receiver index 8, counter 8, tag 16; shorter packets are padded to 16 bytes, a
-full-MTU one is not), nebula's 32 (header 16, tag 16), tinc 1.0's
-up to 38 (sequence number 4, the Ethernet header it carries even in router mode 14, CBC
-padding 1-16, MAC 4) or OpenVPN's 24 (opcode and peer id 4, packet id 4, tag 16). Every
-tunnel gets golem-vpn's default MTU, 1400, so each carries the same packets and none is
-fragmented on the 1500-byte underlay (WireGuard's usual 1420 or nebula's default 1300 would
-change the packets per byte by 1-8%).
-tinc 1.0 sends packets larger than the path MTU it has discovered so far over its TCP meta
-connection; the underlay's MTU is known here, so discovery is off and everything goes by UDP.
+full-MTU one is not), nebula's 32 (header 16, tag 16), tinc 1.0's up to 38 (sequence number
+4, the Ethernet header it carries even in router mode 14, CBC padding 1-16, MAC 4) or
+OpenVPN's 24 (opcode and peer id 4, packet id 4, tag 16).
+
+Every tunnel gets the same MTU, M: golem-vpn's default TUN MTU
+(``golem_vpn.exeunit.options.DEFAULT_MTU``; 1368 today, the largest packet golem-vpn carries
+over a 1500-byte underlay unfragmented even relayed over IPv6). So each tunnel carries the
+same packets and none fragments on the underlay (WireGuard's usual 1420 or nebula's default
+1300 would change the packets per byte by a few percent). The table's first row is each
+path's device MTU as measured, not as configured. tinc 1.0 sends packets larger than the path
+MTU it has discovered so far over its TCP meta connection; the underlay's MTU is known here,
+so discovery is off and everything goes by UDP.
 
 Each round measures every path in turn: iperf3 TCP with one and four streams, A to B and B to
-A (``-R``); iperf3 UDP A to B at fixed rates, 1372-byte datagrams (a full 1400-byte tunnel
+A (``-R``); iperf3 UDP A to B at fixed rates, datagrams of M - 28 bytes (each fills one tunnel
 packet), with the loss; and the median of 20 pings (one every 50 ms, after two to warm up).
 The table has each path's medians over the rounds, with their ratio to the bare veth, and the
 RTT a path adds to the veth's; ``--json`` writes every sample too. A path that fails to start,
@@ -75,11 +79,12 @@ from pathlib import Path
 from types import FrameType
 from typing import Any
 
+from golem_vpn.exeunit.options import DEFAULT_MTU
 from golem_vpn.lab import Lab, LabError, in_netns, run
 
 PREFIX = "gvp"
 UNDERLAY = "198.18.79.0/24"
-TUNNEL_MTU = 1400  # golem-vpn attach's default; every peer gets the same
+TUNNEL_MTU = DEFAULT_MTU  # golem-vpn attach's default; every peer gets the same
 UDP_LEN = TUNNEL_MTU - 28  # IPv4 + UDP headers: one datagram fills one tunnel packet
 UDP_RATES = ("100M", "500M", "1G")
 PATHS = ("veth", "golem-vpn", "wireguard-go", "nebula", "tinc", "openvpn")
@@ -120,12 +125,11 @@ class PathFailed(RuntimeError):
 @dataclass(frozen=True)
 class Route:
     """Where a path's traffic goes: iperf3 client and ping in ``client``, the iperf3 server
-    in ``server`` at ``target``, through a device of this ``mtu``."""
+    in ``server`` at ``target``."""
 
     client: str
     server: str
     target: str
-    mtu: int
 
 
 @dataclass
@@ -134,6 +138,7 @@ class PathResult:
 
     name: str
     route: Route | None = None
+    mtu: int | None = None
     failure: str | None = None
     samples: dict[str, list[float]] = field(default_factory=dict)
 
@@ -231,7 +236,7 @@ def up(netns: str, ifname: str, address: str) -> None:
 
 def start_veth(hosts: Hosts) -> Route:
     """The bare underlay: host A to host B."""
-    return Route(hosts.a, hosts.b, hosts.lab.addresses[hosts.b], 1500)
+    return Route(hosts.a, hosts.b, hosts.lab.addresses[hosts.b])
 
 
 def start_golem_vpn(hosts: Hosts) -> Route:
@@ -245,7 +250,7 @@ def start_golem_vpn(hosts: Hosts) -> Route:
     pay_a, pay_b = f"{PREFIX}-pa", f"{PREFIX}-pb"
     prov_a.attach_tun(deploys[0], pay_a)  # MTU: attach's default, TUNNEL_MTU
     prov_b.attach_tun(deploys[1], pay_b)
-    return Route(pay_a, pay_b, deploys[1]["net"][0]["nodeIp"], TUNNEL_MTU)
+    return Route(pay_a, pay_b, deploys[1]["net"][0]["nodeIp"])
 
 
 def start_wireguard(hosts: Hosts) -> Route:
@@ -268,7 +273,7 @@ def start_wireguard(hosts: Hosts) -> Route:
                       "listen-port", str(WG_PORT), "peer", public[other], "endpoint",
                       f"{peer_addr}:{WG_PORT}", "allowed-ips", f"{net}.{2 - i}/32"))  # fmt: skip
         up(netns, ifname, f"{net}.{i + 1}")
-    return Route(hosts.a, hosts.b, f"{net}.2", TUNNEL_MTU)
+    return Route(hosts.a, hosts.b, f"{net}.2")
 
 
 def start_nebula(hosts: Hosts) -> Route:
@@ -308,7 +313,7 @@ def start_nebula(hosts: Hosts) -> Route:
         procs.append(lab.popen(cmd, f"nebula-{tag}.log", capture_stdout=False))
     for proc, (tag, netns, *_) in zip(procs, reversed(hosts.sides()), strict=True):
         wait_for_device(netns, f"{PREFIX}neb-{tag}", proc)
-    return Route(hosts.a, hosts.b, overlay["b"], TUNNEL_MTU)
+    return Route(hosts.a, hosts.b, overlay["b"])
 
 
 def start_tinc(hosts: Hosts) -> Route:
@@ -344,7 +349,7 @@ def start_tinc(hosts: Hosts) -> Route:
         cmd = in_netns(netns, "tincd", "-c", str(conf), "-D", f"--pidfile={conf / 'tinc.pid'}")
         proc = lab.popen(cmd, f"tinc-{tag}.log", capture_stdout=False)
         wait_for_device(netns, f"{PREFIX}tinc-{tag}", proc)
-    return Route(hosts.a, hosts.b, f"{net}.2", TUNNEL_MTU)
+    return Route(hosts.a, hosts.b, f"{net}.2")
 
 
 def start_openvpn(hosts: Hosts) -> Route:
@@ -372,7 +377,7 @@ def start_openvpn(hosts: Hosts) -> Route:
                "--verb", "3"]  # fmt: skip
         cmd += ["--tls-server", "--dh", "none"] if tag == "a" else ["--tls-client"]
         lab.popen(in_netns(netns, *cmd), f"openvpn-{tag}.log", capture_stdout=False)
-    return Route(hosts.a, hosts.b, f"{net}.2", TUNNEL_MTU)
+    return Route(hosts.a, hosts.b, f"{net}.2")
 
 
 # The logs that explain a path's failure (in the lab's work directory).
@@ -396,6 +401,14 @@ STARTERS: dict[str, Callable[[Hosts], Route]] = {
 
 
 # --- measurements --------------------------------------------------------------------------
+
+
+def device_mtu(route: Route) -> int:
+    """The MTU of the device the client's packets to the target leave by."""
+    (hop,) = json.loads(run("ip", "-n", route.client, "-j", "route", "get", route.target).stdout)
+    cmd = ("ip", "-n", route.client, "-j", "link", "show", "dev", hop["dev"])
+    (link,) = json.loads(run(*cmd).stdout)
+    return int(link["mtu"])
 
 
 def first_ping(route: Route, timeout: float = 30) -> None:
@@ -539,7 +552,7 @@ def table(results: dict[str, PathResult], udp_rates: list[str], *, markdown: boo
     """Metrics down, paths across: medians, each with its ratio to the bare veth."""
     base = results["veth"].medians() if "veth" in results else {}
     ok = {n: r.medians() for n, r in results.items() if r.failure is None}
-    metrics = [f"tcp x{s} {w} Gbit/s" for s in (1, 4) for w in ("a->b", "b->a")]
+    metrics = ["device MTU"] + [f"tcp x{s} {w} Gbit/s" for s in (1, 4) for w in ("a->b", "b->a")]
     for rate in udp_rates:
         metrics += [f"udp {rate} rcvd Gbit/s", f"udp {rate} loss %"]
     metrics += ["ping ms", "added RTT ms"]
@@ -548,6 +561,8 @@ def table(results: dict[str, PathResult], udp_rates: list[str], *, markdown: boo
         if path not in ok:
             return "FAILED"
         figures = ok[path]
+        if metric == "device MTU":
+            return str(results[path].mtu)
         if metric == "added RTT ms":
             if "ping ms" not in figures or "ping ms" not in base:
                 return "-"
@@ -557,7 +572,7 @@ def table(results: dict[str, PathResult], udp_rates: list[str], *, markdown: boo
         value = figures[metric]
         if metric.endswith("loss %"):
             return f"{value:.2f}%"
-        text = f"{value:.3f}" if metric == "ping ms" else f"{value:.3g}"
+        text = f"{value:.3f}" if metric == "ping ms" else f"{value:#.3g}".rstrip(".")
         if path == "veth" or not base.get(metric):
             return text
         ratio = value / base[metric]
@@ -596,7 +611,8 @@ def bench(
         started = time.monotonic()
         try:
             result.route = STARTERS[name](hosts)
-            first_ping(result.route)
+            first_ping(result.route)  # openvpn, for one, makes its device only by now
+            result.mtu = device_mtu(result.route)
         except (PathFailed, LabError, OSError, subprocess.SubprocessError, KeyError) as exc:
             tails = log_tails(lab, name)
             result.failure = f"{exc}" + (f" [{tails}]" if tails else "")
@@ -690,7 +706,7 @@ def main() -> int:
             "rounds": args.rounds,
             "seconds": args.seconds,
             "udp_rates": args.udp_rates,
-            "mtu": {name: r.route.mtu for name, r in results.items() if r.route},
+            "mtu": {name: r.mtu for name, r in results.items()},
             "paths": {
                 name: {
                     "status": "ok" if r.failure is None else "FAILED",
