@@ -26,17 +26,35 @@ SAMPLES = {
 
 
 def shell_blocks(text: str) -> list[str]:
+    """The ``sh`` fenced code blocks of a Markdown text."""
     return re.findall(r"```sh\n(.*?)```", text, flags=re.DOTALL)
 
 
-def readme_commands() -> list[str]:
+def commands_in(text: str) -> list[str]:
+    """Every ``golem-vpn ...`` invocation in the shell blocks of a Markdown text."""
     commands = []
-    for block in shell_blocks(README):
+    for block in shell_blocks(text):
         for line in block.splitlines():
             code = line.split(" #", 1)[0]
             # A command ends at a pipe, a redirection, a background '&' or a '$(...)' end.
             commands += [m.strip() for m in re.findall(r"golem-vpn [^|&>)]*", code)]
     return commands
+
+
+def readme_commands() -> list[str]:
+    return commands_in(README)
+
+
+def check_parses(command: str, samples: dict[str, str] = SAMPLES) -> None:
+    """Fails the test unless ``command`` parses with the CLI's own parser (shell variables
+    replaced by ``samples``)."""
+    argv = [samples.get(token, token) for token in shlex.split(command)[1:]]
+    assert not [t for t in argv if t.startswith("$")], f"no sample value for {command!r}"
+    try:
+        args = _parser().parse_args(argv)
+    except SystemExit as exc:
+        pytest.fail(f"{command!r} does not parse (exit {exc.code})")
+    assert args.command is not None
 
 
 def test_the_readme_covers_what_a_new_user_asks() -> None:
@@ -71,10 +89,4 @@ def test_there_are_commands_to_check() -> None:
 
 @pytest.mark.parametrize("command", readme_commands())
 def test_each_readme_command_parses(command: str) -> None:
-    argv = [SAMPLES.get(token, token) for token in shlex.split(command)[1:]]
-    assert not [t for t in argv if t.startswith("$")], f"no sample value for {command!r}"
-    try:
-        args = _parser().parse_args(argv)
-    except SystemExit as exc:
-        pytest.fail(f"{command!r} does not parse (exit {exc.code})")
-    assert args.command is not None
+    check_parses(command)
