@@ -6,7 +6,7 @@ CARGO ?= cargo
 .PHONY: help install dev test test-rust test-python lint fmt docs bench bench-rust bench-python bench-stack bench-tun bench-peers demo clean
 
 help:
-	@echo "make demo    install the package and run the local demo"
+	@echo "make demo    install the package and run the demo (a relay, a requestor and 3 providers as processes)"
 	@echo "make test    install with dev tools, run cargo test and pytest"
 	@echo "make lint    cargo fmt --check, clippy -D warnings, ruff, mypy"
 	@echo "make bench   criterion benches + Python benchmarks (results: benches/RESULTS.md)"

@@ -1,4 +1,5 @@
-"""The local demo really routes: its printed story matches what the routers did."""
+"""The in-process walkthrough (``golem-vpn demo --local``) really routes: its printed story
+matches what the routers did. The multi-process demo is tested in ``test_demo_cluster.py``."""
 
 from __future__ import annotations
 
@@ -6,7 +7,7 @@ import io
 import subprocess
 import sys
 
-from golem_vpn.demo import main
+from golem_vpn.demo.local import main
 
 
 def test_demo_routes_and_counts() -> None:
@@ -43,9 +44,9 @@ def test_demo_routes_and_counts() -> None:
     assert "SHA-256 match" in text
 
 
-def test_cli_runs_demo() -> None:
+def test_cli_runs_the_local_demo() -> None:
     proc = subprocess.run(
-        [sys.executable, "-m", "golem_vpn", "demo"],
+        [sys.executable, "-m", "golem_vpn", "demo", "--local"],
         capture_output=True,
         text=True,
         timeout=60,

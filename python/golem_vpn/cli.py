@@ -1,6 +1,7 @@
 """The ``golem-vpn`` command.
 
-Subcommands grow with the project; today: ``demo`` (the local routing demo), ``version``,
+Subcommands grow with the project; today: ``demo`` (a relay, a requestor and three providers
+as processes on this machine; ``--local``: the in-process walkthrough), ``version``,
 ``id show|create`` (this node's key and node id), ``relay`` (run a relay), ``daemon`` (run a
 node: transport + Net API), ``app-key create|list|rm`` (Net API keys), ``net ...`` (drive a
 Net API: networks, nodes, ``connect`` a local port through the WebSocket gate), and the
@@ -51,7 +52,7 @@ def _parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--version", action=_VersionAction)
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
-    sub.add_parser("demo", help="run the local routing demo (three nodes, real packets)")
+    _add_demo_parser(sub)
     sub.add_parser("version", help="print the version and native build profile")
     _add_id_parser(sub)
     relay = sub.add_parser(
@@ -77,6 +78,72 @@ def _parser() -> argparse.ArgumentParser:
 
     add_parsers(sub)
     return parser
+
+
+def _add_demo_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    demo = sub.add_parser(
+        "demo",
+        help="run a relay, a requestor and three providers on this machine and show them talk",
+        description="Starts a relay, a requestor daemon and three provider daemons as separate "
+        "processes on 127.0.0.1 (free ports, a temporary data dir and identity each), creates "
+        "a network with the SDK, hands each provider its DEPLOY, and shows the payloads "
+        "talking: HTTP between providers and through the requestor's gate, ping between every "
+        "pair, a checksummed transfer, a node removed. Prints a report, stops every process "
+        "and removes everything it made. Needs no root and no configuration.",
+    )
+    demo.add_argument(
+        "--netns",
+        action="store_true",
+        help="attach each payload with a TUN device in a network namespace of its own "
+        "(needs root, iproute2 and ping) instead of the daemon's userspace stack",
+    )
+    demo.add_argument(
+        "--keep",
+        action="store_true",
+        help="after the report, keep everything running and say how to reach it, until "
+        "Ctrl-C or SIGTERM",
+    )
+    demo.add_argument(
+        "--size",
+        type=int,
+        default=32,
+        metavar="MIB",
+        help="MiB of the checksummed transfer between two providers (default 32)",
+    )
+    demo.add_argument(
+        "--no-hole-punching",
+        action="store_true",
+        help="start the daemons with --no-hole-punching: every path stays on the relay",
+    )
+    demo.add_argument("--json", action="store_true", help="print the report as JSON")
+    demo.add_argument(
+        "--local",
+        action="store_true",
+        help="instead: the in-process walkthrough of routing and the userspace stack "
+        "(one process, no daemons)",
+    )
+
+
+def _demo(args: argparse.Namespace) -> int:
+    if args.local:
+        if args.netns or args.keep or args.json or args.no_hole_punching:
+            return fail("--local runs in one process: it takes no other option")
+        from golem_vpn.demo import local
+
+        return local.main()
+    if not 1 <= args.size <= 4096:
+        return fail(f"--size must be from 1 to 4096 MiB, got {args.size}")
+    from golem_vpn.demo import cluster
+
+    return cluster.main(
+        cluster.DemoOptions(
+            netns=args.netns,
+            size=args.size << 20,
+            keep=args.keep,
+            json=args.json,
+            hole_punching=not args.no_hole_punching,
+        )
+    )
 
 
 def _data_dir_arg(parser: argparse.ArgumentParser) -> None:
@@ -375,9 +442,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser = _parser()
     args = parser.parse_args(argv)
     if args.command == "demo":
-        from golem_vpn import demo
-
-        return demo.main()
+        return _demo(args)
     if args.command == "version":
         from golem_vpn import __version__, build_profile
 

@@ -34,6 +34,7 @@ __all__ = [
     "DataDirError",
     "DataDirLocked",
     "DatagramTooLarge",
+    "DemoError",
     "DeployConfigError",
     "EndpointUnreachable",
     "Forbidden",
@@ -287,3 +288,10 @@ class EndpointUnreachable(AttachError, ConnectionError):
 
 class SystemCommandFailed(AttachError):
     """A system command (iproute2 ``ip``) failed; the message holds the command and its stderr."""
+
+
+# The demo (golem_vpn.demo).
+
+
+class DemoError(GolemVpnError):
+    """A step of ``golem-vpn demo`` failed (the message names it), or it cannot run here."""

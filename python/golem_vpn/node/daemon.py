@@ -279,6 +279,7 @@ async def run(
     hole_punching: bool = True,
     ready: Any = None,
     stop: asyncio.Event | None = None,
+    started: Callable[[DaemonBackend], None] | None = None,
 ) -> None:
     """Runs a node daemon until ``stop`` is set (or forever).
 
@@ -296,6 +297,9 @@ async def run(
         hole_punching: Try direct paths to relayed peers.
         ready: Called with a dict describing the running daemon (node id, addresses).
         stop: Set it to stop the daemon.
+        started: Called with the daemon's backend just before ``ready``, for programs that
+            run a payload in the daemon's process (a userspace attachment's sockets live
+            there: :meth:`~golem_vpn.exeunit.ExeUnit.interface`); the demo's nodes do.
 
     Raises:
         DataDirLocked: Another daemon runs on ``data_dir``.
@@ -312,6 +316,7 @@ async def run(
             hole_punching=hole_punching,
             ready=ready,
             stop=stop,
+            started=started,
         )
 
 
@@ -325,6 +330,7 @@ async def _run(
     hole_punching: bool,
     ready: Any,
     stop: asyncio.Event | None,
+    started: Callable[[DaemonBackend], None] | None = None,
 ) -> None:
     from golem_vpn.netapi.server import serve
     from golem_vpn.netapi.store import Store
@@ -360,6 +366,8 @@ async def _run(
             "dataDir": str(data_dir),
         }
         lock.record(api=str(info["api"]))
+        if started is not None:
+            started(backend)
         if ready is not None:
             ready(info)
         await (stop or asyncio.Event()).wait()

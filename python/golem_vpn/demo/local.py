@@ -1,6 +1,7 @@
-"""The local demo: one network, three nodes, real packets through real routers.
+"""The in-process walkthrough (``golem-vpn demo --local``): one network, three nodes, real routers.
 
-This is what ``make demo`` (``golem-vpn demo``) runs, in two parts.
+Everything runs in one process, to show the layers under the daemons (the multi-process demo,
+``golem-vpn demo``, is :mod:`golem_vpn.demo.cluster`). Two parts:
 
 1. Routing: a requestor creates a network with the model layer, adds two providers, and hands
    each its DEPLOY ``net`` config; every node builds its :class:`~golem_vpn.Router` from that
@@ -106,7 +107,7 @@ def main(out: TextIO = sys.stdout) -> int:
     def say(line: str = "") -> None:
         print(line, file=out)
 
-    say(f"golem-vpn {__version__} ({build_profile} build): local routing demo")
+    say(f"golem-vpn {__version__} ({build_profile} build): local routing demo (in one process)")
     say()
     network = Network.create("192.168.0.0/24", requestor_id=REQUESTOR)
     network.add_node(PROVIDER_A)
