@@ -5,7 +5,8 @@ daemons as processes of their own on loopback) with a hard timeout. What they pr
 
 - ``--json``: every step happened as reported (:func:`demo_helpers.check_report`), and no
   process, namespace or file of the demo survives it (:func:`demo_helpers.check_nothing_left`);
-  the progress shows each step on stderr and stdout holds only the report.
+  the progress shows each step on stderr and stdout holds only the report; the README's sample
+  report has the rows and columns the real one has.
 - ``--netns`` (root only): the same with TUN devices in network namespaces and payloads as
   processes in them; every namespace is gone afterwards.
 - ``--keep``: the printed way in works as written (``golem-vpn net show`` and ``golem-vpn net
@@ -31,13 +32,16 @@ import time
 import urllib.request
 from collections.abc import Iterator
 from contextlib import contextmanager
+from pathlib import Path
 from typing import IO
 
 import pytest
 
 from demo_helpers import check_nothing_left, check_report, netns_names
+from golem_vpn.demo.cluster import render
 
 GOLEM_VPN = [sys.executable, "-m", "golem_vpn"]
+README = Path(__file__).resolve().parent.parent / "README.md"
 SIZE_MIB = 8
 DEMO_TIMEOUT = 150
 
@@ -64,6 +68,20 @@ def test_demo_json_report_every_step_and_nothing_left() -> None:
     ticked = [line for line in done.stderr.splitlines() if line.startswith("  ✓ ")]
     assert len(ticked) == len(report["steps"]), done.stderr
     assert report["seconds"] < 90
+    check_readme_sample(render(report))
+
+
+def check_readme_sample(rendered: str) -> None:
+    """The README's sample report has the lines and columns the report really has."""
+    sample = re.search(r"```text\n(  NODE .*?)```", README.read_text(), flags=re.S)
+    assert sample is not None
+    lines = sample[1].splitlines()
+    out = rendered.splitlines()
+    assert lines[0].split() == next(o for o in out if o.startswith("  NODE ")).split()
+    for line in lines[1:]:
+        prefix = re.match(r"[A-Za-z -]*", line)
+        assert prefix is not None
+        assert any(o.startswith(prefix[0]) for o in out), (line, rendered)
 
 
 @pytest.mark.skipif(
