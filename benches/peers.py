@@ -141,6 +141,8 @@ class PathResult:
     mtu: int | None = None
     failure: str | None = None
     samples: dict[str, list[float]] = field(default_factory=dict)
+    #: The path's own processes (daemons, relays, peers' daemons), whose CPU time is counted.
+    pids: list[int] = field(default_factory=list)
 
     def add(self, metric: str, value: float) -> None:
         """Records one round's figure."""
@@ -473,14 +475,39 @@ def iperf(
     raise PathFailed(f"`{' '.join(client)}`: {error}")
 
 
+def cpu_seconds(pids: list[int]) -> float:
+    """User and system CPU time so far of ``pids`` (all their threads), in seconds."""
+    total = 0
+    for pid in pids:
+        with contextlib.suppress(OSError, IndexError, ValueError):
+            fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+            total += int(fields[11]) + int(fields[12])
+    return total / os.sysconf("SC_CLK_TCK")
+
+
+def cpu_idle() -> tuple[int, int]:
+    """(idle + iowait, total) jiffies of every core so far, from ``/proc/stat``."""
+    ticks = [int(x) for x in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:]]
+    return ticks[3] + ticks[4], sum(ticks)
+
+
 def measure(lab: Lab, result: PathResult, seconds: int, udp_rates: list[str]) -> None:
-    """One round on one path: TCP x1 and x4 both ways, UDP at each rate, ping."""
+    """One round on one path: TCP x1 and x4 both ways (with the CPU seconds the path's own
+    processes spent per GB moved, and how idle the machine's cores were), UDP at each rate,
+    ping."""
     route = result.route
     assert route is not None
     for streams in (1, 4):
         for reverse, way in ((False, "a->b"), (True, "b->a")):
+            cpu0, (idle0, all0) = cpu_seconds(result.pids), cpu_idle()
             end = iperf(lab, route, seconds, streams=streams, reverse=reverse)
+            cpu1, (idle1, all1) = cpu_seconds(result.pids), cpu_idle()
             result.add(f"tcp x{streams} {way} Gbit/s", end["sum_received"]["bits_per_second"] / 1e9)
+            moved = float(end["sum_received"]["bytes"]) / 1e9
+            if result.pids and moved > 0:
+                result.add(f"tcp x{streams} {way} cpu s/GB", (cpu1 - cpu0) / moved)
+            if all1 > all0:
+                result.add(f"tcp x{streams} {way} idle %", 100 * (idle1 - idle0) / (all1 - all0))
             retransmits = end.get("sum_sent", {}).get("retransmits")
             if retransmits is not None:
                 result.add(f"tcp x{streams} {way} retransmits", float(retransmits))
@@ -552,7 +579,12 @@ def table(results: dict[str, PathResult], udp_rates: list[str], *, markdown: boo
     """Metrics down, paths across: medians, each with its ratio to the bare veth."""
     base = results["veth"].medians() if "veth" in results else {}
     ok = {n: r.medians() for n, r in results.items() if r.failure is None}
-    metrics = ["device MTU"] + [f"tcp x{s} {w} Gbit/s" for s in (1, 4) for w in ("a->b", "b->a")]
+    metrics = ["device MTU"] + [
+        f"tcp x{s} {w} {m}"
+        for s in (1, 4)
+        for w in ("a->b", "b->a")
+        for m in ("Gbit/s", "cpu s/GB", "idle %")
+    ]
     for rate in udp_rates:
         metrics += [f"udp {rate} rcvd Gbit/s", f"udp {rate} loss %"]
     metrics += ["ping ms", "added RTT ms"]
@@ -570,8 +602,10 @@ def table(results: dict[str, PathResult], udp_rates: list[str], *, markdown: boo
         if metric not in figures:
             return "-"
         value = figures[metric]
-        if metric.endswith("loss %"):
-            return f"{value:.2f}%"
+        if metric.endswith("loss %") or metric.endswith("idle %"):
+            return f"{value:.2f}%" if metric.endswith("loss %") else f"{value:.0f}%"
+        if metric.endswith("cpu s/GB"):
+            return f"{value:.2f}"
         text = f"{value:.3f}" if metric == "ping ms" else f"{value:#.3g}".rstrip(".")
         if path == "veth" or not base.get(metric):
             return text
@@ -609,8 +643,10 @@ def bench(
             result.failure = f"not installed: {' '.join(missing)}"
             continue
         started = time.monotonic()
+        before = len(lab.procs)
         try:
             result.route = STARTERS[name](hosts)
+            result.pids = [p.pid for p in lab.procs[before:]]
             first_ping(result.route)  # openvpn, for one, makes its device only by now
             result.mtu = device_mtu(result.route)
         except (PathFailed, LabError, OSError, subprocess.SubprocessError, KeyError) as exc:
