@@ -1045,8 +1045,8 @@ def test_real_server_error_mapping(tmp_path: Path) -> None:
             await client.add_node(info.id, PROV_A, "10.0.0.2")
             with pytest.raises(AddressTaken, match=r"409.*IP address is taken"):
                 await client.add_node(info.id, PROV_B, "10.0.0.2")
-            with pytest.raises(ConnectTimeout, match="504"):
-                await client.connect_tcp(info.id, "10.0.0.77", 22)  # no such node
+            with pytest.raises(BadRequest, match="400"):
+                await client.connect_tcp(info.id, "10.0.0.77", 22)  # no such node: at once
             with pytest.raises(ConnectionRefused, match="502"):
                 await client.connect_tcp(info.id, "10.0.0.2", 22)  # nothing listens
             with pytest.raises(NetworkNotFound, match="404"):

@@ -43,6 +43,14 @@ async def _http(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> N
     writer.close()
 
 
+_UPGRADE = {
+    "Connection": "Upgrade",
+    "Upgrade": "websocket",
+    "Sec-WebSocket-Version": "13",
+    "Sec-WebSocket-Key": "dGhlIHNhbXBsZSBub25jZQ==",
+}
+
+
 def test_gate_over_the_encrypted_transport(tmp_path: Path) -> None:
     async def main() -> None:
         async with RelayService("127.0.0.1", 0) as relay:
@@ -105,7 +113,19 @@ def test_gate_over_the_encrypted_transport(tmp_path: Path) -> None:
                     assert page.startswith(b"HTTP/1.1 200 OK")
                     assert page.endswith(b"hello from the provider: /index.html")
 
-                    # Nobody holds 10.44.0.9: the gate answers 504 after its timeout.
+                    # Nobody holds 10.44.0.9: a 400 at once, where yagna waits 5 s for a 504.
+                    loop = asyncio.get_running_loop()
+                    start = loop.time()
+                    async with http.get(
+                        f"{base}/net/{net_id}/tcp/10.44.0.9/7", headers=_UPGRADE
+                    ) as r:
+                        assert r.status == 400
+                        assert "no node holds 10.44.0.9" in (await r.json())["message"]
+                    assert loop.time() - start < 0.5
+                    # A node whose daemon never answers: 504 after the connect timeout.
+                    silent = {"id": Identity.generate().node_id, "ip": "10.44.0.9"}
+                    async with http.post(f"{base}/net/{net_id}/nodes", json=silent) as r:
+                        assert r.status == 200
                     with pytest.raises(aiohttp.WSServerHandshakeError) as failed:
                         await http.ws_connect(f"{base}/net/{net_id}/tcp/10.44.0.9/7")
                     assert failed.value.status == 504

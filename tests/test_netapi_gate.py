@@ -28,6 +28,7 @@ import pytest
 from aiohttp import WSMsgType, web
 
 import golem_vpn
+from golem_vpn.netapi.server import Limits
 from test_netapi_server import PROV_A, PROV_B, V1, V2, Api, running
 from vpn_helpers import payload, run, wait_until
 
@@ -240,21 +241,26 @@ def test_text_messages_are_raw_bytes_too(tmp_path: Path) -> None:
 # -- connect errors ------------------------------------------------------------------------
 
 
-def test_dead_address_is_504_with_an_empty_body_after_the_connect_timeout(tmp_path: Path) -> None:
+def test_an_address_no_node_holds_is_400_at_once_and_counted(tmp_path: Path) -> None:
+    # yagna sends the SYN into the void and answers 504 after its 5 s connect timeout; the
+    # daemon knows no node holds the address, so it says so at once (the raw gate's words).
     async def test(api: Api, nid: str, payloads: Payloads) -> None:
         loop = asyncio.get_running_loop()
-        start = loop.time()
-        with pytest.raises(aiohttp.WSServerHandshakeError) as info:
-            await api.session.ws_connect(api.ws_url(nid, "192.168.0.77", 80), headers=api.auth())
-        assert info.value.status == 504
-        assert 0.45 <= loop.time() - start < 3.0
-        url = api.ws_url(nid, "192.168.0.77", 80, prefix=V2)
-        async with api.session.get(url, headers=upgrade_headers(api)) as resp:
-            assert resp.status == 504
-            assert await resp.read() == b""  # yagna's ConnectionTimeout has no body
+        for kind, prefix in (("tcp", V1), ("udp", V2)):
+            start = loop.time()
+            url = api.ws_url(nid, "192.168.0.77", 80, kind, prefix)
+            async with api.session.get(url, headers=upgrade_headers(api)) as resp:
+                assert resp.status == 400
+                message = (await resp.json())["message"]
+            assert message == (
+                f"destination address not found: no node holds 192.168.0.77 in network {nid}"
+            )
+            assert loop.time() - start < 0.3  # the connect timeout is 3 s here
         assert api.gate.connections(nid) == []
+        _, info = await api.call("GET", "/status", prefix="/net-api/v2/net")
+        assert info["refused"] == {"no_such_address": 2}
 
-    gate_test(tmp_path, test)
+    gate_test(tmp_path, test, connect_timeout=3.0)
 
 
 def test_closed_port_is_502_at_once(tmp_path: Path) -> None:
@@ -513,3 +519,46 @@ def test_udp_gate_one_message_per_datagram(tmp_path: Path) -> None:
         await wait_until(lambda: api.gate.connections(nid, protocol=None) == [])
 
     gate_test(tmp_path, test)
+
+
+@pytest.mark.parametrize(
+    ("limits", "message"),
+    [
+        (
+            Limits(gates_per_identity=2),
+            "Gate connections per identity limit reached (2); the daemon's "
+            "--max-gates-per-key ($GOLEM_VPN_MAX_GATES_PER_KEY) sets it",
+        ),
+        (
+            Limits(gates=2),
+            "Gate connections limit reached (2); the daemon's --max-gates "
+            "($GOLEM_VPN_MAX_GATES) sets it",
+        ),
+    ],
+    ids=["per-key", "in-all"],
+)
+def test_gate_connections_are_bounded_429_and_counted(
+    tmp_path: Path, limits: Limits, message: str
+) -> None:
+    async def test(api: Api, nid: str, payloads: Payloads) -> None:
+        url = api.ws_url(nid, A_IP, ECHO)
+        first = await api.session.ws_connect(url, headers=api.auth())
+        udp = api.ws_url(nid, A_IP, UDP_ECHO, "udp")
+        second = await api.session.ws_connect(udp, headers=api.auth())
+        try:
+            async with api.session.get(url, headers=upgrade_headers(api)) as resp:
+                assert resp.status == 429
+                assert (await resp.json())["message"] == message
+            # The two still work; closing one frees its place.
+            await first.send_bytes(b"ping")
+            assert (await first.receive()).data == b"ping"
+        finally:
+            await first.close()
+        async with api.session.ws_connect(url, headers=api.auth()) as third:
+            await third.send_bytes(b"again")
+            assert (await third.receive()).data == b"again"
+        await second.close()
+        _, info = await api.call("GET", "/status", prefix="/net-api/v2/net")
+        assert info["refused"] == {"gates_limit": 1}
+
+    gate_test(tmp_path, test, limits=limits)

@@ -27,7 +27,7 @@ import pytest
 from golem_vpn.errors import InvalidNodeId
 from golem_vpn.netapi.appkeys import AppKeyError, AppKeys
 from golem_vpn.netapi.backend import LocalBackend
-from golem_vpn.netapi.server import NETAPI, serve
+from golem_vpn.netapi.server import LIMIT_SETTINGS, NETAPI, Limits, serve
 from golem_vpn.netapi.store import SCHEMA_VERSION, Store, StoredNetwork, StoreError
 from vpn_helpers import run
 
@@ -38,6 +38,7 @@ PROV_B = "0x" + "c3" * 20
 PROV_C = "0x" + "d4" * 20
 V1, V2 = "/net-api/v1", "/net-api/v2/vpn"
 PREFIXES = [V1, V2]
+V2_NET = "/net-api/v2/net"
 
 
 @dataclass
@@ -301,7 +302,9 @@ def test_bad_node_address_and_gate_requests_are_400_with_a_message(tmp_path: Pat
             ("POST", "/addresses", {}, "Missing field 'ip'"),
             ("DELETE", "/nodes/0xnot-a-node", None, "not a Golem node id"),
             ("DELETE", f"/nodes/{REQ}", None, "cannot be removed"),
-            ("GET", "/tcp/192.168.0.2/80", None, "WebSocket"),  # no upgrade headers
+            ("GET", "/tcp/192.168.0.1/80", None, "WebSocket"),  # no upgrade headers
+            ("GET", "/tcp/192.168.0.2/80", None, "no node holds 192.168.0.2"),
+            ("GET", "/udp/192.168.0.2/53", None, "destination address not found"),
             ("GET", "/tcp/192.168.0.2/0", None, "Port must be"),
             ("GET", "/tcp/192.168.0.2/65536", None, "Port must be"),
             ("GET", "/tcp/192.168.0.2/http", None, "Port must be"),
@@ -326,6 +329,7 @@ def test_body_over_the_limit_is_413_and_unknown_routes_are_json(tmp_path: Path) 
         status, answer = await api.call("POST", "/net", data=big)
         assert status == 413
         assert "exceeded" in answer["message"]
+        assert "--max-body-size" in answer["message"]
         assert await api.call("GET", "/nowhere") == (404, {"message": "Not Found"})
         status, answer = await api.call("PUT", "/net")
         assert (status, answer) == (405, {"message": "Method Not Allowed"})
@@ -353,18 +357,45 @@ def test_requests_without_a_valid_key_are_401(tmp_path: Path) -> None:
         basic = {"Authorization": "Basic YTpi"}
         assert await api.call("GET", "/net", key=None, headers=basic) == invalid
 
-        # ?authToken= works on every route, as yagna's middleware allows.
+        # ?authToken= is taken on the WebSocket gates only (yagna's spec; browsers cannot set
+        # a WebSocket's headers): a key in a REST URL would end up in logs and proxies.
         key = api.keys["a"]
-        status, nets = await api.call("GET", f"/net?authToken={key}", key=None)
-        assert status == 200
-        assert [n["id"] for n in nets] == [nid]
-        assert await api.call("GET", "/net?authToken=nope", key=None) == invalid
-        status, _ = await api.call("DELETE", f"/net/{nid}?authToken={key}", key=None)
+        query = (
+            401,
+            {
+                "message": "The authToken query parameter is taken on the WebSocket gates "
+                "only; send the app key as an Authorization: Bearer header"
+            },
+        )
+        for method, path in [
+            ("GET", "/net"),
+            ("POST", "/net"),
+            ("GET", f"/net/{nid}"),
+            ("DELETE", f"/net/{nid}"),
+            ("GET", f"/net/{nid}/nodes"),
+            ("GET", f"/net/{nid}/tcp"),
+            ("GET", f"/net/{nid}/raw"),
+        ]:
+            for prefix in PREFIXES:
+                got = await api.call(method, f"{path}?authToken={key}", key=None, prefix=prefix)
+                assert got == query, (method, path)
+        assert await api.call("GET", "/status?authToken=x", key=None, prefix=V2_NET) == query
+        assert await api.call("GET", f"/net/{nid}", key=None) == missing  # still there
+        # With the header too, the header is the key (the query one is ignored).
+        status, _ = await api.call("GET", f"/net/{nid}?authToken=nope", key="a")
         assert status == 200
 
         # A deleted key stops working at once, without a restart.
         AppKeys(api.store).delete("b")
         assert await api.call("GET", "/net", key="b") == invalid
+
+        # Every refusal is counted, by reason.
+        status, info = await api.call("GET", "/status", prefix=V2_NET)
+        assert info["refused"] == {
+            "missing_key": len(PREFIXES) * len(paths) + 3,
+            "invalid_key": len(PREFIXES) * len(paths) * 2 + 3,
+            "query_key": 7 * 2 + 1,
+        }
 
     serve_test(tmp_path, test)
 
@@ -439,6 +470,8 @@ def test_ownership_is_yagnas_404_for_strangers_403_for_other_owners(tmp_path: Pa
         assert info.value.status == 403
         # ... and the other way round.
         assert await api.call("GET", f"/net/{b_net}", key="a") == (403, b"")
+        _, status = await api.call("GET", "/status", prefix=V2_NET)
+        assert status["refused"] == {"another_identity": 2 * len(requests(a_net)) + 2}
 
         # Each sees only its own networks; an id nobody has is a 404 for both.
         _, nets = await api.call("GET", "/net", key="a")
@@ -665,6 +698,7 @@ def test_access_log_never_contains_keys(tmp_path: Path, caplog: pytest.LogCaptur
         nid = await api.create()
         await api.call("GET", f"/net?authToken={key}", key=None)
         await api.call("GET", f"/net/{nid}?x=1&authToken={key}&y=2", key=None)
+        await api.call("GET", f"/net/{nid}/tcp/192.168.0.1/1?authToken={key}", key=None)
         await api.call("GET", f"/net?AUTHTOKEN={key}", key=None)
         await api.call("GET", "/net", key="a")
         await api.call("GET", "/net", key="made-up-key")
@@ -674,7 +708,9 @@ def test_access_log_never_contains_keys(tmp_path: Path, caplog: pytest.LogCaptur
         serve_test(tmp_path, test)
     text = caplog.text
     assert '"GET /net-api/v1/net?authToken=*** HTTP' not in text  # the format has no version
-    assert '"GET /net-api/v1/net?authToken=***" 200' in text
+    assert '"GET /net-api/v1/net?authToken=***" 401' in text
+    assert "/tcp/192.168.0.1/1?authToken=*** 400" not in text
+    assert '/tcp/192.168.0.1/1?authToken=***" 400' in text  # taken there: not a WebSocket
     assert "x=1&authToken=***&y=2" in text
     assert "made-up-key" not in text
     for record in caplog.records:
@@ -769,3 +805,68 @@ def test_concurrent_adds_of_one_address_give_one_winner(tmp_path: Path) -> None:
         assert api.store.counts(nid)["nodes"] == 1
 
     serve_test(tmp_path, test)
+
+
+# -- bounds (429) --------------------------------------------------------------------------
+
+
+def test_networks_per_identity_and_nodes_per_network_are_bounded_429_and_counted(
+    tmp_path: Path,
+) -> None:
+    async def test(api: Api) -> None:
+        a1 = await api.create("10.1.0.0/24")
+        await api.create("10.2.0.0/24")
+        status, answer = await api.call("POST", "/net", {"ip": "10.3.0.0/24"})
+        assert (status, answer) == (
+            429,
+            {
+                "message": "Networks per identity limit reached (2); the daemon's "
+                "--max-networks ($GOLEM_VPN_MAX_NETWORKS) sets it"
+            },
+        )
+        # Another identity has its own count; a removed network frees its place.
+        await api.create("10.3.0.0/24", key="b")
+        assert await api.call("DELETE", f"/net/{a1}") == (200, None)
+        await api.create("10.4.0.0/24")
+        _, nets = await api.call("GET", "/net")
+        assert len(nets) == 2
+
+        nid = nets[0]["id"]
+        for i, node in enumerate((PROV_A, PROV_B, PROV_C), start=2):
+            ip = f"{nets[0]['ip'].rsplit('.', 1)[0]}.{i}"
+            assert await api.call("POST", f"/net/{nid}/nodes", {"id": node, "ip": ip}) == (
+                200,
+                None,
+            )
+        refresh = {"id": PROV_A, "ip": f"{nets[0]['ip'].rsplit('.', 1)[0]}.2"}
+        assert await api.call("POST", f"/net/{nid}/nodes", refresh) == (200, None)
+        status, answer = await api.call(
+            "POST", f"/net/{nid}/nodes", {"id": "0x" + "e5" * 20, "ip": refresh["ip"][:-1] + "9"}
+        )
+        assert (status, answer) == (
+            429,
+            {
+                "message": "Nodes per network limit reached (3); the daemon's --max-nodes "
+                "($GOLEM_VPN_MAX_NODES) sets it"
+            },
+        )
+        _, info = await api.call("GET", "/status", prefix=V2_NET)
+        assert info["refused"] == {"networks_limit": 1, "nodes_limit": 1}
+
+    serve_test(tmp_path, test, limits=Limits(networks=2, nodes=3))
+
+
+def test_limits_come_from_the_environment_and_the_daemons_flags() -> None:
+    assert Limits.from_env({}) == Limits()
+    env = {"GOLEM_VPN_MAX_NETWORKS": "7", "GOLEM_VPN_MAX_BODY_SIZE": "1000"}
+    assert Limits.from_env(env) == Limits(networks=7, body=1000)
+    with pytest.raises(ValueError, match=r"--max-nodes \(\$GOLEM_VPN_MAX_NODES\).*'0'"):
+        Limits.from_env({"GOLEM_VPN_MAX_NODES": "0"})
+    # The CLI keeps its own copy of the flags (--help must not import aiohttp): same ones.
+    from golem_vpn import cli
+
+    assert {(flag, env) for flag, env, _, _ in cli._LIMIT_FLAGS} == set(LIMIT_SETTINGS.values())
+    defaults = Limits()
+    for name, (flag, _env) in LIMIT_SETTINGS.items():
+        (default,) = [d for f, _, d, _ in cli._LIMIT_FLAGS if f == flag]
+        assert default == getattr(defaults, name), flag

@@ -23,9 +23,13 @@ import shlex
 import sys
 from collections.abc import Sequence
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from golem_vpn.console import fail
 from golem_vpn.errors import GolemVpnError, ListenError
+
+if TYPE_CHECKING:
+    from golem_vpn.netapi.server import Limits
 
 __all__ = ["main"]
 
@@ -189,6 +193,27 @@ def _add_daemon_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser])
         action="store_true",
         help="keep relayed peers on the relay (no direct probes)",
     )
+    # The Net API's bounds (golem_vpn.netapi.server.Limits; 429, or 413 for a body, beyond).
+    for flag, env, default, what in _LIMIT_FLAGS:
+        daemon.add_argument(
+            flag, metavar="N", type=int, help=f"{what} (env {env}; default {default})"
+        )
+
+
+#: The daemon's bound flags: flag, environment variable, default, what it bounds. Kept here
+#: (not imported from golem_vpn.netapi.server) so that --help stays fast; a test checks them.
+_LIMIT_FLAGS = (
+    ("--max-networks", "GOLEM_VPN_MAX_NETWORKS", 1024, "networks one identity may hold"),
+    ("--max-nodes", "GOLEM_VPN_MAX_NODES", 4096, "nodes in one network"),
+    (
+        "--max-gates-per-key",
+        "GOLEM_VPN_MAX_GATES_PER_KEY",
+        1024,
+        "open gate WebSockets of one identity (its keys together)",
+    ),
+    ("--max-gates", "GOLEM_VPN_MAX_GATES", 4096, "open gate WebSockets in all"),
+    ("--max-body-size", "GOLEM_VPN_MAX_BODY_SIZE", 65536, "largest request body in bytes"),
+)
 
 
 def _add_app_key_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
@@ -213,6 +238,27 @@ def _setting(flag: str | None, env: str, default: str) -> str:
     import os
 
     return flag or os.environ.get(env) or default
+
+
+def _limits(args: argparse.Namespace) -> Limits:
+    """The Net API's bounds: the flags, else their environment variables, else the defaults.
+
+    Raises:
+        ValueError: A value is not a positive integer (the message names its flag).
+    """
+    from dataclasses import replace
+
+    from golem_vpn.netapi.server import LIMIT_SETTINGS, Limits
+
+    limits = Limits.from_env()
+    given: dict[str, int] = {}
+    for name, (flag, _env) in LIMIT_SETTINGS.items():
+        value = getattr(args, flag[2:].replace("-", "_"))
+        if value is not None:
+            if value < 1:
+                raise ValueError(f"{flag} must be a positive integer, got {value}")
+            given[name] = value
+    return replace(limits, **given)
 
 
 #: Where each daemon or relay socket is set: its flag and environment variable.
@@ -256,7 +302,8 @@ def _daemon(args: argparse.Namespace) -> int:
         for host, port in relay:
             hostport.resolve(host, port, "--relay")
         data_dir = config.data_dir(args.data_dir)
-    except GolemVpnError as exc:
+        limits = _limits(args)
+    except (GolemVpnError, ValueError) as exc:
         return fail(str(exc))
 
     def ready(info: dict[str, object]) -> None:
@@ -280,6 +327,7 @@ def _daemon(args: argparse.Namespace) -> int:
             hole_punching=not args.no_hole_punching,
             ready=ready,
             stop=stop,
+            limits=limits,
         )
 
     try:

@@ -3,7 +3,7 @@
 :func:`add_routes` puts these routes into the Net API's aiohttp application
 (:func:`golem_vpn.netapi.server.create_app` calls it when the backend has an
 :class:`~golem_vpn.exeunit.ExeUnit`), so they share its port and its app-key authentication
-(``Authorization: Bearer KEY`` or ``?authToken=KEY``; 401 otherwise):
+(``Authorization: Bearer KEY``; 401 otherwise):
 
 ============================================ ============================= ===================
 endpoint                                     answer                        errors

@@ -228,6 +228,15 @@ _SCHEMAS: Json = {
                 "minimum": 0,
                 "description": "Nodes of this requestor's networks with a live tunnel",
             },
+            "refused": {
+                "type": "object",
+                "additionalProperties": {"type": "integer"},
+                "description": "Beyond yagna: Net API requests refused since the daemon "
+                "started, by reason (only reasons that occurred): missing_key, invalid_key, "
+                "query_key, another_identity, body_too_large, networks_limit, nodes_limit, "
+                "gates_limit, no_such_address",
+                "example": {"invalid_key": 2, "networks_limit": 1},
+            },
         },
     },
 }
@@ -264,8 +273,12 @@ _NETWORK_ERRORS: Json = {
 }
 _BODY_ERRORS: Json = {
     "400": _error("Malformed JSON, a missing or mistyped field, or a bad address"),
-    "413": _error("The body is over the size limit (64 KiB)"),
+    "413": _error("The body is over the size limit (64 KiB; the daemon's --max-body-size)"),
 }
+
+
+def _limit_error(what: str) -> Json:
+    return {"429": _error(f"Beyond yagna: {what} (the message names the limit and its flag)")}
 
 
 def _body(schema: Json, description: str = "") -> Json:
@@ -284,9 +297,12 @@ def _vpn_paths(tag: str) -> Json:
     websocket = {
         "101": _empty("Switching Protocols: the WebSocket is open"),
         "400": _error(
-            "Not a WebSocket upgrade, a bad address or port, or an address outside the network"
+            "Not a WebSocket upgrade, a bad address or port, an address outside the network, "
+            "or one no node holds (`destination address not found`, at once: yagna waits out "
+            "its connect timeout and answers 504)"
         ),
         **_NETWORK_ERRORS,
+        **_limit_error("the identity, or the daemon, has as many gate connections open as it may"),
     }
     tags = [tag]
     return {
@@ -314,6 +330,7 @@ def _vpn_paths(tag: str) -> Json:
                     "200": _json(_ref("Network"), "The new network"),
                     **_BODY_ERRORS,
                     **_AUTH_ERRORS,
+                    **_limit_error("the identity holds as many networks as it may"),
                 },
             },
         },
@@ -391,6 +408,7 @@ def _vpn_paths(tag: str) -> Json:
                         "The address belongs to another node or the requestor, or the node "
                         "holds another address (`IP address is taken: ...`)"
                     ),
+                    **_limit_error("the network holds as many nodes as it may"),
                 },
             },
         },
@@ -554,9 +572,12 @@ _NET_API_DESCRIPTION = (
     "payloads through the WebSocket gates. Wire-compatible with yagna (ya-client's "
     "`specs/net-api.yaml`), so yapapi, golem-js and ya-client work unchanged; what golem-vpn "
     "adds is marked `x-golem-vpn: extension`. Every operation takes the app key as "
-    '`Authorization: Bearer KEY` or `?authToken=KEY`. Errors are `{"message"}` (403 and '
-    "504 have empty bodies, as yagna's). The same operations are served under "
-    "`/net-api/v1` and `/net-api/v2/vpn`."
+    "`Authorization: Bearer KEY`; the WebSocket gates also take `?authToken=KEY` (as "
+    "yagna's spec: browsers cannot set a WebSocket's headers), other operations refuse a "
+    'query key with a 401 (a key in a URL ends up in logs). Errors are `{"message"}` (403 '
+    "and 504 have empty bodies, as yagna's). What one identity may hold is bounded (429, "
+    "naming the limit and the daemon flag that sets it). The same operations are served "
+    "under `/net-api/v1` and `/net-api/v2/vpn`."
 )
 
 
@@ -575,8 +596,9 @@ _SECURITY_SCHEMES: Json = {
         "type": "apiKey",
         "in": "query",
         "name": "authToken",
-        "description": "The app key as a query parameter (for WebSocket clients that cannot "
-        "set headers); golem-vpn and yagna accept it on every path",
+        "description": "The app key as a query parameter, for WebSocket clients that cannot "
+        "set headers: taken on the WebSocket gates only (yagna's middleware takes it on every "
+        "path; golem-vpn answers 401 there, as a key in a URL ends up in logs)",
     },
 }
 
@@ -587,7 +609,7 @@ def _net_api_v1() -> Json:
         "openapi": OPENAPI_VERSION,
         "info": _info("Net API v1 (golem-vpn)", "0.1.0", _NET_API_DESCRIPTION),
         "servers": [{"url": "/net-api/v1"}],
-        "security": [{"app_key": []}, {"app_key_param": []}],
+        "security": [{"app_key": []}],
         "tags": [{"name": tag, "description": "The requestor's networks, nodes and gates"}],
         "paths": {**_vpn_paths(tag), **_openapi_path(tag)},
         "components": {"schemas": _SCHEMAS, "securitySchemes": _SECURITY_SCHEMES},
@@ -613,7 +635,7 @@ def _net_api_v2() -> Json:
         "openapi": OPENAPI_VERSION,
         "info": _info("Net API v2 (golem-vpn)", "0.2.0", _NET_API_DESCRIPTION),
         "servers": [{"url": "/net-api/v2"}],
-        "security": [{"app_key": []}, {"app_key_param": []}],
+        "security": [{"app_key": []}],
         "tags": [
             {"name": tag, "description": "The requestor's networks, nodes and gates"},
             {"name": "net", "description": "The node"},
@@ -798,7 +820,7 @@ def _attachments() -> Json:
             "`golem_vpn.exeunit.AttachClient`).",
         ),
         "servers": [{"url": "/golem-vpn/v1"}],
-        "security": [{"app_key": []}, {"app_key_param": []}],
+        "security": [{"app_key": []}],
         "tags": [{"name": tag, "description": "Payloads attached to DEPLOYed networks"}],
         "paths": paths,
         "components": {"schemas": _ATTACHMENT_SCHEMAS, "securitySchemes": _SECURITY_SCHEMES},

@@ -41,13 +41,20 @@ Errors are JSON ``{"message": ...}``, except 403 and 504 whose bodies are empty 
 400: malformed JSON, a missing or mistyped field, a bad address, mask or node id, an address
 outside the network or reserved (network, broadcast, loopback, multicast, unspecified).
 401: ``Missing application key`` / ``Invalid application key``; the key comes from
-``Authorization: Bearer <key>`` or ``?authToken=<key>``, on every route. 404: no such network.
-Ownership is yagna's: a key whose identity owns no network gets 404 on every network id; one
-that owns some gets 403 on another identity's network (an id nobody owns is a 404 for
-everyone: yagna answers 403 there, which hides nothing and only confuses). 409
+``Authorization: Bearer <key>``, or ``?authToken=<key>`` on the WebSocket gates only (yagna's
+spec puts it there, as browsers cannot set a WebSocket's headers; a REST request with only a
+query key is a 401 that says to use the header: a key in a URL ends up in logs). 404: no such
+network. Ownership is yagna's: a key whose identity owns no network gets 404 on every
+network id; one that owns some gets 403 on another identity's network (an id nobody owns
+is a 404 for everyone: yagna answers 403 there, which hides nothing and only confuses). 409
 ``IP address is taken: <ip>`` when the address belongs to a different node (or the node holds
 another address); adding a node again with its own address is a 200 (yagna's refresh,
-which tells the providers again). 413: a body over ``max_body_size``. 502/504: see the gate.
+which tells the providers again). 413: a body over ``Limits.body``. 429: a bound of
+:class:`Limits` reached (networks per identity, nodes per network, gate connections per
+identity and in all), the message naming it and its daemon flag. A TCP or UDP gate request to
+an address no node holds is a 400 at once (``destination address not found``, the raw gate's
+words) where yagna waits out its 5 s connect timeout and answers 504. 502/504: see the gate.
+Every refusal is counted by reason in ``GET /net-api/v2/net/status``'s ``refused``.
 
 For golem-js, which registers the requestor itself through ``POST /nodes``, a node id equal to
 the network's requestor or owner registers a requestor address (as ``POST /addresses`` does;
@@ -70,10 +77,12 @@ import asyncio
 import contextlib
 import json
 import logging
+import os
 import re
 import time
-from collections.abc import Callable
-from dataclasses import dataclass, field
+from collections import Counter
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field, fields, replace
 from typing import Any, TypeVar
 
 from aiohttp import web
@@ -122,12 +131,14 @@ __all__ = [
     "DEFAULT_HOST",
     "DEFAULT_PORT",
     "IDENTITY",
+    "LIMIT_SETTINGS",
     "MAX_BODY_SIZE",
     "NETAPI",
     "PUBLIC_PATHS",
     "STATUS_PATH",
     "AccessLogger",
     "ApiError",
+    "Limits",
     "NetApi",
     "create_app",
     "serve",
@@ -142,6 +153,73 @@ DEFAULT_HOST = "127.0.0.1"
 DEFAULT_PORT = 7465
 #: Largest request body; larger ones get 413.
 MAX_BODY_SIZE = 64 * 1024
+
+
+@dataclass(frozen=True)
+class Limits:
+    """What one daemon holds for its clients; each bound is refused with 429 (413 for a body).
+
+    The defaults are far above what an SDK does (a yapapi or golem-js run makes one network
+    and a few nodes per activity) and bound what a runaway or hostile client can make the
+    daemon hold: one key once created 580 networks in three seconds.
+
+    Attributes:
+        networks: Networks one identity may hold (``--max-networks``).
+        nodes: Nodes in one network (``--max-nodes``).
+        gates_per_identity: Open gate WebSockets (TCP, UDP, raw) of one identity
+            (``--max-gates-per-key``; every key of a node is its identity).
+        gates: Open gate WebSockets in all (``--max-gates``).
+        body: Largest request body in bytes (``--max-body-size``; 413).
+    """
+
+    networks: int = 1024
+    nodes: int = 4096
+    gates_per_identity: int = 1024
+    gates: int = 4096
+    body: int = MAX_BODY_SIZE
+
+    @classmethod
+    def from_env(cls, environ: Mapping[str, str] | None = None) -> Limits:
+        """The defaults, overridden by ``GOLEM_VPN_MAX_*`` (see :data:`LIMIT_SETTINGS`).
+
+        Raises:
+            ValueError: A variable is not a positive integer (the message names it).
+        """
+        env = os.environ if environ is None else environ
+        values: dict[str, int] = {}
+        for name, (flag, var) in LIMIT_SETTINGS.items():
+            text = env.get(var)
+            if text:
+                values[name] = _positive(text, f"{flag} (${var})")
+        return replace(cls(), **values)
+
+
+#: Each limit's daemon flag and environment variable.
+LIMIT_SETTINGS: dict[str, tuple[str, str]] = {
+    "networks": ("--max-networks", "GOLEM_VPN_MAX_NETWORKS"),
+    "nodes": ("--max-nodes", "GOLEM_VPN_MAX_NODES"),
+    "gates_per_identity": ("--max-gates-per-key", "GOLEM_VPN_MAX_GATES_PER_KEY"),
+    "gates": ("--max-gates", "GOLEM_VPN_MAX_GATES"),
+    "body": ("--max-body-size", "GOLEM_VPN_MAX_BODY_SIZE"),
+}
+assert set(LIMIT_SETTINGS) == {f.name for f in fields(Limits)}
+
+
+def _positive(text: str, what: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        value = 0
+    if value < 1:
+        raise ValueError(f"{what} must be a positive integer, got {text!r}")
+    return value
+
+
+def _limit(what: str, limit: int, name: str) -> ApiError:
+    """The 429 for a bound reached, naming it and the setting that raises it."""
+    flag, var = LIMIT_SETTINGS[name]
+    return ApiError(429, f"{what} limit reached ({limit}); the daemon's {flag} (${var}) sets it")
+
 
 _log = logging.getLogger("golem_vpn.netapi")
 ACCESS_LOG = logging.getLogger("golem_vpn.netapi.access")
@@ -264,14 +342,21 @@ class NetApi:
         backend: What makes the changes real.
         store: Where networks and app keys persist.
         gate: The WebSocket gate.
+        limits: What one identity, network and the daemon may hold.
     """
 
-    def __init__(self, backend: VpnBackend, store: Store, gate: Gate) -> None:
+    def __init__(
+        self, backend: VpnBackend, store: Store, gate: Gate, limits: Limits | None = None
+    ) -> None:
         self.backend = backend
         self.store = store
         self.gate = gate
+        self.limits = limits or Limits()
         self.app_keys = AppKeys(store)
+        #: Requests refused, by reason (shown as ``refused`` by ``GET /net/status``).
+        self.refused: Counter[str] = Counter()
         self._networks: dict[str, _Entry] = {}
+        self._gates: Counter[str] = Counter()  # open gate WebSockets per identity
         self._lock = asyncio.Lock()
 
     # -- helpers ---------------------------------------------------------------------------
@@ -287,6 +372,7 @@ class NetApi:
             raise _not_found()
         if entry.owner != identity:
             if any(e.owner == identity for e in self._networks.values()):
+                self.refused["another_identity"] += 1
                 raise ApiError(403, None)
             raise _not_found()
         return entry
@@ -347,6 +433,10 @@ class NetApi:
         given = parse_ip(ip.partition("/")[0])
         entry = _Entry(model, request[IDENTITY], f"{given}/{model.network.prefixlen}", time.time())
         async with self._lock:
+            held = sum(e.owner == entry.owner for e in self._networks.values())
+            if held >= self.limits.networks:
+                self.refused["networks_limit"] += 1
+                raise _limit("Networks per identity", self.limits.networks, "networks")
             await self._db(self.store.add_network, entry.stored())
             try:
                 await self.backend.network_created(model)
@@ -428,6 +518,9 @@ class NetApi:
                 raise _taken(ip, "the requestor's own address")
             if (holder := model.nodes_dict().get(str(ip))) is not None:
                 raise _taken(ip, f"held by node {holder}")
+            if current is None and len(model.nodes) >= self.limits.nodes:
+                self.refused["nodes_limit"] += 1
+                raise _limit("Nodes per network", self.limits.nodes, "nodes")
             node = model.add_node(node_id, ip)  # AddressTaken if it holds another address
             try:
                 await self._db(self.store.add_node, model.id, node.id, str(node.ip))
@@ -502,21 +595,53 @@ class NetApi:
         return web.json_response([c.to_json() for c in self.gate.connections(entry.model.id)])
 
     def _target(self, request: web.Request, entry: _Entry) -> tuple[str, int]:
-        ip = check_host(entry.model.network, request.match_info["ip"])
+        model = entry.model
+        ip = check_host(model.network, request.match_info["ip"])
         text = request.match_info["port"]
         if not text.isdigit() or not 1 <= int(text) <= 65535:
             raise ApiError(400, f"Port must be an integer from 1 to 65535, got {text!r}")
+        if (
+            ip != model.requestor_ip
+            and ip not in entry.addresses
+            and not any(n.ip == ip for n in model.nodes.values())
+        ):
+            # The daemon knows no frame to it can be delivered: answering at once beats
+            # yagna's 504 after its 5 s connect timeout, with the words of yagna's raw gate.
+            self.refused["no_such_address"] += 1
+            raise ApiError(
+                400, f"destination address not found: no node holds {ip} in network {model.id}"
+            )
         return str(ip), int(text)
+
+    @contextlib.contextmanager
+    def _gate_slot(self, identity: str) -> Any:
+        """Count one open gate WebSocket of ``identity``; 429 beyond the limits."""
+        if self._gates[identity] >= self.limits.gates_per_identity:
+            self.refused["gates_limit"] += 1
+            limit = self.limits.gates_per_identity
+            raise _limit("Gate connections per identity", limit, "gates_per_identity")
+        if self._gates.total() >= self.limits.gates:
+            self.refused["gates_limit"] += 1
+            raise _limit("Gate connections", self.limits.gates, "gates")
+        self._gates[identity] += 1
+        try:
+            yield
+        finally:
+            self._gates[identity] -= 1
+            if not self._gates[identity]:
+                del self._gates[identity]
 
     async def connect_tcp(self, request: web.Request) -> StreamResponse:
         entry = self._entry(request)
         ip, port = self._target(request, entry)
-        return await self.gate.tcp(request, entry.model.id, ip, port)
+        with self._gate_slot(request[IDENTITY]):
+            return await self.gate.tcp(request, entry.model.id, ip, port)
 
     async def connect_udp(self, request: web.Request) -> StreamResponse:
         entry = self._entry(request)
         ip, port = self._target(request, entry)
-        return await self.gate.udp(request, entry.model.id, ip, port)
+        with self._gate_slot(request[IDENTITY]):
+            return await self.gate.udp(request, entry.model.id, ip, port)
 
     async def connect_raw(self, request: web.Request) -> StreamResponse:
         """``GET /net/{id}/raw/from/{src}/to/{dst}``: the raw frame gate. ``src`` must be
@@ -536,6 +661,7 @@ class NetApi:
             )
         node = next((n for n in model.nodes.values() if n.ip == dst), None)
         if node is None:
+            self.refused["no_such_address"] += 1
             raise ApiError(
                 400, f"destination address not found: no node holds {dst} in network {model.id}"
             )
@@ -547,7 +673,8 @@ class NetApi:
             dst=str(dst),
             node_id=node.id,
         )
-        return await self.gate.raw(request, target)
+        with self._gate_slot(request[IDENTITY]):
+            return await self.gate.raw(request, target)
 
     async def get_raw_sessions(self, request: web.Request) -> web.Response:
         """``GET /net/{id}/raw``: the raw gate's live sessions with their counters."""
@@ -557,7 +684,7 @@ class NetApi:
     # -- node ------------------------------------------------------------------------------
 
     async def status(self, request: web.Request) -> web.Response:
-        return web.json_response(self.backend.status())
+        return web.json_response({**self.backend.status(), "refused": dict(self.refused)})
 
 
 def _address_in(entry: _Entry, value: str | None) -> IPAddress:
@@ -607,6 +734,10 @@ async def _error_middleware(request: web.Request, handler: Handler) -> StreamRes
             raise
         text = exc.text or ""
         message = exc.reason if not text or text.startswith(f"{exc.status}:") else text
+        if exc.status == 413:
+            request.app[NETAPI].refused["body_too_large"] += 1
+            flag, var = LIMIT_SETTINGS["body"]
+            message = f"{message}; the daemon's {flag} (${var}) sets the limit"
         headers = {k: v for k, v in exc.headers.items() if k.lower() == "allow"}
         return _message(exc.status, message, headers)
     except asyncio.CancelledError:
@@ -625,16 +756,35 @@ async def _error_middleware(request: web.Request, handler: Handler) -> StreamRes
 PUBLIC_PATHS = frozenset(DOCUMENT_PATHS.values())
 
 
+#: The WebSocket gates' paths: the only ones where ``?authToken=`` is taken (yagna's spec puts
+#: ``app_key_param`` on the gate only, as browsers cannot set headers on a WebSocket; a key in
+#: a URL ends up in logs and proxies, so every REST route wants the header).
+_GATE_PATH = re.compile(r"/net/[^/]+/(?:tcp|udp)/[^/]+/[^/]+$|/net/[^/]+/raw/from/[^/]+/to/[^/]+$")
+
+
 @web.middleware
 async def _auth_middleware(request: web.Request, handler: Handler) -> StreamResponse:
     if request.path in PUBLIC_PATHS and request.method in ("GET", "HEAD"):
         return await handler(request)
-    key = _bearer(request)
-    if key is None:
-        raise ApiError(401, "Missing application key")
     api = request.app[NETAPI]
+    key = _bearer(request)
+    if (
+        key is not None
+        and "Authorization" not in request.headers
+        and not _GATE_PATH.search(request.path)
+    ):
+        api.refused["query_key"] += 1
+        raise ApiError(
+            401,
+            "The authToken query parameter is taken on the WebSocket gates only; "
+            "send the app key as an Authorization: Bearer header",
+        )
+    if key is None:
+        api.refused["missing_key"] += 1
+        raise ApiError(401, "Missing application key")
     identity = await asyncio.to_thread(api.app_keys.verify, key) if key else None
     if identity is None:
+        api.refused["invalid_key"] += 1
         raise ApiError(401, "Invalid application key")
     request[IDENTITY] = identity
     return await handler(request)
@@ -669,7 +819,8 @@ def create_app(
     heartbeat: float = HEARTBEAT_INTERVAL,
     idle_timeout: float = CLIENT_TIMEOUT,
     close_timeout: float = CLOSE_TIMEOUT,
-    max_body_size: int = MAX_BODY_SIZE,
+    max_body_size: int | None = None,
+    limits: Limits | None = None,
 ) -> web.Application:
     """Build the Net API application over ``backend`` and ``store``.
 
@@ -684,8 +835,12 @@ def create_app(
         heartbeat: Seconds between the gate's pings.
         idle_timeout: Seconds without a client message before the gate closes a WebSocket.
         close_timeout: Seconds a WebSocket close waits for the client.
-        max_body_size: Largest request body in bytes (then 413).
+        max_body_size: Largest request body in bytes (then 413); overrides ``limits.body``.
+        limits: The bounds (:class:`Limits`); default :meth:`Limits.from_env`.
     """
+    limits = limits or Limits.from_env()
+    if max_body_size is not None:
+        limits = replace(limits, body=max_body_size)
     gate = Gate(
         backend,
         connect_timeout=connect_timeout,
@@ -693,9 +848,9 @@ def create_app(
         idle_timeout=idle_timeout,
         close_timeout=close_timeout,
     )
-    api = NetApi(backend, store, gate)
+    api = NetApi(backend, store, gate, limits)
     app = web.Application(
-        middlewares=[_error_middleware, _auth_middleware], client_max_size=max_body_size
+        middlewares=[_error_middleware, _auth_middleware], client_max_size=limits.body
     )
     app[NETAPI] = api
 

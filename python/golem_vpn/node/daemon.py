@@ -21,7 +21,7 @@ import json
 import os
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from golem_vpn.errors import DataDirLocked, NetworkNotFound
 from golem_vpn.exeunit.attach import ExeUnit
@@ -31,6 +31,9 @@ from golem_vpn.model import DeployNetwork, Network, Node
 from golem_vpn.node.membership import ControlPlane, Coordinator, Member
 from golem_vpn.node.transport import UdpTransport
 from golem_vpn.streams import DatagramEndpoint, open_connection, open_datagram_endpoint
+
+if TYPE_CHECKING:
+    from golem_vpn.netapi.server import Limits
 
 __all__ = ["LOCK_FILENAME", "DaemonBackend", "DataDirLock", "run"]
 
@@ -280,6 +283,7 @@ async def run(
     ready: Any = None,
     stop: asyncio.Event | None = None,
     started: Callable[[DaemonBackend], None] | None = None,
+    limits: Limits | None = None,
 ) -> None:
     """Runs a node daemon until ``stop`` is set (or forever).
 
@@ -300,6 +304,7 @@ async def run(
         started: Called with the daemon's backend just before ``ready``, for programs that
             run a payload in the daemon's process (a userspace attachment's sockets live
             there: :meth:`~golem_vpn.exeunit.ExeUnit.interface`); the demo's nodes do.
+        limits: The Net API's bounds (default: :meth:`~golem_vpn.netapi.server.Limits.from_env`).
 
     Raises:
         DataDirLocked: Another daemon runs on ``data_dir``.
@@ -317,6 +322,7 @@ async def run(
             ready=ready,
             stop=stop,
             started=started,
+            limits=limits,
         )
 
 
@@ -331,6 +337,7 @@ async def _run(
     ready: Any,
     stop: asyncio.Event | None,
     started: Callable[[DaemonBackend], None] | None = None,
+    limits: Limits | None = None,
 ) -> None:
     from golem_vpn.netapi.server import serve
     from golem_vpn.netapi.store import Store
@@ -348,7 +355,7 @@ async def _run(
     runner = None
     try:
         try:
-            runner = await serve(backend, store, api[0], api[1])
+            runner = await serve(backend, store, api[0], api[1], limits=limits)
         except OSError as exc:
             raise listen_error(exc, "api", *api) from exc
         host, port = runner.addresses[0][:2]
