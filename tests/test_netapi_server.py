@@ -870,3 +870,62 @@ def test_limits_come_from_the_environment_and_the_daemons_flags() -> None:
     for name, (flag, _env) in LIMIT_SETTINGS.items():
         (default,) = [d for f, _, d, _ in cli._LIMIT_FLAGS if f == flag]
         assert default == getattr(defaults, name), flag
+
+
+# -- slow clients --------------------------------------------------------------------------
+
+
+def test_slow_loris_clients_neither_hold_the_api_nor_exhaust_it(tmp_path: Path) -> None:
+    async def test(api: Api) -> None:
+        host, port = api.runner.addresses[0][:2]
+        loop = asyncio.get_running_loop()
+        # 30 clients that send half a request head and then nothing (a slow-loris).
+        slow = [await asyncio.open_connection(host, port) for _ in range(30)]
+        for _, writer in slow:
+            writer.write(b"GET /net-api/v1/net HTTP/1.1\r\nHost: x\r\nAuthor")
+        await asyncio.sleep(0.1)
+        # A normal client is served at once meanwhile (a fresh connection each time).
+        for _ in range(3):
+            start = loop.time()
+            async with (
+                aiohttp.ClientSession() as fresh,
+                fresh.get(api.url + "/net-api/v1/net", headers=api.auth()) as resp,
+            ):
+                assert resp.status == 200
+            assert loop.time() - start < 0.5
+        # Beyond --max-connections (40 here), a new connection gets a 503 and is closed.
+        extra = [await asyncio.open_connection(host, port) for _ in range(12)]
+        answers = [await asyncio.wait_for(r.read(), 2) for r, _ in extra]
+        refused = [a for a in answers if a.startswith(b"HTTP/1.1 503")]
+        assert len(refused) >= 2
+        assert b"Too many connections" in refused[0]
+        for _, writer in extra:
+            writer.close()
+        # The head timeout (1 s here) closes the slow ones: each read sees EOF.
+        start = loop.time()
+        for reader, writer in slow:
+            assert await asyncio.wait_for(reader.read(), 3) == b""
+            writer.close()
+        assert loop.time() - start < 2.0
+        _, info = await api.call("GET", "/status", prefix=V2_NET)
+        assert info["refused"]["connections_limit"] == len(refused)
+
+    serve_test(tmp_path, test, limits=Limits(connections=40, request_timeout=1))
+
+
+def test_a_body_that_does_not_arrive_in_time_is_408_and_counted(tmp_path: Path) -> None:
+    async def test(api: Api) -> None:
+        host, port = api.runner.addresses[0][:2]
+        reader, writer = await asyncio.open_connection(host, port)
+        writer.write(
+            b"POST /net-api/v1/net HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+            b"Authorization: Bearer " + api.keys["a"].encode() + b"\r\n"
+            b'Content-Length: 100\r\n\r\n{"ip":'
+        )
+        head = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), 3)
+        assert head.startswith(b"HTTP/1.1 408")
+        writer.close()
+        _, info = await api.call("GET", "/status", prefix=V2_NET)
+        assert info["refused"] == {"slow_body": 1}
+
+    serve_test(tmp_path, test, limits=Limits(request_timeout=1))

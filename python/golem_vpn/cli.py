@@ -213,6 +213,13 @@ _LIMIT_FLAGS = (
     ),
     ("--max-gates", "GOLEM_VPN_MAX_GATES", 4096, "open gate WebSockets in all"),
     ("--max-body-size", "GOLEM_VPN_MAX_BODY_SIZE", 65536, "largest request body in bytes"),
+    ("--max-connections", "GOLEM_VPN_MAX_CONNECTIONS", 8192, "open Net API connections"),
+    (
+        "--request-timeout",
+        "GOLEM_VPN_REQUEST_TIMEOUT",
+        15,
+        "seconds a Net API client has to send a request's head, and its body",
+    ),
 )
 
 

@@ -170,6 +170,12 @@ class Limits:
             (``--max-gates-per-key``; every key of a node is its identity).
         gates: Open gate WebSockets in all (``--max-gates``).
         body: Largest request body in bytes (``--max-body-size``; 413).
+        connections: Open HTTP connections (``--max-connections``); beyond, a new one gets
+            a 503 and is closed, so a flood of idle or slow sockets cannot use up the
+            daemon's file descriptors. Gate WebSockets count too.
+        request_timeout: Seconds a client has to send a request's head (then the connection
+            is closed: a slow-loris holds a slot this long at most) and, separately, its body
+            (then 408) (``--request-timeout``).
     """
 
     networks: int = 1024
@@ -177,6 +183,8 @@ class Limits:
     gates_per_identity: int = 1024
     gates: int = 4096
     body: int = MAX_BODY_SIZE
+    connections: int = 8192
+    request_timeout: int = 15
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None) -> Limits:
@@ -201,6 +209,8 @@ LIMIT_SETTINGS: dict[str, tuple[str, str]] = {
     "gates_per_identity": ("--max-gates-per-key", "GOLEM_VPN_MAX_GATES_PER_KEY"),
     "gates": ("--max-gates", "GOLEM_VPN_MAX_GATES"),
     "body": ("--max-body-size", "GOLEM_VPN_MAX_BODY_SIZE"),
+    "connections": ("--max-connections", "GOLEM_VPN_MAX_CONNECTIONS"),
+    "request_timeout": ("--request-timeout", "GOLEM_VPN_REQUEST_TIMEOUT"),
 }
 assert set(LIMIT_SETTINGS) == {f.name for f in fields(Limits)}
 
@@ -304,7 +314,15 @@ async def _body(
         ApiError: 400 for malformed JSON, a non-object, a missing or non-string field.
         web.HTTPRequestEntityTooLarge: The body is over the size limit (413).
     """
-    raw = await request.read()
+    try:
+        async with asyncio.timeout(request.app[NETAPI].limits.request_timeout):
+            raw = await request.read()
+    except TimeoutError:
+        request.app[NETAPI].refused["slow_body"] += 1
+        flag, var = LIMIT_SETTINGS["request_timeout"]
+        raise ApiError(
+            408, f"The request body did not arrive in time; the daemon's {flag} (${var}) sets it"
+        ) from None
     try:
         data = json.loads(raw)
     except (ValueError, UnicodeDecodeError) as exc:
@@ -907,6 +925,44 @@ def _document_handler(name: Api) -> Handler:
     return handler
 
 
+class _Refusal(asyncio.Protocol):
+    """A connection beyond :attr:`Limits.connections`: a 503, then closed."""
+
+    BODY = json.dumps({"message": "Too many connections to the Net API; try again later"})
+    ANSWER = (
+        "HTTP/1.1 503 Service Unavailable\r\nContent-Type: application/json\r\n"
+        f"Content-Length: {len(BODY)}\r\nConnection: close\r\nRetry-After: 1\r\n\r\n{BODY}"
+    ).encode()
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        assert isinstance(transport, asyncio.Transport)
+        transport.write(self.ANSWER)
+        transport.close()
+
+
+class _Runner(web.AppRunner):
+    """An :class:`~aiohttp.web.AppRunner` whose sites refuse connections beyond a limit."""
+
+    def __init__(self, app: web.Application, max_connections: int, **kwargs: Any) -> None:
+        super().__init__(app, **kwargs)
+        self._max_connections = max_connections
+
+    @property
+    def server(self) -> Any:  # the protocol factory the sites listen with
+        inner = super().server
+        if inner is None:
+            return None
+        refused = self.app[NETAPI].refused
+
+        def factory() -> asyncio.Protocol:
+            if len(inner.connections) >= self._max_connections:
+                refused["connections_limit"] += 1
+                return _Refusal()
+            return inner()
+
+        return factory
+
+
 async def serve(
     backend: VpnBackend,
     store: Store,
@@ -922,11 +978,16 @@ async def serve(
     server (closing the gate's connections first). ``options`` go to :func:`create_app`.
     """
     app = create_app(backend, store, **options)
-    runner = web.AppRunner(
+    limits = app[NETAPI].limits
+    runner = _Runner(
         app,
+        limits.connections,
         access_log_class=AccessLogger,
         access_log=ACCESS_LOG,
         shutdown_timeout=shutdown_timeout,
+        # aiohttp closes a connection that has not sent a whole request head this long
+        # after it opened or after its last answer: the slow-loris bound.
+        keepalive_timeout=limits.request_timeout,
     )
     await runner.setup()
     try:
