@@ -3,7 +3,7 @@ PYTHON ?= python3
 PIP := $(PYTHON) -m pip
 CARGO ?= cargo
 
-.PHONY: help install dev test test-rust test-python lint fmt docs bench bench-rust bench-python bench-stack bench-tun bench-peers demo clean
+.PHONY: help install dev test test-rust test-python lint fmt docs bench bench-rust bench-python bench-stack bench-tun bench-peers demo wheel clean
 
 help:
 	@echo "make demo    install the package and run the demo (a relay, a requestor and 3 providers as processes)"
@@ -15,6 +15,7 @@ help:
 	@echo "make dev     editable install with dev extras"
 	@echo "make fmt     format Rust and Python sources"
 	@echo "make docs    regenerate docs/net-api.md from the OpenAPI documents"
+	@echo "make wheel   dist/: an abi3 manylinux wheel (CPython >= 3.11) and the sdist"
 
 install:
 	$(PIP) install --quiet .
@@ -68,6 +69,21 @@ bench-peers: install
 
 demo: install
 	$(PYTHON) -m golem_vpn demo
+
+# dist/: one abi3 wheel (CPython >= 3.11) and the sdist, built through the PEP 517 backend that
+# pyproject.toml declares (python -m build). zig (ziglang from PyPI) links the wheel against the
+# oldest glibc $(MANYLINUX) allows (2.17), whatever glibc this machine has, and maturin's
+# auditwheel check must pass. Its own cargo target dir: the editable build's target/ is left alone.
+MANYLINUX ?= manylinux_2_17
+WHEEL_TARGET_DIR ?= $(CURDIR)/target/wheel
+
+wheel:
+	$(PIP) install --quiet 'build>=1.2' 'ziglang>=0.13,<0.18'
+	rm -rf dist
+	CARGO_TARGET_DIR='$(WHEEL_TARGET_DIR)' \
+	CARGO_ZIGBUILD_PYTHON_PATH="$$($(PYTHON) -c 'import sys; print(sys.executable)')" \
+	MATURIN_PEP517_ARGS='--zig --compatibility $(MANYLINUX) --auditwheel check --strip' \
+	$(PYTHON) -m build --sdist --wheel --outdir dist .
 
 clean:
 	rm -rf target dist .pytest_cache .mypy_cache .ruff_cache .hypothesis .benchmarks

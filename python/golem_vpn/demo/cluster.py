@@ -767,7 +767,7 @@ class Demo:
                 await self._client.close()
         result: dict[str, Any] = await self.children.stop()
         result["processes"] = [
-            {"name": c.name, "pid": c.pid, "exitStatus": c.proc.returncode}
+            {"name": c.name, "pid": c.pid, "argv": c.argv, "exitStatus": c.proc.returncode}
             for c in self.children.all
         ]
         left = [
