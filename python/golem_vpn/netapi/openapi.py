@@ -233,8 +233,8 @@ _SCHEMAS: Json = {
                 "additionalProperties": {"type": "integer"},
                 "description": "Beyond yagna: Net API requests refused since the daemon "
                 "started, by reason (only reasons that occurred): missing_key, invalid_key, "
-                "query_key, another_identity, body_too_large, networks_limit, nodes_limit, "
-                "gates_limit, no_such_address",
+                "query_key, another_identity, body_too_large, slow_body, networks_limit, "
+                "nodes_limit, gates_limit, connections_limit, no_such_address",
                 "example": {"invalid_key": 2, "networks_limit": 1},
             },
         },
@@ -273,6 +273,9 @@ _NETWORK_ERRORS: Json = {
 }
 _BODY_ERRORS: Json = {
     "400": _error("Malformed JSON, a missing or mistyped field, or a bad address"),
+    "408": _error(
+        "Beyond yagna: the body did not arrive within the daemon's --request-timeout (15 s)"
+    ),
     "413": _error("The body is over the size limit (64 KiB; the daemon's --max-body-size)"),
 }
 

@@ -54,6 +54,9 @@ which tells the providers again). 413: a body over ``Limits.body``. 429: a bound
 identity and in all), the message naming it and its daemon flag. A TCP or UDP gate request to
 an address no node holds is a 400 at once (``destination address not found``, the raw gate's
 words) where yagna waits out its 5 s connect timeout and answers 504. 502/504: see the gate.
+A client has ``Limits.request_timeout`` to send a request's head (then the
+connection is closed) and its body (then 408); beyond ``Limits.connections`` a new
+connection gets a 503 and is closed: a slow-loris cannot hold the API.
 Every refusal is counted by reason in ``GET /net-api/v2/net/status``'s ``refused``.
 
 For golem-js, which registers the requestor itself through ``POST /nodes``, a node id equal to
