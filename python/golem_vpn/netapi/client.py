@@ -697,7 +697,10 @@ class Client:
             if exc.status == 502:  # golem-vpn's gate: the payload refused (yagna says 504)
                 raise ConnectionRefused(f"GET {url}: 502: connection to {target} refused") from None
             fallback = {
-                400: f"the gate refused {target}",
+                400: f"the gate refused {target}: no node holds that address in network "
+                f"{network_id}, or it is not one of the network's",
+                429: "too many gate connections are open (the daemon's --max-gates-per-key "
+                "and --max-gates)",
                 404: f"network {network_id} not found",
                 504: f"connection to {target} timed out",
             }.get(exc.status)
