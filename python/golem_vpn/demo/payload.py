@@ -31,7 +31,7 @@ import re
 import signal
 import sys
 import time
-from collections.abc import Awaitable, Callable, Mapping
+from collections.abc import Awaitable, Callable, Iterator, Mapping
 from typing import TYPE_CHECKING, Any, Protocol
 
 if TYPE_CHECKING:
@@ -158,9 +158,13 @@ class KernelSockets:
         return float(found.group(1)) / 1000
 
 
-def transfer_data(size: int, seed: int = 2024) -> bytes:
-    """``size`` pseudo-random bytes (incompressible, the same for a seed)."""
-    return random.Random(seed).randbytes(size)
+def transfer_data(size: int, seed: int = 2024) -> Iterator[bytes]:
+    """``size`` pseudo-random bytes (incompressible, the same for a seed) in chunks of
+    :data:`CHUNK`: a cycle of 16 random chunks, so any size takes 4 MiB of memory."""
+    rng = random.Random(seed)
+    pool = [rng.randbytes(CHUNK) for _ in range(16)]
+    for index, offset in enumerate(range(0, size, CHUNK)):
+        yield pool[index % len(pool)][: size - offset]
 
 
 class Payload:
@@ -266,16 +270,18 @@ class Payload:
     async def send(self, args: Mapping[str, Any]) -> dict[str, object]:
         """Streams ``args["bytes"]`` bytes to the sink at ``args["host"]:args["port"]``;
         returns both SHA-256 digests and the time from connecting to the sink's answer."""
-        data = transfer_data(int(args["bytes"]))
-        sent = hashlib.sha256(data).hexdigest()
+        size = int(args["bytes"])
+        digest = hashlib.sha256()
+        for chunk in transfer_data(size):  # hashed before the clock starts
+            digest.update(chunk)
+        sent = digest.hexdigest()
         started = time.perf_counter()
         reader, writer = await self.sockets.open_connection(
             str(args["host"]), int(args["port"]), float(args["timeout"])
         )
         try:
-            view = memoryview(data)
-            for offset in range(0, len(data), CHUNK):
-                writer.write(view[offset : offset + CHUNK])
+            for chunk in transfer_data(size):
+                writer.write(chunk)
                 await writer.drain()
             writer.write_eof()
             answer = await asyncio.wait_for(reader.readline(), float(args["timeout"]))
@@ -284,7 +290,7 @@ class Payload:
         seconds = time.perf_counter() - started
         count, _, received = answer.decode().strip().partition(" ")
         return {
-            "bytes": len(data),
+            "bytes": size,
             "receivedBytes": int(count or 0),
             "seconds": seconds,
             "sha256Sent": sent,
