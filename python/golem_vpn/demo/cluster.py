@@ -177,6 +177,13 @@ class Child:
                 future.set_exception(DemoError(f"{self.name} exited:\n{self.log_tail()}"))
         self._pending.clear()
 
+    async def stop_reading(self) -> None:
+        """Stops reading answers (the process has exited)."""
+        if self._reader is not None:
+            self._reader.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._reader
+
     async def call(self, op: str, *, within: float = CALL_TIMEOUT, **args: Any) -> Any:
         """Runs a command of a demo node or payload and returns its result (DemoError if it
         fails or takes more than ``within`` seconds)."""
@@ -252,10 +259,7 @@ class Children:
                 child.proc.kill()
             await child.proc.wait()
             killed = True
-        if child._reader is not None:
-            child._reader.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await child._reader
+        await child.stop_reading()
         return killed
 
 
