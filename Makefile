@@ -2,12 +2,8 @@
 PYTHON ?= python3
 PIP := $(PYTHON) -m pip
 CARGO ?= cargo
-# smoltcp with the project's patch series (patches/smoltcp), which Cargo.toml points at.
-SMOLTCP_DIR := target/patched/smoltcp-0.14.0
-# The series' own tests run with the features this crate enables (plus what the suite needs).
-SMOLTCP_TEST_FEATURES := std,medium-ip,medium-ethernet,proto-ipv4,proto-ipv6,multicast,socket-tcp,socket-tcp-reno,socket-tcp-cubic,socket-udp,socket-icmp,async,auto-icmp-echo-reply,assembler-max-segment-count-32
 
-.PHONY: help install dev test test-rust test-python lint fmt docs bench bench-rust bench-python bench-stack bench-tun bench-peers demo wheel smoltcp test-smoltcp clean
+.PHONY: help install dev test test-rust test-python lint fmt docs bench bench-rust bench-python bench-stack bench-tun bench-peers demo wheel clean
 
 help:
 	@echo "make demo    install the package and run the demo (a relay, a requestor and 3 providers as processes)"
@@ -20,7 +16,6 @@ help:
 	@echo "make fmt     format Rust and Python sources"
 	@echo "make docs    regenerate docs/net-api.md from the OpenAPI documents"
 	@echo "make wheel   dist/: an abi3 manylinux wheel (CPython >= 3.11) and the sdist"
-	@echo "make smoltcp build the patched smoltcp Cargo.toml points at (the other targets do)"
 
 install:
 	$(PIP) install --quiet .
@@ -28,25 +23,15 @@ install:
 dev:
 	$(PIP) install --quiet -e '.[dev]'
 
-# The patched smoltcp that Cargo.toml points at, made from the crates.io release and
-# patches/smoltcp by tools/patch_smoltcp.py; remade only when those change.
-smoltcp:
-	$(PYTHON) tools/patch_smoltcp.py
+test: dev test-rust test-python
 
-test: dev test-rust test-smoltcp test-python
-
-test-rust: smoltcp
+test-rust:
 	$(CARGO) test --locked
-
-# The patch series' tests: smoltcp's own TCP suite, on the patched tree.
-test-smoltcp: smoltcp
-	cd $(SMOLTCP_DIR) && $(CARGO) test --locked --lib --target-dir ../../smoltcp-tests \
-		--no-default-features --features '$(SMOLTCP_TEST_FEATURES)' socket::tcp
 
 test-python:
 	$(PYTHON) -m pytest
 
-lint: dev smoltcp
+lint: dev
 	$(CARGO) fmt --check
 	$(CARGO) clippy --locked --all-targets -- -D warnings
 	$(CARGO) clippy --locked --all-targets --features python -- -D warnings
@@ -54,7 +39,7 @@ lint: dev smoltcp
 	$(PYTHON) -m ruff format --check python tests benches examples tools
 	$(PYTHON) -m mypy
 
-fmt: smoltcp
+fmt:
 	$(CARGO) fmt
 	$(PYTHON) -m ruff format python tests benches examples tools
 	$(PYTHON) -m ruff check --fix python tests benches examples tools
@@ -65,7 +50,7 @@ docs:
 
 bench: dev bench-rust bench-python bench-stack
 
-bench-rust: smoltcp
+bench-rust:
 	$(CARGO) bench --locked --bench router --bench tunnel
 
 bench-python:

@@ -3,11 +3,11 @@
 Slow (the wheel is built through the PEP 517 backend in an isolated environment: a few
 minutes), but bounded, and run by CI like every test. What it proves:
 
-- ``make wheel`` leaves exactly one wheel and one sdist in ``dist/``; the wheel is
-  ``cp311-abi3`` (one wheel for every CPython >= 3.11) with a ``manylinux_2_17`` tag, its
-  native module needs nothing newer than glibc 2.17, and its name and metadata carry
-  Cargo.toml's version; the sdist holds every file the build needs (its manifest and lock
-  file resolve offline).
+- ``make wheel`` leaves exactly one wheel and one sdist in ``dist/``, the wheel built from
+  the sdist (so the sdist builds), which holds every source file of the checkout; the wheel
+  is ``cp311-abi3`` (one wheel for every CPython >= 3.11) with a ``manylinux_2_17`` tag, its
+  native module needs nothing newer than glibc 2.17 and is stripped, and its name and
+  metadata carry Cargo.toml's version.
 - In a fresh venv (``python -m venv``, no site packages), ``pip install --no-index`` with the
   wheel and its dependencies (downloaded from PyPI first) gives a ``golem-vpn`` that imports
   from the venv and runs ``golem-vpn demo --json`` with every step of the report checked and
@@ -135,14 +135,7 @@ def test_the_sdist_holds_what_the_build_needs(dist: tuple[Path, Path], tmp_path:
     if tracked.returncode == 0:  # a git checkout: every source file made it
         missing = [f for f in tracked.stdout.split() if not (top / f).is_file()]
         assert not missing, missing
-    # The manifest parses (bench targets present) and the lock file matches it.
-    resolved = subprocess.run(
-        ["cargo", "metadata", "--format-version", "1", "--locked", "--offline", "--no-deps",
-         "--manifest-path", str(top / "Cargo.toml")],
-        capture_output=True, text=True, timeout=120, check=False,
-    )  # fmt: skip
-    assert resolved.returncode == 0, resolved.stderr
-    assert json.loads(resolved.stdout)["packages"][0]["version"] == cargo_version()
+    # And it builds: ``make wheel`` made the wheel from this sdist.
 
 
 def test_the_wheel_installs_in_a_clean_venv_and_runs_the_demo(
