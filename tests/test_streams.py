@@ -439,8 +439,9 @@ def test_backpressure_bounds_buffers_until_the_reader_drains() -> None:
     run(main)
 
 
-#: (loss, reorder, bytes, seed). Each lost segment costs smoltcp a retransmission timeout
-#: (>= 1 s, doubling), so the lossier links carry less; fixed seeds keep the runs short.
+#: (loss, reorder, bytes, seed). A lost segment costs the stack a round trip, or a
+#: retransmission timeout (>= 200 ms, doubling) when nothing else reveals it, so the lossier
+#: links carry less; fixed seeds keep the runs short.
 LOSSY_CASES = [
     (0.01, 0.0, 1 << 20, 1),
     (0.05, 0.0, 64 << 10, 2),

@@ -36,6 +36,9 @@ use device::QueueDevice;
 pub type SocketId = u64;
 
 const EPHEMERAL_PORTS: std::ops::RangeInclusive<u16> = 49152..=65535;
+/// TCP's minimum retransmission timeout, Linux's (smoltcp's default, RFC 6298's 1 s, stalls
+/// a connection five times as long for each loss that only a timeout repairs).
+const TCP_MIN_RTO: Duration = Duration::from_millis(200);
 const IPV4_UDP_OVERHEAD: usize = 20 + 8;
 const IPV6_UDP_OVERHEAD: usize = 40 + 8;
 
@@ -313,6 +316,9 @@ const SND_MAX_FLOWS: usize = 65536;
 /// discarded unread: the transfer livelocks. An ACK carrying SND.MAX is always acceptable
 /// (the peer's RCV.NXT <= SND.MAX < RCV.NXT + RCV.WND) and carries the same
 /// acknowledgement, so the outgoing segment is rewritten and its checksum recomputed.
+///
+/// With the project's smoltcp patches a timeout no longer rewinds when the peer negotiated
+/// SACK (as smoltcp and every common stack do), so this now guards peers without SACK.
 fn fix_ack_sequence(snd_max: &mut FxHashMap<Tuple, u32>, packet: &mut [u8]) {
     use smoltcp::wire::{IpProtocol, Ipv4Packet, Ipv6Packet, TcpPacket};
     let (src, dst, start): (IpAddress, IpAddress, usize) = match packet.first().map(|b| b >> 4) {
@@ -661,6 +667,7 @@ impl Stack {
         );
         s.set_nagle_enabled(false);
         s.set_ack_delay(Some(Duration::from_millis(5)));
+        s.set_min_rto(TCP_MIN_RTO);
         s.set_keep_alive(self.config.keep_alive);
         s.set_timeout(self.config.tcp_timeout);
         s
