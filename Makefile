@@ -2,8 +2,12 @@
 PYTHON ?= python3
 PIP := $(PYTHON) -m pip
 CARGO ?= cargo
+# smoltcp with the project's patch series (patches/smoltcp), which Cargo.toml points at.
+SMOLTCP_DIR := target/patched/smoltcp-0.14.0
+# The series' own tests run with the features this crate enables (plus what the suite needs).
+SMOLTCP_TEST_FEATURES := std,medium-ip,medium-ethernet,proto-ipv4,proto-ipv6,multicast,socket-tcp,socket-tcp-reno,socket-tcp-cubic,socket-udp,socket-icmp,async,auto-icmp-echo-reply,assembler-max-segment-count-32
 
-.PHONY: help install dev test test-rust test-python lint fmt docs bench bench-rust bench-python bench-stack bench-tun bench-peers demo wheel clean
+.PHONY: help install dev test test-rust test-python lint fmt docs bench bench-rust bench-python bench-stack bench-tun bench-peers demo wheel smoltcp test-smoltcp clean
 
 help:
 	@echo "make demo    install the package and run the demo (a relay, a requestor and 3 providers as processes)"
@@ -16,6 +20,7 @@ help:
 	@echo "make fmt     format Rust and Python sources"
 	@echo "make docs    regenerate docs/net-api.md from the OpenAPI documents"
 	@echo "make wheel   dist/: an abi3 manylinux wheel (CPython >= 3.11) and the sdist"
+	@echo "make smoltcp build the patched smoltcp Cargo.toml points at (the other targets do)"
 
 install:
 	$(PIP) install --quiet .
@@ -23,15 +28,25 @@ install:
 dev:
 	$(PIP) install --quiet -e '.[dev]'
 
-test: dev test-rust test-python
+# The patched smoltcp that Cargo.toml points at, made from the crates.io release and
+# patches/smoltcp by tools/patch_smoltcp.py; remade only when those change.
+smoltcp:
+	$(PYTHON) tools/patch_smoltcp.py
 
-test-rust:
+test: dev test-rust test-smoltcp test-python
+
+test-rust: smoltcp
 	$(CARGO) test --locked
+
+# The patch series' tests: smoltcp's own TCP suite, on the patched tree.
+test-smoltcp: smoltcp
+	cd $(SMOLTCP_DIR) && $(CARGO) test --locked --lib --target-dir ../../smoltcp-tests \
+		--no-default-features --features '$(SMOLTCP_TEST_FEATURES)' socket::tcp
 
 test-python:
 	$(PYTHON) -m pytest
 
-lint: dev
+lint: dev smoltcp
 	$(CARGO) fmt --check
 	$(CARGO) clippy --locked --all-targets -- -D warnings
 	$(CARGO) clippy --locked --all-targets --features python -- -D warnings
@@ -39,7 +54,7 @@ lint: dev
 	$(PYTHON) -m ruff format --check python tests benches examples tools
 	$(PYTHON) -m mypy
 
-fmt:
+fmt: smoltcp
 	$(CARGO) fmt
 	$(PYTHON) -m ruff format python tests benches examples tools
 	$(PYTHON) -m ruff check --fix python tests benches examples tools
@@ -50,7 +65,7 @@ docs:
 
 bench: dev bench-rust bench-python bench-stack
 
-bench-rust:
+bench-rust: smoltcp
 	$(CARGO) bench --locked --bench router --bench tunnel
 
 bench-python:
