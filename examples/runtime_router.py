@@ -9,7 +9,7 @@ payload. Run: ``python examples/runtime_router.py``.
 from __future__ import annotations
 
 from golem_vpn import Router
-from golem_vpn.demo import udp_packet
+from golem_vpn.demo.local import udp_packet
 from golem_vpn.model import Network, parse_deploy_net
 
 REQUESTOR, ME, PEER = "0x" + "aa" * 20, "0x" + "bb" * 20, "0x" + "cc" * 20
