@@ -72,17 +72,19 @@ async def run(args: argparse.Namespace) -> int:
     print()
     print(
         "| RTT | loss | kernel (CUBIC) MB/s | userspace MB/s | userspace / kernel "
-        "| kernel longest stall (ms) | userspace longest stall (ms) | kernel (BBR) MB/s |"
+        "| kernel longest stall (ms) | userspace longest stall (ms) | kernel (BBR) MB/s "
+        "| dropped (kernel / userspace) |"
     )
-    print("|---|---|---|---|---|---|---|---|")
+    print("|---|---|---|---|---|---|---|---|---|")
     for rtt, link, got in rows:
         kernel, user = got.get("kernel"), got.get("userspace")
         ratio = f"{user.mbps / kernel.mbps:.0%}" if kernel and user else "-"
         (k_rate, k_gap), (u_rate, u_gap) = fmt(kernel), fmt(user)
         bbr = fmt(got.get("kernel-bbr"))[0]
+        dropped = " / ".join(f"{r.drop_rate:.2%}" if r else "-" for r in (kernel, user))
         print(
             f"| {rtt:g} ms | {link.describe()} | {k_rate} | {u_rate} | {ratio} | {k_gap} "
-            f"| {u_gap} | {bbr} |"
+            f"| {u_gap} | {bbr} | {dropped} |"
         )
     print()
     print("SHA-256: every transfer matched" if not corrupt else f"SHA-256: {corrupt} MISMATCHED")

@@ -7,8 +7,9 @@ The benchmarks that compare the userspace stack's TCP with the Linux kernel's ov
   between two nodes, each told that the other lives at the proxy. A datagram from one node is
   dropped (its fate drawn from a PRNG seeded per direction, so a seed fixes which datagrams of
   each direction are lost whatever the other carries), or held for the one-way delay and
-  passed to the other node. Losses are random, or come in bursts of a mean length. There is
-  no queue limit and no rate limit: every loss is one the link chose.
+  passed to the other node. Losses are random, or come in bursts of a mean length (a burst
+  ends early at a pause of :data:`BURST_GAP` in its direction's traffic). There is no queue
+  limit and no rate limit: every loss is one the link chose.
 - :class:`UserspacePair`: two nodes with userspace stacks (``UdpTransport.join``), both in
   this process; their TCP is smoltcp's.
 - :class:`KernelPair`: two nodes whose networks are TUN devices in network namespaces
@@ -71,6 +72,12 @@ class Link:
         return f"{self.loss * 100:g} % {kind}"
 
 
+#: A burst of drops is cut short by a pause this long in its direction's traffic: a burst
+#: is a train of datagrams lost together (a fade, an overflowing queue), not a count that
+#: would also swallow retransmissions sent whole timeouts apart.
+BURST_GAP = 0.002
+
+
 class Fate:
     """One direction's drop decisions: a seeded PRNG and a burst in progress."""
 
@@ -80,8 +87,13 @@ class Fate:
         # A burst starts this often, so that drops make up `loss` of all datagrams.
         self.start = loss / (self.burst - loss * (self.burst - 1)) if loss > 0 else 0.0
         self.left = 0
+        self.last = float("-inf")
 
-    def drop(self) -> bool:
+    def drop(self, now: float) -> bool:
+        """The fate of a datagram that arrived at ``now`` (seconds, monotonic)."""
+        if now - self.last > BURST_GAP:
+            self.left = 0
+        self.last = now
         if self.left > 0:
             self.left -= 1
             return True
@@ -131,7 +143,7 @@ def run_proxy(a: tuple[str, int], b: tuple[str, int], link: Link) -> None:
                 continue
             counters = stats[names[src]]
             assert isinstance(counters, list)
-            if fates[src].drop():
+            if fates[src].drop(now):
                 counters[1] += 1
             else:
                 counters[0] += 1
