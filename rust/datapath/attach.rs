@@ -348,7 +348,7 @@ impl Attachment {
         networks: Vec<String>,
         offload: bool,
     ) -> Result<Self, AttachError> {
-        let (file, _tso) = sys::open_tun(name, offload).map_err(|e| {
+        let (file, uso) = sys::open_tun(name, offload).map_err(|e| {
             let hint = match e.raw_os_error() {
                 Some(libc::EPERM) | Some(libc::EACCES) => {
                     " (creating a TUN device needs CAP_NET_ADMIN: run the daemon as root)"
@@ -369,7 +369,7 @@ impl Attachment {
             link: Link::Tun {
                 file,
                 vnet: offload,
-                coalescer: Coalescer::default(),
+                coalescer: Coalescer::new(uso),
                 scratch: if offload {
                     vec![0u8; VNET_HDR_LEN + MAX_FRAME]
                 } else {
@@ -626,7 +626,8 @@ impl Attachment {
     }
 
     /// Writes frames to the payload in order (a TUN device with offloads gets each TCP
-    /// flow's consecutive segments coalesced into one write).
+    /// flow's consecutive segments, and each UDP flow's same-sized datagrams, coalesced
+    /// into one write).
     pub fn write_frames<'f>(&mut self, frames: impl IntoIterator<Item = &'f [u8]>) {
         for frame in frames {
             self.queue_frame(Frame {

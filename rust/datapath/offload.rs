@@ -1,6 +1,7 @@
 //! TUN offloads (`IFF_VNET_HDR`): segmentation of the kernel's large TCP packets (TSO)
-//! before they enter the tunnel, and coalescing of a flow's consecutive TCP segments
-//! into one large packet (GRO) before they are written back to the kernel.
+//! and UDP sends (USO) before they enter the tunnel, and coalescing of a flow's
+//! consecutive TCP segments into one large packet (GRO), and of its same-sized UDP
+//! datagrams into one USO packet, before they are written back to the kernel.
 //!
 //! With offloads on, the kernel hands the datapath one packet of up to 64 KiB where it
 //! would have handed ~45 of MTU size, and takes back one where it would have taken ~45:
@@ -354,12 +355,70 @@ struct Merge {
     closed: bool,
 }
 
+/// A UDP flow's datagrams being merged into one USO write: all of `seg` payload bytes
+/// but the last, which may be shorter, so the kernel's segmentation gives back exactly
+/// the datagrams that were merged.
+#[derive(Debug)]
+struct UdpMerge {
+    buf: Vec<u8>,
+    v4: bool,
+    /// Payload bytes per datagram (the first one's).
+    seg: usize,
+    datagrams: usize,
+    /// A shorter datagram ended the run.
+    closed: bool,
+}
+
+/// The most datagrams the kernel takes in one USO packet (`UDP_MAX_SEGMENTS`).
+const MAX_UDP_SEGMENTS: usize = 64;
+
+/// Where a plain UDP datagram's parts are: `Some((v4, ip header length))` for an
+/// unfragmented datagram with a 20-byte IPv4 or a plain IPv6 header, a non-empty payload
+/// and a UDP length that matches the packet.
+fn udp_parts(p: &[u8]) -> Option<(bool, usize)> {
+    let (v4, ip_len) = match p.first()? >> 4 {
+        4 if p.len() >= 28 && p[0] == 0x45 && p[9] == 17 => {
+            let fragmented = u16::from_be_bytes([p[6], p[7]]) & 0x3fff != 0;
+            let total = usize::from(u16::from_be_bytes([p[2], p[3]]));
+            if fragmented || total != p.len() {
+                return None;
+            }
+            (true, 20)
+        }
+        6 if p.len() >= 48 && p[6] == 17 => {
+            if usize::from(u16::from_be_bytes([p[4], p[5]])) + 40 != p.len() {
+                return None;
+            }
+            (false, 40)
+        }
+        _ => return None,
+    };
+    let udp_len = usize::from(u16::from_be_bytes([p[ip_len + 4], p[ip_len + 5]]));
+    (udp_len == p.len() - ip_len && udp_len > 8).then_some((v4, ip_len))
+}
+
+/// Same IP header (but the length, IPv4 id and checksum) and the same ports: two
+/// datagrams of one flow that one USO packet may carry.
+fn same_udp_flow(a: &[u8], b: &[u8], v4: bool) -> bool {
+    if v4 {
+        // version/ihl, tos; flags+fragment offset, ttl, proto; addresses; ports.
+        a[0..2] == b[0..2] && a[6..10] == b[6..10] && a[12..24] == b[12..24]
+    } else {
+        // version, traffic class, flow label; next header, hop limit, addresses; ports.
+        a[0..4] == b[0..4] && a[6..44] == b[6..44]
+    }
+}
+
 /// Coalesces consecutive TCP segments of each flow (GRO) into large packets for a TUN
-/// device with `IFF_VNET_HDR`, and writes everything else as it is. Each write is handed
-/// over as `(virtio_net_hdr, packet)`, for one `writev`. Order within a flow is kept.
+/// device with `IFF_VNET_HDR`, and (with [`Coalescer::new`]`(true)`, for a device that
+/// took USO) consecutive same-sized UDP datagrams of each flow into one USO packet;
+/// everything else is written as it is. Each write is handed over as
+/// `(virtio_net_hdr, packet)`, for one `writev`. Order within a flow is kept.
 #[derive(Debug, Default)]
 pub struct Coalescer {
     merges: Vec<Merge>,
+    udp: bool,
+    udp_merges: Vec<UdpMerge>,
     spare: Vec<Vec<u8>>,
 }
 
@@ -385,6 +444,15 @@ fn same_flow(a: &[u8], at: &Tcp, b: &[u8], bt: &Tcp) -> bool {
 }
 
 impl Coalescer {
+    /// A coalescer that merges UDP datagrams too if `udp` (the device accepted USO, Linux
+    /// 6.2+: older kernels refuse a `VIRTIO_NET_HDR_GSO_UDP_L4` write).
+    pub fn new(udp: bool) -> Self {
+        Coalescer {
+            udp,
+            ..Coalescer::default()
+        }
+    }
+
     /// Feeds the packets bound for the device, in arrival order; `write` is called with
     /// each buffer to hand the device (header included).
     pub fn write_all<'p>(
@@ -403,6 +471,77 @@ impl Coalescer {
         for i in (0..self.merges.len()).rev() {
             self.flush(i, write);
         }
+        for i in (0..self.udp_merges.len()).rev() {
+            self.flush_udp(i, write);
+        }
+    }
+
+    /// Feeds one UDP datagram (`true`), or says it is not one to merge (`false`).
+    fn push_udp(&mut self, p: &[u8], write: &mut impl FnMut(&[u8], &[u8])) -> bool {
+        let Some((v4, ip_len)) = udp_parts(p) else {
+            return false;
+        };
+        let n = p.len() - ip_len - 8;
+        if let Some(i) = self
+            .udp_merges
+            .iter()
+            .position(|m| m.v4 == v4 && same_udp_flow(&m.buf[VNET_HDR_LEN..], p, v4))
+        {
+            let m = &mut self.udp_merges[i];
+            let fits =
+                m.buf.len() - VNET_HDR_LEN + n <= MAX_COALESCED && m.datagrams < MAX_UDP_SEGMENTS;
+            if !m.closed && fits && n <= m.seg {
+                m.buf.extend_from_slice(&p[ip_len + 8..]);
+                m.datagrams += 1;
+                m.closed = n < m.seg;
+                return true;
+            }
+            self.flush_udp(i, write);
+        }
+        let mut buf = self.spare.pop().unwrap_or_default();
+        buf.clear();
+        buf.extend_from_slice(&[0u8; VNET_HDR_LEN]);
+        buf.extend_from_slice(p);
+        self.udp_merges.push(UdpMerge {
+            buf,
+            v4,
+            seg: n,
+            datagrams: 1,
+            closed: false,
+        });
+        true
+    }
+
+    fn flush_udp(&mut self, i: usize, write: &mut impl FnMut(&[u8], &[u8])) {
+        let mut m = self.udp_merges.swap_remove(i);
+        if m.datagrams > 1 {
+            let ip_len = if m.v4 { 20 } else { 40 };
+            let total = m.buf.len() - VNET_HDR_LEN;
+            let p = &mut m.buf[VNET_HDR_LEN..];
+            set_ip_len(m.v4, ip_len, p, total);
+            let udp_len = total - ip_len;
+            p[ip_len + 4..ip_len + 6].copy_from_slice(&(udp_len as u16).to_be_bytes());
+            // CHECKSUM_PARTIAL over the whole length: the kernel's segmentation swaps
+            // in each datagram's length and finishes each checksum.
+            let (src, dst) = if m.v4 {
+                (&p[12..16], &p[16..20])
+            } else {
+                (&p[8..24], &p[24..40])
+            };
+            let partial = fold(pseudo_sum(src, dst, 17, udp_len));
+            p[ip_len + 6..ip_len + 8].copy_from_slice(&partial.to_be_bytes());
+            VnetHdr {
+                flags: F_NEEDS_CSUM,
+                gso_type: GSO_UDP_L4,
+                hdr_len: (ip_len + 8) as u16,
+                gso_size: m.seg as u16,
+                csum_start: ip_len as u16,
+                csum_offset: 6,
+            }
+            .write(&mut m.buf[..VNET_HDR_LEN]);
+        }
+        write(&m.buf[..VNET_HDR_LEN], &m.buf[VNET_HDR_LEN..]);
+        self.spare.push(m.buf);
     }
 
     /// Feeds one packet; [`Coalescer::finish`] must follow the batch's last.
@@ -414,6 +553,15 @@ impl Coalescer {
             p.len() > t.hdr() && flags & !TCP_PSH == TCP_ACK && !fragmented
         });
         let Some(tcp) = tcp else {
+            if self.udp && self.push_udp(p, write) {
+                return;
+            }
+            if self.udp && !self.udp_merges.is_empty() && is_ipv4_udp_fragment(p) {
+                // A fragment names no ports: keep it behind every held datagram.
+                for i in (0..self.udp_merges.len()).rev() {
+                    self.flush_udp(i, write);
+                }
+            }
             // Not mergeable: it must not overtake its flow's pending segments.
             if let Some(t) = Tcp::parse(p)
                 && let Some(i) = self
@@ -504,6 +652,11 @@ fn same_ports(a: &[u8], at: &Tcp, b: &[u8], bt: &Tcp) -> bool {
     let (sa, da) = at.addrs(a);
     let (sb, db) = bt.addrs(b);
     sa == sb && da == db && a[at.ip_len..at.ip_len + 4] == b[bt.ip_len..bt.ip_len + 4]
+}
+
+/// An IPv4 UDP fragment (first or later).
+fn is_ipv4_udp_fragment(p: &[u8]) -> bool {
+    p.len() >= 20 && p[0] >> 4 == 4 && p[9] == 17 && u16::from_be_bytes([p[6], p[7]]) & 0x3fff != 0
 }
 
 /// Writes one packet with an all-zero header (no offload asked for).

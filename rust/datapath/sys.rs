@@ -62,7 +62,7 @@ pub fn check_ifname(name: &str) -> io::Result<()> {
 /// With `offload`, each packet carries a `virtio_net_hdr` (`IFF_VNET_HDR`) and the kernel
 /// may hand over TCP packets of up to 64 KiB to segment (TSO4/TSO6), UDP ones too
 /// (USO4/USO6, Linux 6.2+), and packets with checksums to complete; returns whether it
-/// agreed (false: plain packets, as without `offload`).
+/// took USO (and so also takes USO packets written to it: UDP can be coalesced).
 pub fn open_tun(name: &str, offload: bool) -> io::Result<(File, bool)> {
     check_ifname(name)?;
     let file = OpenOptions::new()
@@ -95,14 +95,13 @@ pub fn open_tun(name: &str, offload: bool) -> io::Result<(File, bool)> {
     }
     // UDP segmentation (Linux 6.2+) where the kernel has it, else TCP's alone.
     let tso = TUN_F_CSUM | TUN_F_TSO4 | TUN_F_TSO6;
-    let ok = [tso | TUN_F_USO4 | TUN_F_USO6, tso]
-        .into_iter()
-        .any(|flags| {
-            // SAFETY: TUNSETOFFLOAD takes its flags by value; no memory is passed.
-            unsafe { libc::ioctl(file.as_raw_fd(), TUNSETOFFLOAD as _, flags) >= 0 }
-        });
+    let uso = TUN_F_USO4 | TUN_F_USO6;
+    let taken = [tso | uso, tso].into_iter().find(|&flags| {
+        // SAFETY: TUNSETOFFLOAD takes its flags by value; no memory is passed.
+        unsafe { libc::ioctl(file.as_raw_fd(), TUNSETOFFLOAD as _, flags) >= 0 }
+    });
     // Refused (an old kernel): the header stays, but every packet comes whole.
-    Ok((file, ok))
+    Ok((file, taken.is_some_and(|flags| flags & uso != 0)))
 }
 
 const _: () = assert!(std::mem::size_of::<IfReq>() == 40);
