@@ -7,7 +7,7 @@ SMOLTCP_DIR := target/patched/smoltcp-0.14.0
 # The series' own tests run with the features this crate enables (plus what the suite needs).
 SMOLTCP_TEST_FEATURES := std,medium-ip,medium-ethernet,proto-ipv4,proto-ipv6,multicast,socket-tcp,socket-tcp-reno,socket-tcp-cubic,socket-udp,socket-icmp,async,auto-icmp-echo-reply,assembler-max-segment-count-32
 
-.PHONY: help install dev test test-rust test-python lint fmt docs bench bench-rust bench-python bench-stack bench-tun bench-peers bench-loss demo wheel smoltcp test-smoltcp clean
+.PHONY: help install dev test test-rust test-python lint fmt docs bench bench-rust bench-python bench-stack bench-tun bench-peers bench-loss bench-load demo wheel smoltcp test-smoltcp clean
 
 help:
 	@echo "make demo    install the package and run the demo (a relay, a requestor and 3 providers as processes)"
@@ -17,6 +17,7 @@ help:
 	@echo "make bench-tun  (root) iperf3 + ping between TUN-attached payloads vs the bare veth"
 	@echo "make bench-peers  (root) the same through wireguard-go, nebula, tinc and openvpn too"
 	@echo "make bench-loss  (root) TCP over a lossy link: the userspace stack next to the kernel's"
+	@echo "make bench-load  10k networks in a daemon, 1k gate connections, 200 nodes (QUICK=1: small)"
 	@echo "make dev     editable install with dev extras"
 	@echo "make fmt     format Rust and Python sources"
 	@echo "make docs    regenerate docs/net-api.md from the OpenAPI documents"
@@ -86,6 +87,10 @@ bench-peers: install
 # Root: namespaces and TUN devices for the kernel's side. QUICK=1: 4 MiB at 10 ms only.
 bench-loss: install
 	$(PYTHON) benches/loss.py $(if $(QUICK),--size 4 --rtt 10,)
+
+# Daemons on loopback; no root. QUICK=1: 50 networks, 20 gates, 10 nodes, 3 processes.
+bench-load: install
+	$(PYTHON) benches/load.py $(if $(QUICK),--quick,)
 
 demo: install
 	$(PYTHON) -m golem_vpn demo
