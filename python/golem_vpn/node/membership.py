@@ -105,13 +105,19 @@ class ControlPlane:
                 # Not (or no longer) a peer: the channel retransmits if it becomes one.
                 log.debug("control frame to %s not sent: %s", peer_id, exc)
                 break
-        self._arm()
+        self._arm(channel)
 
-    def _arm(self) -> None:
-        deadlines = [at for c in self._channels.values() if (at := c.poll_at()) is not None]
-        if not deadlines:
+    def _arm(self, channel: ControlChannel) -> None:
+        """Makes the timer fire no later than ``channel``'s next deadline.
+
+        Only this channel's deadline can have moved (the others' are covered by the timer
+        already, which flushes every channel when it fires and re-arms from each), so one
+        send costs O(1), not O(peers): a requestor adding the n-th node to a network sends
+        to n - 1 peers, and scanning every channel on each send made the n-th add O(n²).
+        """
+        at = channel.poll_at()
+        if at is None:
             return
-        at = min(deadlines)
         if self._timer is not None and self._timer_at is not None and self._timer_at <= at:
             return
         if self._timer is not None:
