@@ -6,11 +6,19 @@ state a fix must keep right; timings belong to the bench (benches/RESULTS.md).""
 from __future__ import annotations
 
 import asyncio
+import json
+from pathlib import Path
+from typing import Any
 
+import aiohttp
 import pytest
 
 from golem_vpn import Identity
 from golem_vpn.model import Network, parse_deploy_net
+from golem_vpn.netapi.appkeys import AppKeys
+from golem_vpn.netapi.backend import LocalBackend
+from golem_vpn.netapi.server import Limits, serve
+from golem_vpn.netapi.store import Store
 from golem_vpn.node.control import AddNodes, ControlChannel
 from golem_vpn.node.membership import ControlPlane, Coordinator, Member
 from golem_vpn.node.relay import RelayService
@@ -75,5 +83,71 @@ def test_control_send_is_flat_in_the_number_of_peers(monkeypatch: pytest.MonkeyP
                 plane.close()
             requestor.close()
             provider.close()
+
+    asyncio.run(main())
+
+
+def test_network_bound_and_listing_survive_a_restart(tmp_path: Path) -> None:
+    """The per-identity network count the bound checks is kept as networks come and go (not
+    recounted over every network on each create: O(n) per create) and comes back with a
+    restart; lists and shows are each network's JSON made once, the same bytes as before."""
+    owner, other = "0x" + "a1" * 20, "0x" + "b2" * 20
+
+    async def main() -> None:
+        store = Store(tmp_path / "netapi.db")
+        keys = AppKeys(store)
+        key_a, key_b = keys.create("a", owner), keys.create("b", other)
+        try:
+            for restart in range(2):
+                backend = LocalBackend(owner)
+                runner = await serve(backend, store, "127.0.0.1", 0, limits=Limits(networks=4))
+                host, port = runner.addresses[0][:2]
+                base = f"http://{host}:{port}/net-api/v1/net"
+                try:
+                    async with aiohttp.ClientSession() as http:
+
+                        async def call(method: str, url: str, key: str, body: Any = None) -> Any:
+                            headers = {"Authorization": f"Bearer {key}"}
+                            async with http.request(method, url, json=body, headers=headers) as r:
+                                return r.status, await r.read()
+
+                        if restart == 0:
+                            for i in range(4):
+                                status, _ = await call(
+                                    "POST", base, key_a, {"ip": f"10.9.{i}.0/24"}
+                                )
+                                assert status == 200
+                        status, _ = await call("POST", base, key_a, {"ip": "10.9.9.0/24"})
+                        assert status == 429
+                        status, body = await call("GET", base, key_a)
+                        listed = json.loads(body)
+                        assert [n["ip"] for n in listed] == [f"10.9.{i}.0/24" for i in range(4)]
+                        for net in listed:
+                            status, one = await call("GET", f"{base}/{net['id']}", key_a)
+                            assert (status, json.loads(one)) == (200, net)
+                            assert one in body
+                        # Another identity holds none: 404 for A's network, then 403 once
+                        # it holds one of its own.
+                        first = listed[0]["id"]
+                        assert (await call("GET", f"{base}/{first}", key_b))[0] == 404
+                        assert (await call("GET", base, key_b)) == (200, b"[]")
+                        status, _ = await call("POST", base, key_b, {"ip": "10.8.0.0/24"})
+                        assert status == 200
+                        assert (await call("GET", f"{base}/{first}", key_b))[0] == 403
+                        _, mine = await call("GET", base, key_b)
+                        (theirs,) = json.loads(mine)
+                        assert (await call("DELETE", f"{base}/{theirs['id']}", key_b))[0] == 200
+                        assert (await call("GET", f"{base}/{first}", key_b))[0] == 404
+                        if restart == 1:  # a removed network frees its place
+                            assert (await call("DELETE", f"{base}/{first}", key_a))[0] == 200
+                            status, _ = await call("POST", base, key_a, {"ip": "10.9.9.0/24"})
+                            assert status == 200
+                            status, _ = await call("POST", base, key_a, {"ip": "10.9.8.0/24"})
+                            assert status == 429
+                finally:
+                    await runner.cleanup()
+                    await backend.close()
+        finally:
+            store.close()
 
     asyncio.run(main())

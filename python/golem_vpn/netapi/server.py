@@ -78,6 +78,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import json
 import logging
 import os
@@ -286,6 +287,12 @@ class _Entry:
             "gateway": str(self.model.gateway),
         }
 
+    @functools.cached_property
+    def json_bytes(self) -> bytes:
+        """:meth:`to_json` serialised, made once (none of its fields ever change): listing
+        10,000 networks re-formatted each one's addresses, 100 ms of the 200 a list took."""
+        return json.dumps(self.to_json()).encode()
+
     def with_prefix(self, ip: IPAddress) -> str:
         return f"{ip}/{self.model.network.prefixlen}"
 
@@ -377,6 +384,7 @@ class NetApi:
         #: Requests refused, by reason (shown as ``refused`` by ``GET /net/status``).
         self.refused: Counter[str] = Counter()
         self._networks: dict[str, _Entry] = {}
+        self._held: Counter[str] = Counter()  # networks per owner (the per-identity bound)
         self._gates: Counter[str] = Counter()  # open gate WebSockets per identity
         self._lock = asyncio.Lock()
 
@@ -392,7 +400,7 @@ class NetApi:
         if entry is None:
             raise _not_found()
         if entry.owner != identity:
-            if any(e.owner == identity for e in self._networks.values()):
+            if self._held[identity]:
                 self.refused["another_identity"] += 1
                 raise ApiError(403, None)
             raise _not_found()
@@ -426,6 +434,7 @@ class NetApi:
         entry.addresses = [check_host(model.network, ip) for ip in stored.addresses]
         await self.backend.network_created(model)
         self._networks[model.id] = entry
+        self._held[entry.owner] += 1
         for extra in entry.addresses:
             await self.backend.address_added(model.id, str(extra))
         for node in model.nodes.values():
@@ -436,9 +445,8 @@ class NetApi:
 
     async def get_networks(self, request: web.Request) -> web.Response:
         identity = request[IDENTITY]
-        return web.json_response(
-            [e.to_json() for e in self._networks.values() if e.owner == identity]
-        )
+        mine = [e.json_bytes for e in self._networks.values() if e.owner == identity]
+        return web.json_response(body=b"[" + b", ".join(mine) + b"]")
 
     async def create_network(self, request: web.Request) -> web.Response:
         body = await _body(request, ("ip",), ("mask", "gateway"))
@@ -454,8 +462,7 @@ class NetApi:
         given = parse_ip(ip.partition("/")[0])
         entry = _Entry(model, request[IDENTITY], f"{given}/{model.network.prefixlen}", time.time())
         async with self._lock:
-            held = sum(e.owner == entry.owner for e in self._networks.values())
-            if held >= self.limits.networks:
+            if self._held[entry.owner] >= self.limits.networks:
                 self.refused["networks_limit"] += 1
                 raise _limit("Networks per identity", self.limits.networks, "networks")
             await self._db(self.store.add_network, entry.stored())
@@ -465,11 +472,12 @@ class NetApi:
                 await self._db(self.store.remove_network, model.id)
                 raise
             self._networks[model.id] = entry
+            self._held[entry.owner] += 1
         _log.info("created network %s (%s)", model.id, entry.ip)
         return web.json_response(entry.to_json())
 
     async def get_network(self, request: web.Request) -> web.Response:
-        return web.json_response(self._entry(request).to_json())
+        return web.json_response(body=self._entry(request).json_bytes)
 
     async def remove_network(self, request: web.Request) -> web.Response:
         async with self._lock:
@@ -477,6 +485,9 @@ class NetApi:
             network_id = entry.model.id
             await self._db(self.store.remove_network, network_id)
             del self._networks[network_id]
+            self._held[entry.owner] -= 1
+            if not self._held[entry.owner]:
+                del self._held[entry.owner]
             self.gate.close_network(network_id)
             with contextlib.suppress(NetworkNotFound):
                 await self.backend.network_removed(network_id)
