@@ -349,6 +349,7 @@ class TunnelStats(TypedDict):
     handshakes_started: int
     handshakes_completed: int
     handshakes_failed: int
+    cookies_received: int
     packets_in: int
     bytes_in: int
     packets_out: int

@@ -488,6 +488,7 @@ impl PyNodeTransport {
         tunnel.set_item("handshakes_started", t.handshakes_started)?;
         tunnel.set_item("handshakes_completed", t.handshakes_completed)?;
         tunnel.set_item("handshakes_failed", t.handshakes_failed)?;
+        tunnel.set_item("cookies_received", t.cookies_received)?;
         tunnel.set_item("packets_in", t.packets_in)?;
         tunnel.set_item("bytes_in", t.bytes_in)?;
         tunnel.set_item("packets_out", t.packets_out)?;

@@ -57,10 +57,11 @@
 //!
 //! | type | message | layout after the type byte | size |
 //! |---|---|---|---|
-//! | 1 | handshake init | sender index `u32`, cipher suite `u8` (0 AES-256-GCM, 1 ChaCha20-Poly1305), Noise message 1 (`e`, 32) | 38 |
+//! | 1 | handshake init | sender index `u32`, cipher suite `u8` (0 AES-256-GCM, 1 ChaCha20-Poly1305), Noise message 1 (`e`, 32), mac1 (16), mac2 (16, zeros without a cookie) | 70 |
 //! | 2 | handshake response | sender index `u32`, receiver index `u32`, Noise message 2 (`e` 32, `s` 32+16, payload 69+16: proof ‖ sender index again) | 174 |
 //! | 3 | handshake final | receiver index `u32`, Noise message 3 (`s` 32+16, proof 65+16) | 134 |
 //! | 4 | data | receiver index `u32`, counter `u64`, ciphertext (inner plaintext + 16-byte tag) | 13 + n + 16 |
+//! | 5 | cookie reply | receiver index `u32` (the initiation's sender index), nonce (24), sealed cookie (16 + 16-byte tag) | 61 |
 //!
 //! The inner plaintext of a data message:
 //!
@@ -91,16 +92,67 @@
 //! | `KEEPALIVE_TIMEOUT + REKEY_TIMEOUT` | 15 s | data sent with nothing heard back since starts a new handshake (the peer may have restarted) |
 //! | [`Config::persistent_keepalive`] | off | a keep-alive after this long without sending (NAT mappings) |
 //!
-//! Not here (yet): WireGuard's cookie replies under load (message 1 names nobody, so a
-//! flood of initiations is only capped by [`Config::max_pending_handshakes`] and counted
-//! as `overloaded`); relaying and NAT hole punching (issue 4, later parts).
+//!
+//! # Under load
+//!
+//! An initiation costs a responder an ephemeral key, two X25519 operations and a pending
+//! handshake; a datagram costs its sender nothing. WireGuard's answer, adapted to XX:
+//!
+//! - **mac1** on message 1: HMAC-SHA256 (truncated to 16 bytes) of everything before it,
+//!   keyed by `b"golem-vpn/mac1/v1" ‖ responder's node id`. XX's message 1 names nobody,
+//!   but the initiator always dials a node id, so only senders that know whom they talk
+//!   to get past it. It is checked first, before any Noise work: garbage, scans and
+//!   initiations meant for another node are dropped for the price of one HMAC
+//!   (`bad_mac1`). A node id is no secret (relays and fellow members know it): mac1
+//!   stops blind floods, not a determined attacker; what follows does.
+//! - **Under load**: [`Config::under_load_pending`] handshakes waiting for message 3 (and
+//!   for [`UNDER_LOAD_AFTER_TIME`] after), or, per source, more initiations than its
+//!   token bucket allows ([`INITIATIONS_PER_SECOND`], bursts of [`INITIATIONS_BURST`]).
+//!   Then an initiation must carry a valid **mac2**; without it the responder does no
+//!   DH and keeps no state, and answers with a **cookie reply** (`cookie_sent`), smaller
+//!   than the initiation (no amplification).
+//! - **The cookie** is HMAC-SHA256(secret, source IP and port) truncated, the secret
+//!   random and replaced every [`COOKIE_SECRET_MAX_AGE`]. The reply seals it with
+//!   ChaCha20-Poly1305 under a one-time key HMAC(`b"golem-vpn/cookie/v1" ‖ responder's
+//!   node id`, random 24-byte nonce), with the initiation's mac1 as associated data: only
+//!   who sent that initiation (and knows whom it dialled) can use it, and a reply cannot
+//!   be moved to another initiation. The initiator keeps it for
+//!   `COOKIE_SECRET_MAX_AGE - COOKIE_SECRET_LATENCY` and retries at once (once per try:
+//!   WireGuard waits for the retry timer, which would cost a legitimate peer 5 s) with
+//!   mac2 = HMAC(cookie, message 1 up to mac2). A reply for no initiation in flight, or
+//!   that does not open, is dropped (`bad_cookie`).
+//! - **mac2** proves the sender receives at its source address. A valid one passes even
+//!   under load, subject to a second token bucket per source that only such proven
+//!   initiations spend (`rate_limited` past it), so a forger cannot use up a real
+//!   host's rate; they spend the first bucket too, so mixing both kinds gains no rate.
+//! - **Sources** are IPv4 addresses and IPv6 /64s (what one host easily holds), but each
+//!   address of the relay placeholder prefix `100::/64` on its own: there each address is
+//!   one node whose relayed datagrams the relay's forward header named, and cookie
+//!   replies to it go back through the relay to that node. Each bucket table holds at
+//!   most [`MAX_RATE_LIMITED_SOURCES`]; sources idle for a burst's worth are forgotten
+//!   first, and a new source finding the table full of active ones counts as over rate.
+//! - Established sessions never meet any of this: data messages are looked up by index
+//!   and authenticated, so a flood of initiations does not slow them.
+//!
+//! | constant | value | what happens |
+//! |---|---|---|
+//! | [`Config::under_load_pending`] | 128 | pending responder handshakes at which the endpoint is under load |
+//! | [`UNDER_LOAD_AFTER_TIME`] | 1 s | ... and stays under load this long after |
+//! | [`INITIATIONS_PER_SECOND`], [`INITIATIONS_BURST`] | 20/s, 5 | a source's token bucket (unproven initiations; proven ones have their own) |
+//! | [`COOKIE_SECRET_MAX_AGE`] | 120 s | the responder draws a new cookie secret; older cookies no longer verify |
+//! | [`COOKIE_SECRET_LATENCY`] | 5 s | an initiator stops using a cookie this long before it could have expired |
+//! | [`MAX_RATE_LIMITED_SOURCES`] | 4096 | sources tracked per bucket table |
+//! | [`Config::max_pending_handshakes`] | 1024 | hard cap on pending responder handshakes (`overloaded` past it) |
 
+mod cookie;
 mod peer;
 mod replay;
 mod session;
 mod stats;
 mod wire;
 
+#[cfg(test)]
+mod cookie_tests;
 #[cfg(test)]
 mod tests;
 
@@ -120,11 +172,13 @@ pub use wire::{
 
 use crate::identity::{Identity, recover_node_id};
 use crate::node_id::NodeId;
+use cookie::{CookieChecker, Mac, RateLimiter};
 use peer::{Attempt, Handshake, Indices, Peer, Slot};
 use session::Session;
 use wire::{
-    FINAL_LEN, HANDSHAKE_FINAL, HANDSHAKE_INIT, HANDSHAKE_RESPONSE, INIT_LEN, INIT_NOISE_AT, Inner,
-    KEEPALIVE, MAX_PLAINTEXT, PROOF_LEN, RESPONSE_LEN, RESPONSE_PAYLOAD_LEN,
+    COOKIE_NONCE_LEN, COOKIE_REPLY, COOKIE_REPLY_LEN, FINAL_LEN, HANDSHAKE_FINAL, HANDSHAKE_INIT,
+    HANDSHAKE_RESPONSE, INIT_LEN, INIT_MAC1_AT, INIT_MAC2_AT, INIT_NOISE_AT, Inner, KEEPALIVE,
+    MAC_LEN, MAX_PLAINTEXT, PROOF_LEN, RESPONSE_LEN, RESPONSE_PAYLOAD_LEN,
 };
 
 /// The Noise protocol of the handshake with the default cipher (AES-256-GCM).
@@ -226,6 +280,23 @@ pub const KEEPALIVE_TIMEOUT: Duration = Duration::from_secs(10);
 pub const REKEY_AFTER_MESSAGES: u64 = 1 << 60;
 /// No message is sent or accepted with a counter this high.
 pub const REJECT_AFTER_MESSAGES: u64 = u64::MAX - (1 << 13);
+/// A responder makes cookies from a secret this old at most (then draws a new one, and
+/// mac2s made with older cookies no longer verify).
+pub const COOKIE_SECRET_MAX_AGE: Duration = Duration::from_secs(120);
+/// An initiator uses a cookie for [`COOKIE_SECRET_MAX_AGE`] less this after it came (it
+/// may have been made a moment before the responder's secret changed).
+pub const COOKIE_SECRET_LATENCY: Duration = Duration::from_secs(5);
+/// A responder is under load this long after it last saw
+/// [`Config::under_load_pending`] handshakes waiting for message 3.
+pub const UNDER_LOAD_AFTER_TIME: Duration = Duration::from_secs(1);
+/// Handshake initiations a source may send per second under load (its token bucket's
+/// rate), WireGuard's.
+pub const INITIATIONS_PER_SECOND: u32 = 20;
+/// ... and in a burst (its token bucket's size).
+pub const INITIATIONS_BURST: u32 = 5;
+/// Sources a rate limiter tracks at most; when it is full of sources active within the
+/// last burst, a new source counts as over its rate.
+pub const MAX_RATE_LIMITED_SOURCES: usize = 4096;
 
 /// What a payload is, so the receiver knows where it goes.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -324,6 +395,11 @@ pub struct Config {
     /// Responder handshakes waiting for message 3, all peers together; initiations past
     /// it are dropped (`overloaded`). Default 1024.
     pub max_pending_handshakes: usize,
+    /// Responder handshakes waiting for message 3 at which the endpoint is *under load*
+    /// (for [`UNDER_LOAD_AFTER_TIME`] after): initiations must then carry a valid mac2
+    /// (else they get a cookie reply) and pass their source's rate limit. Default 128
+    /// (an eighth of the cap, WireGuard's ratio).
+    pub under_load_pending: usize,
     /// Messages sent on one session before a rekey. Default [`REKEY_AFTER_MESSAGES`].
     pub rekey_after_messages: u64,
     /// Send a keep-alive when nothing was sent for this long, to keep NAT mappings and the
@@ -339,6 +415,7 @@ impl Default for Config {
         Config {
             queue_len: 128,
             max_pending_handshakes: 1024,
+            under_load_pending: 128,
             rekey_after_messages: REKEY_AFTER_MESSAGES,
             persistent_keepalive: None,
             cipher: Cipher::for_this_cpu(),
@@ -406,6 +483,15 @@ pub struct Endpoint {
     early: Vec<(u32, SocketAddr, Vec<u8>)>,
     /// Handshakes completed by nodes we did not allow yet (see [`PARKED`]).
     parked: Vec<Parked>,
+    /// mac1 and mac2 of initiations to us, and our cookies.
+    cookies: CookieChecker,
+    /// Every initiation with a valid mac1, per source: past its rate, a source must
+    /// prove its address with mac2 even while we are not under load.
+    unproven: RateLimiter,
+    /// Under load, initiations with a valid mac2, per (proven) source.
+    proven: RateLimiter,
+    /// Until when the endpoint is under load (see [`Config::under_load_pending`]).
+    under_load_until: Option<Instant>,
     transmits: VecDeque<Transmit>,
     events: VecDeque<Event>,
     stats: TunnelStats,
@@ -453,6 +539,10 @@ impl Endpoint {
             pending: FxHashMap::default(),
             early: Vec::new(),
             parked: Vec::new(),
+            cookies: CookieChecker::new(identity.node_id()),
+            unproven: RateLimiter::new(),
+            proven: RateLimiter::new(),
+            under_load_until: None,
             transmits: VecDeque::new(),
             events: VecDeque::new(),
             stats: TunnelStats::default(),
@@ -694,6 +784,7 @@ impl Endpoint {
             Some(&HANDSHAKE_INIT) => self.receive_init(from, data, now),
             Some(&HANDSHAKE_RESPONSE) => self.receive_response(from, data, now),
             Some(&HANDSHAKE_FINAL) => self.receive_final(from, data, now),
+            Some(&COOKIE_REPLY) => self.receive_cookie(data, now),
             Some(_) => self.count_drop(DropReason::UnknownType),
             None => self.count_drop(DropReason::Truncated),
         }
@@ -844,7 +935,15 @@ impl Endpoint {
             return;
         };
         let index = self.alloc_index();
-        let Some((state, msg)) = self.initiation(index) else {
+        let cookie = self
+            .peers
+            .get(&id)
+            .and_then(|p| p.cookie)
+            .and_then(|(c, at)| {
+                (now.saturating_duration_since(at) < COOKIE_SECRET_MAX_AGE - COOKIE_SECRET_LATENCY)
+                    .then_some(c)
+            });
+        let Some((state, msg, mac1)) = self.initiation(index, &id, cookie.as_ref()) else {
             self.stats.handshakes_failed += 1;
             // Keep a retry in flight from firing again at once.
             if let Some(h) = self.peers.get_mut(&id).and_then(|p| p.handshake.as_mut()) {
@@ -864,6 +963,8 @@ impl Endpoint {
             attempt: Attempt::Initiating {
                 state: Box::new(state),
                 index,
+                mac1,
+                with_cookie: cookie.is_some(),
             },
             first_try,
             retry_at: now + REKEY_TIMEOUT + jitter,
@@ -873,8 +974,14 @@ impl Endpoint {
         push_transmit(&mut self.transmits, &mut self.stats, addr, msg);
     }
 
-    /// A new initiator state and its message 1 (`None` only if snow fails: no randomness).
-    fn initiation(&self, index: u32) -> Option<(HandshakeState, Vec<u8>)> {
+    /// A new initiator state, its message 1 to `responder` and the message's mac1 (`None`
+    /// only if snow fails: no randomness). With a cookie from the responder, mac2 too.
+    fn initiation(
+        &self,
+        index: u32,
+        responder: &NodeId,
+        cookie: Option<&Mac>,
+    ) -> Option<(HandshakeState, Vec<u8>, Mac)> {
         let cipher = self.config.cipher;
         let mut state = self.new_handshake(true, cipher).ok()?;
         // snow wants room for a tag even where message 1 has none.
@@ -882,17 +989,124 @@ impl Endpoint {
         msg[0] = HANDSHAKE_INIT;
         msg[1..5].copy_from_slice(&index.to_le_bytes());
         msg[5] = cipher.suite();
-        if state.write_message(&[], &mut msg[INIT_NOISE_AT..]) != Ok(INIT_LEN - INIT_NOISE_AT) {
+        if state.write_message(&[], &mut msg[INIT_NOISE_AT..]) != Ok(INIT_MAC1_AT - INIT_NOISE_AT) {
             return None;
         }
         msg.truncate(INIT_LEN);
-        Some((state, msg))
+        let mac1 = cookie::mac(&cookie::mac1_key(responder), &msg[..INIT_MAC1_AT]);
+        msg[INIT_MAC1_AT..INIT_MAC2_AT].copy_from_slice(&mac1);
+        if let Some(c) = cookie {
+            let mac2 = cookie::mac2(c, &msg[..INIT_MAC2_AT]);
+            msg[INIT_MAC2_AT..].copy_from_slice(&mac2);
+        }
+        Some((state, msg, mac1))
+    }
+
+    /// Whether an initiation from `from` may have a handshake now; if not, it is counted
+    /// and, when the sender must first prove its address, answered with a cookie reply.
+    /// Costs a MAC or two, no Noise work (see "Under load" in the module docs).
+    fn admit_init(&mut self, from: SocketAddr, data: &[u8], now: Instant) -> bool {
+        if !self
+            .cookies
+            .check_mac1(&data[..INIT_MAC1_AT], &data[INIT_MAC1_AT..INIT_MAC2_AT])
+        {
+            self.count_drop(DropReason::BadMac1);
+            return false;
+        }
+        let source = cookie::source_key(from);
+        let mac2 = &data[INIT_MAC2_AT..];
+        if mac2.iter().any(|&b| b != 0)
+            && self
+                .cookies
+                .check_mac2(from, &data[..INIT_MAC2_AT], mac2, now)
+        {
+            // The address is proven: only such initiations spend this bucket, so nobody
+            // can exhaust a source's rate by forging its address. They also spend the
+            // source's other bucket, so that mixing both kinds gains no rate.
+            self.unproven.allow(source, now);
+            if !self.proven.allow(source, now) {
+                self.count_drop(DropReason::RateLimited);
+                return false;
+            }
+            return true;
+        }
+        if self.pending.len() >= self.config.under_load_pending {
+            self.pending
+                .retain(|_, p| now.saturating_duration_since(p.created) < REKEY_TIMEOUT);
+            if self.pending.len() >= self.config.under_load_pending {
+                self.under_load_until = Some(now + UNDER_LOAD_AFTER_TIME);
+            }
+        }
+        let loaded = self.under_load_until.is_some_and(|t| now < t);
+        // A source past its rate must prove its address even while the endpoint as a
+        // whole is not loaded.
+        if !loaded && self.unproven.allow(source, now) {
+            return true;
+        }
+        let mut mac1 = [0u8; MAC_LEN];
+        mac1.copy_from_slice(&data[INIT_MAC1_AT..INIT_MAC2_AT]);
+        if let Some((nonce, sealed)) = self.cookies.reply(from, &mac1, now) {
+            let mut msg = Vec::with_capacity(COOKIE_REPLY_LEN);
+            msg.push(COOKIE_REPLY);
+            msg.extend_from_slice(&data[1..5]);
+            msg.extend_from_slice(&nonce);
+            msg.extend_from_slice(&sealed);
+            push_transmit(&mut self.transmits, &mut self.stats, from, msg);
+        }
+        self.count_drop(DropReason::CookieSent);
+        false
+    }
+
+    /// A cookie reply to an initiation of ours: keep the cookie, and retry at once with
+    /// mac2 if that initiation had none (once per try: the retry has a new index).
+    fn receive_cookie(&mut self, data: &[u8], now: Instant) {
+        if let Some(reason) = size_error(data.len(), COOKIE_REPLY_LEN) {
+            return self.count_drop(reason);
+        }
+        let index = wire::read_u32(&data[1..]);
+        let Some(&id) = self.indices.get(&index) else {
+            return self.count_drop(DropReason::BadCookie);
+        };
+        let Some(peer) = self.peers.get_mut(&id) else {
+            return self.count_drop(DropReason::BadCookie);
+        };
+        let Some(Handshake {
+            attempt:
+                Attempt::Initiating {
+                    index: ours,
+                    mac1,
+                    with_cookie,
+                    ..
+                },
+            ..
+        }) = &peer.handshake
+        else {
+            return self.count_drop(DropReason::BadCookie);
+        };
+        if *ours != index {
+            return self.count_drop(DropReason::BadCookie);
+        }
+        let mut nonce = [0u8; COOKIE_NONCE_LEN];
+        nonce.copy_from_slice(&data[5..5 + COOKIE_NONCE_LEN]);
+        let Some(cookie) = cookie::open_cookie(&id, &nonce, &data[5 + COOKIE_NONCE_LEN..], mac1)
+        else {
+            return self.count_drop(DropReason::BadCookie);
+        };
+        let retry = !*with_cookie;
+        peer.cookie = Some((cookie, now));
+        self.stats.cookies_received += 1;
+        if retry {
+            self.start_handshake(id, now);
+        }
     }
 
     /// Message 1: answer with message 2 carrying our proof, remember the state.
     fn receive_init(&mut self, from: SocketAddr, data: &[u8], now: Instant) {
         if let Some(reason) = size_error(data.len(), INIT_LEN) {
             return self.count_drop(reason);
+        }
+        if !self.admit_init(from, data, now) {
+            return;
         }
         if self.pending.len() >= self.config.max_pending_handshakes {
             self.pending
@@ -908,7 +1122,10 @@ impl Endpoint {
         let Ok(mut state) = self.new_handshake(false, cipher) else {
             return self.count_drop(DropReason::HandshakeFailed);
         };
-        if state.read_message(&data[INIT_NOISE_AT..], &mut []).is_err() {
+        if state
+            .read_message(&data[INIT_NOISE_AT..INIT_MAC1_AT], &mut [])
+            .is_err()
+        {
             return self.count_drop(DropReason::HandshakeFailed);
         }
         let index = self.alloc_index();
@@ -949,7 +1166,9 @@ impl Endpoint {
             return self.count_drop(DropReason::UnknownIndex);
         };
         let Some(Handshake {
-            attempt: Attempt::Initiating { state, index: ours },
+            attempt: Attempt::Initiating {
+                state, index: ours, ..
+            },
             ..
         }) = &mut peer.handshake
         else {

@@ -9,6 +9,7 @@ use std::time::{Duration, Instant};
 use rustc_hash::FxHashMap;
 use snow::HandshakeState;
 
+use super::cookie::Mac;
 use super::session::Session;
 use super::wire::KIND_KEEPALIVE;
 use super::{
@@ -36,6 +37,11 @@ pub(crate) enum Attempt {
     Initiating {
         state: Box<HandshakeState>,
         index: u32,
+        /// Message 1's mac1: a cookie reply must be bound to it.
+        mac1: Mac,
+        /// Whether message 1 carried a mac2 (a cookie reply then waits for the retry
+        /// timer instead of retrying at once).
+        with_cookie: bool,
     },
     /// Message 3 sent; the session waits in [`Slot::Unconfirmed`] for the responder's
     /// first message.
@@ -80,6 +86,9 @@ pub(crate) struct Peer {
     pub(crate) new_handshake_at: Option<Instant>,
     /// Persistent keep-alive (when configured).
     pub(crate) persistent_at: Option<Instant>,
+    /// The last cookie the peer sent us (under load), and when it came: our initiations
+    /// to it carry mac2 with it while it is fresh.
+    pub(crate) cookie: Option<(Mac, Instant)>,
 }
 
 impl Peer {

@@ -29,6 +29,18 @@ pub enum DropReason {
     NotAllowed,
     /// A handshake initiation arrived while the most responder handshakes were in flight.
     Overloaded,
+    /// A handshake initiation whose mac1 is wrong: not made for this node (garbage, a
+    /// scan, or meant for another node), refused before any Noise work.
+    BadMac1,
+    /// Under load, a handshake initiation without a valid mac2 was answered with a
+    /// cookie reply instead of a handshake (the initiator retries with the cookie).
+    CookieSent,
+    /// Under load, a handshake initiation with a valid mac2 came from a source past its
+    /// rate ([`INITIATIONS_PER_SECOND`](super::INITIATIONS_PER_SECOND)).
+    RateLimited,
+    /// A cookie reply that answers no initiation of ours in flight, or fails
+    /// authentication.
+    BadCookie,
     /// (Outgoing) A payload waiting for a handshake was pushed out of the full queue.
     QueueFull,
     /// (Outgoing) Payloads waiting for a handshake were discarded: it gave up, or the
@@ -38,7 +50,7 @@ pub enum DropReason {
 
 impl DropReason {
     /// Every reason, in a stable order (the order of [`DropCounters::iter`]).
-    pub const ALL: [DropReason; 13] = [
+    pub const ALL: [DropReason; 17] = [
         DropReason::Truncated,
         DropReason::UnknownType,
         DropReason::UnknownIndex,
@@ -50,6 +62,10 @@ impl DropReason {
         DropReason::IdentityMismatch,
         DropReason::NotAllowed,
         DropReason::Overloaded,
+        DropReason::BadMac1,
+        DropReason::CookieSent,
+        DropReason::RateLimited,
+        DropReason::BadCookie,
         DropReason::QueueFull,
         DropReason::Unreachable,
     ];
@@ -68,6 +84,10 @@ impl DropReason {
             DropReason::IdentityMismatch => "identity_mismatch",
             DropReason::NotAllowed => "not_allowed",
             DropReason::Overloaded => "overloaded",
+            DropReason::BadMac1 => "bad_mac1",
+            DropReason::CookieSent => "cookie_sent",
+            DropReason::RateLimited => "rate_limited",
+            DropReason::BadCookie => "bad_cookie",
             DropReason::QueueFull => "queue_full",
             DropReason::Unreachable => "unreachable",
         }
@@ -107,6 +127,9 @@ pub struct TunnelStats {
     pub handshakes_started: u64,
     /// Handshakes completed, in either role (each one is a new session).
     pub handshakes_completed: u64,
+    /// Cookie replies accepted from responders under load (our next initiation to each
+    /// carries mac2).
+    pub cookies_received: u64,
     /// Handshakes that ended without a session: a response or final that decrypted but
     /// proved a wrong, unallowed or unverifiable identity, or an initiator that gave up.
     pub handshakes_failed: u64,

@@ -12,16 +12,16 @@ use super::wire::{self, Inner};
 use super::*;
 use crate::identity::Identity;
 
-fn identity(n: u8) -> Identity {
+pub(super) fn identity(n: u8) -> Identity {
     Identity::from_secret_bytes(&[n; 32]).unwrap()
 }
 
 /// Documentation addresses (RFC 5737): nothing here touches a network.
-fn addr(host: u8, port: u16) -> SocketAddr {
+pub(super) fn addr(host: u8, port: u16) -> SocketAddr {
     SocketAddr::from(([192, 0, 2, host], port))
 }
 
-fn ip<'a>(network: &'a str, bytes: &'a [u8]) -> Payload<'a> {
+pub(super) fn ip<'a>(network: &'a str, bytes: &'a [u8]) -> Payload<'a> {
     Payload {
         kind: PayloadKind::Ip,
         network,
@@ -297,6 +297,29 @@ impl Pair {
     }
 }
 
+/// Sets message 1's mac1 for `responder` (anyone who knows its id can).
+pub(super) fn sign_mac1(init: &mut [u8], responder: &NodeId) {
+    let mac1 = cookie::mac(&cookie::mac1_key(responder), &init[..wire::INIT_MAC1_AT]);
+    init[wire::INIT_MAC1_AT..wire::INIT_MAC2_AT].copy_from_slice(&mac1);
+}
+
+/// A message 1 to `responder` as an attacker who knows its id makes it: a made-up
+/// ephemeral key, a valid mac1, no mac2.
+pub(super) fn forged_init(responder: &NodeId, sender_index: u32, suite: u8) -> Vec<u8> {
+    let mut init = vec![0u8; wire::INIT_LEN];
+    init[0] = 1;
+    init[1..5].copy_from_slice(&sender_index.to_le_bytes());
+    init[5] = suite;
+    for (i, b) in init[wire::INIT_NOISE_AT..wire::INIT_MAC1_AT]
+        .iter_mut()
+        .enumerate()
+    {
+        *b = (i as u8).wrapping_mul(37).wrapping_add(sender_index as u8) | 1;
+    }
+    sign_mac1(&mut init, responder);
+    init
+}
+
 fn ms(n: u64) -> Duration {
     Duration::from_millis(n)
 }
@@ -342,7 +365,7 @@ fn handshake_completes_and_both_sides_know_the_peer() {
         vec![1, 2, 3, 4, 4],
         "init, response, final, data, confirming keep-alive"
     );
-    assert_eq!(p.log[0].bytes.len(), 38);
+    assert_eq!(p.log[0].bytes.len(), 70);
     assert_eq!(p.log[1].bytes.len(), 174);
     assert_eq!(p.log[2].bytes.len(), 134);
     assert_eq!(p.log[3].bytes.len(), 13 + 2 + 5 + 5 + 16);
@@ -401,8 +424,10 @@ fn payloads_cross_byte_exact_for_many_networks_on_one_session() {
 #[test]
 fn a_node_answering_for_another_id_fails_the_handshake() {
     let mut p = Pair::new();
-    // Y (node 3) is dialed, but X (node 2, B) sits at Y's address.
+    // Y (node 3) is dialed, but X (node 2, B) sits at Y's address, and answers what is
+    // meant for Y (mac1 only needs Y's id, which is no secret).
     let y = identity(3).node_id();
+    p.b.ep.cookies = cookie::CookieChecker::new(y);
     p.a.ep.allow(y);
     p.a.ep.set_peer_address(y, p.b.addr);
     p.a.ep.send(&y, ip("net", b"for y"), p.now).unwrap();
@@ -428,6 +453,7 @@ fn a_stolen_identity_proof_does_not_verify() {
     let mut p = Pair::new();
     let y = Endpoint::new(&identity(3), Config::default(), 3).unwrap();
     p.b.ep.proof = y.proof;
+    p.b.ep.cookies = cookie::CookieChecker::new(y.node_id());
     let (a, b, y) = (p.a.id(), p.b.id(), y.node_id());
     p.a.ep.allow(y);
     p.a.ep.set_peer_address(y, p.b.addr);
@@ -527,10 +553,13 @@ fn a_tampered_data_message_is_never_delivered() {
 #[test]
 fn tampered_handshake_messages_are_refused() {
     let mut p = Pair::new();
-    let (b, now) = (p.b.id(), p.now);
+    let b = p.b.id();
     let (a_addr, b_addr) = (p.a.addr, p.b.addr);
-    // One fresh handshake per corrupted byte, messages carried by hand.
+    // One fresh handshake per corrupted byte, messages carried by hand, each a source's
+    // rate apart (faster, B would ask A for a cookie).
     let exchange = |p: &mut Pair| {
+        p.now += Duration::from_secs(1) / INITIATIONS_PER_SECOND;
+        let now = p.now;
         p.a.ep.start_handshake(b, now);
         let init = p.a.ep.poll_transmit().unwrap().bytes;
         p.b.ep.handle_datagram(a_addr, &init, now);
@@ -540,7 +569,7 @@ fn tampered_handshake_messages_are_refused() {
         let mut response = exchange(&mut p);
         response[i] ^= 0x20;
         let before = p.a.ep.stats().drops;
-        p.a.ep.handle_datagram(b_addr, &response, now);
+        p.a.ep.handle_datagram(b_addr, &response, p.now);
         let after = p.a.ep.stats().drops;
         // The receiver index finds no handshake; anything else fails Noise or, for the
         // cleartext sender index, its authenticated copy.
@@ -556,12 +585,12 @@ fn tampered_handshake_messages_are_refused() {
     assert_eq!(p.a.ep.stats().handshakes_completed, 0);
     for i in (1..wire::FINAL_LEN).step_by(5) {
         let response = exchange(&mut p);
-        p.a.ep.handle_datagram(b_addr, &response, now);
+        p.a.ep.handle_datagram(b_addr, &response, p.now);
         let mut fin = p.a.ep.poll_transmit().unwrap().bytes;
         assert_eq!(fin[0], 3);
         fin[i] ^= 0x04;
         let before = p.b.ep.stats().drops;
-        p.b.ep.handle_datagram(a_addr, &fin, now);
+        p.b.ep.handle_datagram(a_addr, &fin, p.now);
         let after = p.b.ep.stats().drops;
         let reason = if i < 5 {
             DropReason::UnknownIndex
@@ -1048,11 +1077,9 @@ fn a_flood_of_initiations_is_capped() {
     };
     let mut ep = Endpoint::new(&identity(5), config, 5).unwrap();
     let now = Instant::now();
-    let mut init = vec![1u8; 38];
-    init[5] = 0; // a known cipher suite
     for i in 0..6u8 {
-        init[1] = i;
-        ep.handle_datagram(addr(7, 7), &init, now);
+        let init = forged_init(&ep.node_id(), u32::from(i), 0);
+        ep.handle_datagram(addr(10 + i, 7), &init, now);
     }
     assert_eq!(ep.pending.len(), 4);
     assert_eq!(ep.stats().drops.get(DropReason::Overloaded), 2);
@@ -1162,8 +1189,7 @@ fn each_side_may_initiate_with_either_cipher() {
 fn an_unknown_cipher_suite_is_dropped_and_a_changed_one_fails() {
     let now = Instant::now();
     let mut ep = Endpoint::new(&identity(5), Config::default(), 5).unwrap();
-    let mut init = vec![1u8; 38];
-    init[5] = 9;
+    let init = forged_init(&ep.node_id(), 1, 9);
     ep.handle_datagram(addr(7, 7), &init, now);
     assert_eq!(ep.stats().drops.get(DropReason::Malformed), 1);
     assert!(ep.poll_transmit().is_none());
@@ -1180,6 +1206,15 @@ fn an_unknown_cipher_suite_is_dropped_and_a_changed_one_fails() {
     a.send(&ib.node_id(), ip("net-1", b"never"), now).unwrap();
     let mut init = a.poll_transmit().unwrap().bytes;
     init[5] ^= 1;
+    b.handle_datagram(aa, &init, now);
+    assert_eq!(
+        b.stats().drops.get(DropReason::BadMac1),
+        1,
+        "mac1 covers the suite"
+    );
+    assert!(b.poll_transmit().is_none());
+    // An attacker can make mac1 again (it needs only B's id): Noise still refuses.
+    sign_mac1(&mut init, &ib.node_id());
     b.handle_datagram(aa, &init, now);
     let response = b
         .poll_transmit()

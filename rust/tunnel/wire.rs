@@ -11,6 +11,8 @@ pub(crate) const HANDSHAKE_RESPONSE: u8 = 2;
 pub(crate) const HANDSHAKE_FINAL: u8 = 3;
 /// Message type of a data message.
 pub(crate) const DATA: u8 = 4;
+/// Message type of a cookie reply (a responder under load answering message 1).
+pub(crate) const COOKIE_REPLY: u8 = 5;
 
 /// The AEAD tag (Poly1305).
 pub const TAG_LEN: usize = 16;
@@ -33,10 +35,20 @@ pub(crate) const MAX_PLAINTEXT: usize = MAX_DATAGRAM_LEN - DATA_HEADER_LEN - TAG
 /// The recoverable secp256k1 signature carried as the Noise payload of messages 2 and 3.
 pub(crate) const PROOF_LEN: usize = 65;
 const KEY_LEN: usize = 32;
-/// Message 1: type, sender index, cipher suite, `e`.
-pub(crate) const INIT_LEN: usize = 1 + 4 + 1 + KEY_LEN;
+/// A MAC of message 1 (mac1, mac2) and a cookie: truncated HMAC-SHA256.
+pub(crate) const MAC_LEN: usize = 16;
 /// Where message 1's Noise part starts (after type, sender index and suite).
 pub(crate) const INIT_NOISE_AT: usize = 1 + 4 + 1;
+/// Where message 1's mac1 starts: it covers everything before it.
+pub(crate) const INIT_MAC1_AT: usize = INIT_NOISE_AT + KEY_LEN;
+/// Where message 1's mac2 starts: it covers everything before it, mac1 included.
+pub(crate) const INIT_MAC2_AT: usize = INIT_MAC1_AT + MAC_LEN;
+/// Message 1: type, sender index, cipher suite, `e`, mac1, mac2.
+pub(crate) const INIT_LEN: usize = INIT_MAC2_AT + MAC_LEN;
+/// The random nonce of a cookie reply.
+pub(crate) const COOKIE_NONCE_LEN: usize = 24;
+/// A cookie reply: type, receiver index, nonce, sealed cookie (cookie and tag).
+pub(crate) const COOKIE_REPLY_LEN: usize = 1 + 4 + COOKIE_NONCE_LEN + MAC_LEN + TAG_LEN;
 /// The Noise payload of message 2: the proof, then the responder's index again, so that
 /// the cleartext copy in the header is authenticated.
 pub(crate) const RESPONSE_PAYLOAD_LEN: usize = PROOF_LEN + 4;
