@@ -62,6 +62,9 @@ import aiohttp
 PYTHON = sys.executable
 STOP_TIMEOUT = 30.0
 NODE_ID = "0x{:040x}"
+#: Every process this run started (``{"pid", "args"}``), for the report: a test checks they
+#: are all gone.
+STARTED: list[dict[str, Any]] = []
 
 
 # -- measuring ---------------------------------------------------------------------------------
@@ -189,6 +192,7 @@ async def spawn(started: list[Proc], argv: list[str], log: Path, *, stdin: bool 
             limit=1 << 20,
         )
     started.append(Proc(proc, argv))
+    STARTED.append({"pid": proc.pid, "args": argv})
     return started[-1]
 
 
@@ -402,7 +406,7 @@ async def bench_gates(count: int, work: Path) -> dict[str, Any]:
     data_dir = work / "gates"
     data_dir.mkdir()
     key = app_key(data_dir)
-    flags = ["--max-gates-per-key", str(count + 16), "--max-gates", str(max(4096, count + 16))]
+    flags = ["--max-gates-per-key", str(count + 64), "--max-gates", str(max(4096, count + 64))]
     out: dict[str, Any] = {"gates": count, "flags": flags}
     async with processes() as started:
         relay_addr = await relay(started, work)
@@ -523,6 +527,15 @@ async def _gate_round(
     async with asyncio.timeout(120):
         await asyncio.gather(*(burst(i, ws) for i, ws in enumerate(sockets)))
     burst_seconds = time.perf_counter() - burst_start
+    # A new connection while all are open, one at a time: its latency without the others'
+    # handshakes queued in front of it.
+    alone = []
+    for i in range(min(count, 50)):
+        start = time.perf_counter()
+        async with http.ws_connect(url) as ws:
+            alone.append(time.perf_counter() - start)
+            await ws.send_bytes(b"alone %d" % i)
+            assert (await ws.receive()).data == b"alone %d" % i
     await asyncio.gather(*(ws.close() for ws in sockets))
     # The daemon frees a connection's slot and sockets when its WebSocket closes.
     async with asyncio.timeout(60):
@@ -535,6 +548,7 @@ async def _gate_round(
         "bytesEchoed": moved,
         "openAllSeconds": round(opened, 3),
         "connect": summary(connects),
+        "connectAlone": summary(alone),
         "echo": summary(rtts),
         "burstAllSeconds": round(burst_seconds, 3),
         "rssBefore": before,
@@ -671,6 +685,7 @@ async def bench_procs(count: int | None, work: Path) -> dict[str, Any]:
         relay_child = await children.start(
             "relay", [PYTHON, "-m", "golem_vpn", "relay", "--listen", "127.0.0.1:0"], stdin=False
         )
+        STARTED.append({"pid": relay_child.pid, "args": relay_child.argv})
         relay_addr = (await relay_child.first_line()).split()[-1]
 
         async def start(name: str) -> tuple[Any, dict[str, Any], str]:
@@ -678,6 +693,7 @@ async def bench_procs(count: int | None, work: Path) -> dict[str, Any]:
             key = app_key(data_dir)
             argv = [PYTHON, "-m", "golem_vpn.demo.node", "--data-dir", str(data_dir)]
             child = await children.start(name, [*argv, "--relay", relay_addr])
+            STARTED.append({"pid": child.pid, "args": child.argv})
             return child, await child.ready(timeout=600), key
 
         requestor, rinfo, rkey = await start("requestor")
@@ -783,15 +799,17 @@ def render(report: dict[str, Any]) -> str:
     if (g := report.get("gates")) is not None:
         lines += ["", f"Gate connections ({' '.join(g['flags'])}):", ""]
         lines.append(
-            "| round | open | connect ms p50/p99/max | echo ms p50/p99/max | all echo at once s "
-            "| RSS before / open / closed MiB | fds before / open / closed |"
+            "| round | open | connect, all at once, ms p50/p99/max | connect, one more, ms "
+            "| echo ms p50/p99/max | all echo at once s | RSS before / open / closed MiB "
+            "| fds before / open / closed |"
         )
-        lines.append("|---:|---:|---:|---:|---:|---:|---:|")
+        lines.append("|---:|---:|---:|---:|---:|---:|---:|---:|")
         for i, r in enumerate(g["rounds"], 1):
             rss = "/".join(f"{r[k]['VmRSS']:.1f}" for k in ("rssBefore", "rssOpen", "rssClosed"))
             fds = f"{r['fdsBefore']} / {r['fdsOpen']} / {r['fdsClosed']}"
             lines.append(
-                f"| {i} | {r['opened']} | {_ms(r['connect'])} | {_ms(r['echo'])} | "
+                f"| {i} | {r['opened']} | {_ms(r['connect'])} | {_ms(r['connectAlone'])} | "
+                f"{_ms(r['echo'])} | "
                 f"{r['burstAllSeconds']} | {rss} | {fds} |"
             )
         lines += ["", f"RSS per 1,000 gate connections: {g['rssPer1000GatesMiB']} MiB"]
@@ -838,6 +856,7 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
             count = None if args.procs == "auto" else int(args.procs)
             print(f"procs: {args.procs}", file=sys.stderr, flush=True)
             report["procs"] = await bench_procs(count, work)
+    report["processes"] = STARTED
     return report
 
 
