@@ -14,6 +14,7 @@ requestor's app or a provider's runtime would call them:
 - ``attach`` ``{"deploy", "name"}``: a userspace attachment of the DEPLOY through the
   attachment API, then the demo's payload on it, serving its SHA-256 sink (port 9000) and
   HTTP (port 80).
+- ``stats``: the node transport's counters (:meth:`golem_vpn.NodeTransport.stats`).
 - ``send_to`` ``{"host", "bytes", "timeout"}``: like ``send``, but a failure is an answer
   (``{"error": ...}``), not an exception, so a test can wait for a transfer that must fail.
 
@@ -51,7 +52,9 @@ class FaultNode(Node):
 
     def handlers(self) -> dict[str, Handler]:
         handlers = super().handlers()
-        handlers.update(network=self.network, attach=self.attach, send_to=self.send_to)
+        handlers.update(
+            network=self.network, attach=self.attach, send_to=self.send_to, stats=self.stats
+        )
         return handlers
 
     async def network(self, args: Mapping[str, Any]) -> dict[str, Any]:
@@ -80,6 +83,10 @@ class FaultNode(Node):
         assert self.payload is not None
         await self.payload.serve({"http": HTTP_PORT, "sink": SINK_PORT})
         return {"attachment": attached.id, **started}
+
+    async def stats(self, _: Mapping[str, Any]) -> Any:
+        """The transport's counters (datagrams, relayed, tunnel bytes and drops)."""
+        return self.backend.transport.native.stats()
 
     async def send_to(self, args: Mapping[str, Any]) -> dict[str, Any]:
         assert self.payload is not None

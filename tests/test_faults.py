@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import json
 import os
 import random
 import shutil
@@ -28,7 +27,7 @@ import sqlite3
 import subprocess
 import sys
 import time
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
@@ -163,11 +162,17 @@ def run(coro: Any, budget: float) -> Any:
 
 async def ping_until(node: Child, host: str, within: float = 20.0) -> float:
     """Pings ``host`` from ``node``'s payload until it answers; returns the seconds waited."""
-    got = await node.call(
-        "ping", host=host, count=1, timeout=0.5, until=within, within=within + 10
-    )
+    got = await node.call("ping", host=host, count=1, timeout=0.5, until=within, within=within + 10)
     assert got["rtts"][0] is not None, f"{node.name}: no echo from {host} within {within} s"
     return float(got["waited"])
+
+
+async def flowing(node: Child, bytes_in: int, within: float) -> None:
+    """Waits until ``node``'s tunnels have taken in ``bytes_in`` bytes in all."""
+    deadline = time.monotonic() + within
+    while (await node.call("stats"))["tunnel"]["bytes_in"] < bytes_in:
+        assert time.monotonic() < deadline, f"{node.name}: no traffic within {within} s"
+        await asyncio.sleep(0.02)
 
 
 def exact(result: dict[str, Any], size: int) -> bool:
@@ -208,15 +213,18 @@ def test_provider_killed_mid_transfer_comes_back(tmp_path: Path) -> None:
             await ping_until(p3, ip["p1"])
 
             # Two transfers in flight: p3 -> p1 (p1 dies under it), p2 -> p3 (must not care).
-            big = 256 << 20
+            big = 128 << 20
+            start = {n: (await provs[n][0].call("stats"))["tunnel"]["bytes_in"] for n in provs}
             doomed = asyncio.ensure_future(
                 p3.call("send_to", host=ip["p1"], bytes=big, timeout=60, within=90)
             )
             across = asyncio.ensure_future(
                 p2.call("send_to", host=ip["p3"], bytes=big, timeout=60, within=90)
             )
-            await asyncio.sleep(0.5)
-            assert not across.done() and not doomed.done(), "transfers ended before the kill"
+            # Both flowing: p1 (receiving only the doomed one) and p3 have 4 MiB in.
+            for name, child in (("p1", p1), ("p3", p3)):
+                await flowing(child, start[name] + (4 << 20), 30)
+            assert not doomed.done(), "the transfer to p1 ended before the kill"
             await c.kill(p1)
             killed_at = time.monotonic()
             assert not across.done(), "the transfer ended before the kill"
@@ -249,5 +257,212 @@ def test_provider_killed_mid_transfer_comes_back(tmp_path: Path) -> None:
             assert all(p["path"] != "down" for p in paths.values()), paths
             print(f"provider back (re-attached, every node reached) {back_after:.2f} s after")
             del req_info
+
+    run(scenario(), 120)
+
+
+# -- requestor killed during a burst of API calls ------------------------------------------------
+
+
+def _node_id(rng: random.Random) -> str:
+    return "0x" + rng.randbytes(20).hex()
+
+
+def _app_key(data_dir: Path) -> str:
+    """An app key made in ``data_dir`` before its daemon starts (as ``golem-vpn app-key``)."""
+    from golem_vpn.netapi.appkeys import AppKeys
+    from golem_vpn.netapi.store import Store
+    from golem_vpn.node import identity
+
+    ident, _ = identity.load_or_create(data_dir)
+    with Store.in_data_dir(data_dir) as store:
+        return AppKeys(store).create("fault", ident.node_id)
+
+
+async def _state(client: Any) -> dict[str, dict[str, Any]]:
+    """Every network of the key's identity as the API serves it: nodes and addresses."""
+    out = {}
+    for net in await client.list_networks():
+        nodes = {n.id: n.ip for n in await client.list_nodes(net.id)}
+        addresses = {a.ip.partition("/")[0] for a in await client.list_addresses(net.id)}
+        out[net.id] = {"ip": net.ip, "nodes": nodes, "addresses": addresses}
+    return out
+
+
+def _db_state(data_dir: Path) -> dict[str, dict[str, Any]]:
+    """The same from the database file, after checking it is whole and has no orphan rows."""
+    db = sqlite3.connect(data_dir / "golem-vpn.db", timeout=10)
+    try:
+        assert db.execute("PRAGMA integrity_check").fetchall() == [("ok",)]
+        assert db.execute("PRAGMA foreign_key_check").fetchall() == []
+        for table in ("nodes", "addresses"):
+            orphans = db.execute(
+                f"SELECT COUNT(*) FROM {table} WHERE network_id NOT IN (SELECT id FROM networks)"
+            ).fetchone()[0]
+            assert orphans == 0, f"{orphans} orphan rows in {table}"
+        out: dict[str, dict[str, Any]] = {}
+        for net_id, ip, requestor_ip in db.execute("SELECT id, ip, requestor_ip FROM networks"):
+            rows = db.execute("SELECT node_id, ip FROM nodes WHERE network_id = ?", (net_id,))
+            extra = db.execute("SELECT ip FROM addresses WHERE network_id = ?", (net_id,))
+            out[net_id] = {
+                "ip": ip,
+                "nodes": dict(rows.fetchall()),
+                "addresses": {requestor_ip} | {r[0] for r in extra.fetchall()},
+            }
+        return out
+    finally:
+        db.close()
+
+
+def test_requestor_killed_during_api_burst_keeps_what_it_acknowledged(tmp_path: Path) -> None:
+    """``golem-vpn daemon`` (the requestor) is killed with SIGKILL in the middle of 80
+    concurrent creates, adds and removes, at a random acknowledgement. Restarted on the same
+    data dir, it serves every network, node and address it acknowledged and none it
+    acknowledged removing; the database passes ``integrity_check`` with no orphan rows and
+    holds exactly what the API serves; and the gate reaches a provider's payload again."""
+    from golem_vpn.netapi.client import Client
+    from golem_vpn.sdk import Network
+
+    seed = int(os.environ.get("GV_FAULT_SEED") or int.from_bytes(os.urandom(4), "big"))
+    rng = random.Random(seed)
+    print(f"seed {seed}")
+    data_dir = tmp_path / "req"
+    key = _app_key(data_dir)
+
+    async def scenario() -> None:
+        async with cluster(tmp_path) as c:
+            _, relay = await c.relay()
+            daemon, api = await c.daemon(data_dir, "--relay", relay)
+            p1, p1_info = await c.node("p1", tmp_path / "p1", relay=relay)
+            client = Client(api, key)
+            # A network with a provider whose payload the gate will reach after the restart.
+            gated = await Network.create(client, "192.168.60.0/24")
+            await gated.add_node(p1_info["nodeId"])
+            await p1.call("attach", deploy=gated.deploy_args(p1_info["nodeId"]), name="p1")
+            # Networks the burst adds to and removes from (acknowledged before it starts).
+            nets = []
+            before: dict[str, list[str]] = {}
+            for i in range(5):
+                net = await client.create_network(f"10.90.{i}.0/24")
+                nets.append(net.id)
+                before[net.id] = []
+                for j in range(4):
+                    node = _node_id(rng)
+                    await client.add_node(net.id, node, f"10.90.{i}.{10 + j}")
+                    before[net.id].append(node)
+            doomed = [(await client.create_network(f"10.91.{i}.0/24")).id for i in range(3)]
+            for i, net_id in enumerate(doomed):
+                await client.add_node(net_id, _node_id(rng), f"10.91.{i}.9")
+            expected = await _state(client)
+
+            calls: list[tuple[str, tuple[Any, ...]]] = []
+            calls += [("create", (f"10.100.{i}.0/24",)) for i in range(20)]
+            for k in range(30):
+                i = k % 5
+                calls.append(("add_node", (nets[i], _node_id(rng), f"10.90.{i}.{100 + k}")))
+            calls += [("add_address", (nets[k % 5], f"10.90.{k % 5}.{200 + k}")) for k in range(12)]
+            for i in range(5):
+                calls += [("remove_node", (nets[i], node)) for node in before[nets[i]][:3]]
+            calls += [("remove_network", (net_id,)) for net_id in doomed]
+            rng.shuffle(calls)
+            kill_after = rng.randint(5, len(calls) - 10)
+            acked: list[tuple[str, tuple[Any, ...], Any]] = []
+            killed = asyncio.Event()
+            clients = [Client(api, key, timeout=20) for _ in range(8)]
+
+            async def call(index: int, op: str, args: tuple[Any, ...]) -> None:
+                fn = {
+                    "create": clients[index % 8].create_network,
+                    "add_node": clients[index % 8].add_node,
+                    "add_address": clients[index % 8].add_address,
+                    "remove_node": clients[index % 8].remove_node,
+                    "remove_network": clients[index % 8].remove_network,
+                }[op]
+                await asyncio.sleep(rng.random() * 0.05)
+                try:
+                    answer = await fn(*args)
+                except Exception:  # no answer: the daemon died under it (or refused it)
+                    return
+                # An answer read after the kill was still sent before it: it counts.
+                acked.append((op, args, answer))
+                if len(acked) == kill_after:
+                    os.kill(daemon.pid, signal.SIGKILL)
+                    killed.set()
+
+            await asyncio.gather(*(call(i, op, args) for i, (op, args) in enumerate(calls)))
+            if not killed.is_set():  # every call answered before the chosen one: kill now
+                os.kill(daemon.pid, signal.SIGKILL)
+            await asyncio.wait_for(daemon.proc.wait(), 10)
+            assert daemon.proc.returncode == -signal.SIGKILL
+            assert acked  # (answers already sent when the kill came may make it every call)
+            for each in clients:
+                await each.close()
+            await client.close()
+
+            # What the acknowledged calls promise.
+            for op, args, answer in acked:
+                if op == "create":
+                    # The requestor's own first address comes with the network.
+                    expected[answer.id] = {"ip": answer.ip, "nodes": {}, "addresses": set()}
+                    expected[answer.id]["addresses"].add(answer.gateway)
+                elif op == "add_node":
+                    expected[args[0]]["nodes"][args[1]] = args[2]
+                elif op == "add_address":
+                    expected[args[0]]["addresses"].add(args[1])
+                elif op == "remove_node":
+                    expected[args[0]]["nodes"].pop(args[1], None)
+                elif op == "remove_network":
+                    expected.pop(args[0], None)
+
+            daemon, api = await c.daemon(data_dir, "--relay", relay)
+            async with Client(api, key) as client:
+                served = await _state(client)
+                stored = _db_state(data_dir)
+                assert served == stored  # the API serves exactly what the file holds
+                # Everything acknowledged is there, and nothing acknowledged as removed; calls
+                # cut off by the kill may have happened or not, each one whole.
+                unanswered = [c for c in calls if c not in [(op, a) for op, a, _ in acked]]
+                maybe_removed = {a[1] for op, a in unanswered if op == "remove_node"}
+                for net_id, want in expected.items():
+                    if net_id not in served:
+                        assert ("remove_network", (net_id,)) in unanswered, f"{net_id} lost"
+                        continue
+                    got = served[net_id]
+                    assert got["ip"] == want["ip"]
+                    assert want["addresses"] <= got["addresses"], (net_id, want, got)
+                    for node, ip in want["nodes"].items():
+                        if node not in got["nodes"]:
+                            assert node in maybe_removed, f"acknowledged node {node} lost"
+                        else:
+                            assert got["nodes"][node] == ip
+                # Whatever is there beyond the acknowledged is a whole unanswered call.
+                for net_id, got in served.items():
+                    want = expected.get(net_id, {"nodes": {}, "addresses": set()})
+                    for node, ip in got["nodes"].items():
+                        if node not in want["nodes"]:
+                            assert ("add_node", (net_id, node, ip)) in unanswered, (node, ip)
+                    for ip in got["addresses"] - want["addresses"]:
+                        assert ("add_address", (net_id, ip)) in unanswered or net_id not in expected
+                for net_id in served.keys() - expected.keys():  # created, not acknowledged
+                    assert any(op == "create" for op, _ in unanswered), net_id
+                    assert served[net_id]["ip"] in [f"{a[0]}" for op, a in unanswered]
+                for op, args, _ in acked:
+                    if op == "remove_node":
+                        assert args[1] not in served[args[0]]["nodes"]
+                    if op == "remove_network":
+                        assert args[0] not in served
+                # The gate works again: the requestor's new instance reaches the payload.
+                reader, writer = await asyncio.wait_for(
+                    client.open_connection(
+                        gated.network_id, str(gated.nodes[p1_info["nodeId"]].ip), 80
+                    ),
+                    30,
+                )
+                writer.write(b"GET /again HTTP/1.0\r\n\r\n")
+                page = await asyncio.wait_for(reader.read(), 20)
+                writer.close()
+                assert page.split(b"\r\n", 1)[0].endswith(b" 200 OK"), page
+                assert b"hello from p1 (192.168.60.2), you asked for /again" in page, page
+            print(f"killed after {len(acked)} of {len(calls)} acknowledged calls")
 
     run(scenario(), 120)
