@@ -381,3 +381,65 @@ def test_a_stranger_is_refused_and_a_removed_node_is_cut_off_at_once() -> None:
                 node.close()
 
     asyncio.run(main())
+
+
+def test_under_load_newcomers_get_through_with_a_cookie_directly_and_through_a_relay() -> None:
+    """Initiations from 200 addresses fill B's pending handshakes: B is under load and
+    answers initiations without mac2 with cookie replies. A newcomer with B's address, and
+    one that reaches B only through a relay (B sees it at a placeholder address the relay's
+    forward header names), each take the cookie, retry with mac2 and get their session."""
+    from golem_vpn.node.relay import RelayService
+
+    async def main() -> None:
+        async with RelayService("127.0.0.1", 0) as relay:
+            b = UdpTransport(Identity.generate(), relay=relay.local_addr, hole_punching=False)
+            b.join(NET, CIDR, "192.168.12.3")  # its stack answers the pings
+            c, ic = _node("192.168.12.4")
+            d = UdpTransport(Identity.generate(), relay=relay.local_addr, hole_punching=False)
+            id_ = d.join(NET, CIDR, "192.168.12.5")
+            flooders: list[socket.socket] = []
+            try:
+                for _ in range(200):
+                    if b.public_addr and d.public_addr:
+                        break
+                    await asyncio.sleep(0.01)
+                assert b.public_addr
+                assert d.public_addr
+                # 200 sources, one initiation each: within every source's rate, but more
+                # pending handshakes than B takes before it is under load (128).
+                for i in range(200):
+                    s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+                    flooders.append(s)
+                    s.bind((f"127.0.1.{i + 1}", 0))
+                    s.sendto(initiation(b.node_id, i), b.local_addr)
+                for _ in range(200):
+                    if _drops(b)["cookie_sent"] >= 200 - 128:
+                        break
+                    await asyncio.sleep(0.01)
+                assert _drops(b)["cookie_sent"] >= 200 - 128, _drops(b)
+
+                # The newcomers dial first; B allows them once they have their cookies
+                # (so B does not dial them itself, needing none).
+                c.add_peer(NET, b.node_id, "192.168.12.3", b.local_addr)
+                d.add_peer(NET, b.node_id, "192.168.12.3")
+                for _ in range(300):
+                    got = [n.native.stats()["tunnel"]["cookies_received"] for n in (c, d)]
+                    if min(got) >= 1:
+                        break
+                    await asyncio.sleep(0.01)
+                assert min(got) >= 1, got
+                b.add_peer(NET, c.node_id, "192.168.12.4", c.local_addr)
+                b.add_peer(NET, d.node_id, "192.168.12.5")
+                assert await ic.ping("192.168.12.3", timeout=5) > 0
+                assert await id_.ping("192.168.12.3", timeout=5) > 0
+                assert d.native.is_relayed(b.node_id)
+                assert d.native.stats()["relayed_out"] > 0
+                assert b.native.stats()["relayed_in"] > 0
+                assert _drops(b)["rate_limited"] == 0
+            finally:
+                for s in flooders:
+                    s.close()
+                for node in (b, c, d):
+                    node.close()
+
+    asyncio.run(main())
