@@ -65,6 +65,8 @@ NODE_ID = "0x{:040x}"
 #: Every process this run started (``{"pid", "args"}``), for the report: a test checks they
 #: are all gone.
 STARTED: list[dict[str, Any]] = []
+#: Seconds a daemon is watched idle (its CPU use with everything open); --quick: 1.
+IDLE_SECONDS = 5.0
 
 
 # -- measuring ---------------------------------------------------------------------------------
@@ -78,6 +80,19 @@ def memory(pid: int) -> dict[str, float]:
         if key in ("VmRSS", "VmHWM"):
             out[key] = int(value.split()[0]) / 1024
     return out
+
+
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU time a process has used."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+async def idle_cpu(pid: int, seconds: float) -> float:
+    """The share of one core a process uses while nobody asks it anything."""
+    before = cpu_seconds(pid)
+    await asyncio.sleep(seconds)
+    return round((cpu_seconds(pid) - before) / seconds * 100, 2)
 
 
 def descriptors(pid: int) -> int:
@@ -285,6 +300,7 @@ async def bench_networks(count: int, samples: int, work: Path) -> dict[str, Any]
                     serial += samples
                     out["latency"].append({"networks": len(ids), **row})
                     print(f"  {len(ids)} networks: {row}", file=sys.stderr, flush=True)
+            out["idleCpuPercent"] = await idle_cpu(proc.pid, IDLE_SECONDS)
             out["createAll"] = summary(bulk)
             out["createAllSeconds"] = round(sum(bulk), 2)
             out["descriptors"] = descriptors(proc.pid)
@@ -502,6 +518,7 @@ async def _gate_round(
     all_open.set()
     listed = await _get(http, f"{base}/net/{net_id}/tcp")
     rss_open, fds_open = memory(pid), descriptors(pid)
+    idle = await idle_cpu(pid, IDLE_SECONDS)
     # One round trip on each in turn, all of them open.
     rtts = []
     for i, ws in enumerate(sockets):
@@ -554,6 +571,7 @@ async def _gate_round(
         "rssBefore": before,
         "rssOpen": rss_open,
         "rssClosed": memory(pid),
+        "idleCpuPercentOpen": idle,
         "fdsBefore": fds_before,
         "fdsOpen": fds_open,
         "fdsClosed": descriptors(pid),
@@ -791,7 +809,8 @@ def render(report: dict[str, Any]) -> str:
             "",
             f"RSS per 1,000 networks: {n['rssPer1000NetworksMiB']} MiB; all "
             f"{n['networks']} created in {n['createAllSeconds']} s ({_ms(n['createAll'])} ms); "
-            f"database {n['databaseMiB']} MiB",
+            f"database {n['databaseMiB']} MiB; idle with all of them: "
+            f"{n['idleCpuPercent']} % of a core",
             f"Restart with {r['networks']} networks: ready after {r['readySeconds']} s, "
             f"first list answered after {r['answeredSeconds']} s, RSS "
             f"{r['rssAfter']['VmRSS']:.1f} MiB (before: {r['rssBefore']['VmRSS']:.1f})",
@@ -812,7 +831,11 @@ def render(report: dict[str, Any]) -> str:
                 f"{_ms(r['echo'])} | "
                 f"{r['burstAllSeconds']} | {rss} | {fds} |"
             )
-        lines += ["", f"RSS per 1,000 gate connections: {g['rssPer1000GatesMiB']} MiB"]
+        lines += [
+            "",
+            f"RSS per 1,000 gate connections: {g['rssPer1000GatesMiB']} MiB; idle with all "
+            f"open: {g['rounds'][0]['idleCpuPercentOpen']} % of a core",
+        ]
     if (d := report.get("nodes")) is not None:
         lines += [
             "",
@@ -872,7 +895,9 @@ def main() -> None:
     parser.add_argument("--quick", action="store_true", help="a small run (checks it works)")
     parser.add_argument("--json", type=Path, help="write every figure here")
     args = parser.parse_args()
+    global IDLE_SECONDS
     if args.quick:
+        IDLE_SECONDS = 1.0
         args.networks, args.samples, args.gates = 50, 10, 20
         args.nodes, args.pairs, args.procs = 10, 5, "3"
     report = asyncio.run(run(args))
