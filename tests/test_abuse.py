@@ -13,13 +13,19 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import hmac
+import json
 import os
 import random
+import signal
 import socket
+import subprocess
+import sys
 import threading
 import time
+import urllib.request
 from dataclasses import dataclass, field
-from typing import cast
+from pathlib import Path
+from typing import Any, cast
 
 import pytest
 from cryptography.exceptions import InvalidTag
@@ -37,6 +43,7 @@ ATTACKER_HOST = "127.0.0.2"
 INIT, RESPONSE, COOKIE_REPLY = 1, 2, 5
 MAC1_AT, MAC2_AT, INIT_LEN, COOKIE_REPLY_LEN = 38, 54, 70, 61
 INITIATIONS_PER_SECOND, INITIATIONS_BURST = 20, 5
+LISTEN = ("--listen", "127.0.0.1:0")
 
 
 def _mac(key: bytes, data: bytes) -> bytes:
@@ -443,3 +450,66 @@ def test_under_load_newcomers_get_through_with_a_cookie_directly_and_through_a_r
                     node.close()
 
     asyncio.run(main())
+
+
+def test_a_daemon_refuses_a_flood_and_shows_the_counts_in_its_status(tmp_path: Path) -> None:
+    """A real `golem-vpn daemon` process flooded at its UDP port: its Net API stays up and
+    its status's ``tunnelDrops`` shows the flood refused (cookie replies, rate limit,
+    garbage)."""
+    cli = [sys.executable, "-m", "golem_vpn"]
+    created = subprocess.run(
+        [*cli, "app-key", "create", "t", "--json", "--data-dir", str(tmp_path)],
+        capture_output=True,
+        text=True,
+        check=True,
+        timeout=60,
+    )
+    key = json.loads(created.stdout)["key"]
+    daemon = subprocess.Popen(
+        [*cli, "daemon", "--data-dir", str(tmp_path), *("--api", "127.0.0.1:0"), *LISTEN],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        assert daemon.stdout is not None
+        ready = daemon.stdout.readline()
+        assert "Net API " in ready, daemon.stderr.read() if daemon.stderr else ready
+        api = ready.split("Net API ")[1].split(",")[0]
+
+        def status() -> dict[str, Any]:
+            request = urllib.request.Request(
+                f"{api}/net-api/v2/net/status", headers={"Authorization": f"Bearer {key}"}
+            )
+            with urllib.request.urlopen(request, timeout=10) as r:
+                return cast(dict[str, Any], json.load(r))
+
+        before = status()
+        host, port = before["listenIp"].rsplit(":", 1)
+        stop, out = threading.Event(), Flood()
+        attacker = threading.Thread(
+            target=flood, args=((host, int(port)), before["nodeId"], stop, out), daemon=True
+        )
+        attacker.start()
+        time.sleep(1.5)
+        during = status()  # the API answers during the flood
+        stop.set()
+        attacker.join(10)
+        assert not out.errors, out.errors
+        assert during["nodeId"] == before["nodeId"]
+        time.sleep(0.2)
+        drops = status()["tunnelDrops"]
+        assert out.cookies > 0, out
+        assert drops["cookie_sent"] >= out.cookies, (drops, out)
+        assert drops["rate_limited"] > 0, (drops, out)
+        assert drops["bad_mac1"] > 0, drops
+        allowed = 2 * (INITIATIONS_BURST + INITIATIONS_PER_SECOND * (out.elapsed + 1))
+        assert out.responses <= allowed, (out, drops)
+        assert daemon.poll() is None
+    finally:
+        daemon.send_signal(signal.SIGTERM)
+        try:
+            daemon.communicate(timeout=10)
+        except subprocess.TimeoutExpired:
+            daemon.kill()
+            daemon.communicate()

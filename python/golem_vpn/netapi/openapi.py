@@ -237,6 +237,15 @@ _SCHEMAS: Json = {
                 "nodes_limit, gates_limit, connections_limit, no_such_address",
                 "example": {"invalid_key": 2, "networks_limit": 1},
             },
+            "tunnelDrops": {
+                "type": "object",
+                "additionalProperties": {"type": "integer"},
+                "description": "Beyond yagna, a node daemon's: datagrams its UDP tunnels "
+                "dropped since it started, by reason (only reasons that occurred), e.g. "
+                "bad_mac1 (garbage, or a handshake meant for another node), cookie_sent and "
+                "rate_limited (a flood of handshakes), replayed, decrypt_failed, not_allowed",
+                "example": {"bad_mac1": 120, "cookie_sent": 35, "rate_limited": 8000},
+            },
         },
     },
 }

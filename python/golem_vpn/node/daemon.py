@@ -206,6 +206,8 @@ class DaemonBackend:
         public = self._transport.public_addr
         if public is not None:
             status["publicIp"] = f"{public[0]}:{public[1]}"
+        drops = self._transport.native.stats()["tunnel"]["drops"]
+        status["tunnelDrops"] = {reason: n for reason, n in drops.items() if n}
         return status
 
     def _coordinator_nodes(self) -> list[list[str]]:
