@@ -16,7 +16,7 @@
 mod device;
 
 use std::collections::{HashSet, VecDeque};
-use std::net::{IpAddr, SocketAddr};
+use std::net::{IpAddr, Ipv6Addr, SocketAddr};
 use std::sync::{Arc, Mutex};
 use std::task::{Wake, Waker};
 
@@ -165,7 +165,8 @@ pub struct StackStats {
     pub packets_out: u64,
     /// Their bytes.
     pub bytes_out: u64,
-    /// Packets refused by [`Stack::receive`] (empty or larger than the MTU).
+    /// Packets refused by [`Stack::receive`] (empty, larger than the MTU, or IPv6 to an
+    /// address that is not the stack's).
     pub dropped_in: u64,
     /// SYNs dropped because a listener's backlog was full (the client retries).
     pub syn_dropped: u64,
@@ -522,7 +523,7 @@ impl Stack {
     /// Queues an IP packet that arrived for this node; it is processed at the next poll.
     /// Returns false (and counts a drop) for an empty packet or one above the MTU.
     pub fn receive(&mut self, packet: &[u8]) -> bool {
-        if packet.is_empty() || packet.len() > self.config.mtu {
+        if packet.is_empty() || packet.len() > self.config.mtu || !self.is_for_us(packet) {
             self.stats.dropped_in += 1;
             return false;
         }
@@ -545,6 +546,28 @@ impl Stack {
         self.stats.bytes_in += packet.len() as u64;
         self.device.rx.push_back(packet.to_vec());
         true
+    }
+
+    /// False for an IPv6 packet addressed to none of the stack's addresses and to no group
+    /// it is in (all-nodes, its own solicited-node groups). smoltcp 0.14 takes any
+    /// destination whose last two bytes match one of its addresses for its solicited-node
+    /// group (it checks neither the `ff02::1:ff00:0/104` prefix nor the third byte), so
+    /// without this a stack at `fd00::1` answered a datagram to `2001:db8::1` or `ff0e::1`
+    /// (an ICMPv6 error from that address, or a TCP handshake as that address).
+    /// Found by the `stack` fuzz target (fuzz/README.md). IPv4 needs no such check.
+    fn is_for_us(&self, packet: &[u8]) -> bool {
+        if packet[0] >> 4 != 6 || packet.len() < 40 {
+            return true; // not IPv6, or smoltcp drops it as truncated
+        }
+        let mut octets = [0u8; 16];
+        octets.copy_from_slice(&packet[24..40]);
+        let dst = Ipv6Addr::from(octets);
+        const ALL_NODES: Ipv6Addr = Ipv6Addr::new(0xff02, 0, 0, 0, 0, 0, 0, 1);
+        dst == ALL_NODES
+            || self.config.addresses.iter().any(|&(ip, _)| match ip {
+                IpAddr::V6(own) => dst == own || dst == crate::wire::build::solicited_node(own),
+                IpAddr::V4(_) => false,
+            })
     }
 
     /// Runs the stack at `now`: processes queued packets, timers and socket buffers, and

@@ -1389,3 +1389,62 @@ fn runs_are_deterministic() {
     };
     assert_eq!(run(), run());
 }
+
+/// Fuzz finding (`stack` target, fuzz/README.md): smoltcp took an IPv6 destination whose
+/// last two bytes matched the stack's address for its solicited-node group, so a stack at
+/// fd00::1 answered a datagram to 2001:db8::1 (or the group ff0e::1) with an ICMPv6 port
+/// unreachable *from that address*. Such packets are now refused and counted; the stack's
+/// own address still gets the ICMPv6 error, and all-nodes is still heard.
+#[test]
+fn stack_refuses_ipv6_to_addresses_sharing_its_low_bytes() {
+    use crate::wire::build::{solicited_node, udp_v6};
+    let now = Instant::from_millis(0);
+    let own: Ipv6Addr = "fd00::1".parse().unwrap();
+    let peer: Ipv6Addr = "fd00::2".parse().unwrap();
+    let mut stack = Stack::new(
+        StackConfig {
+            addresses: vec![(own.into(), 64)],
+            ..StackConfig::default()
+        },
+        now,
+    )
+    .unwrap();
+    for foreign in [
+        "2001:db8::1",
+        "fd00:1::1",
+        "143a:40fd:0:900::1",
+        "ff0e::1",
+        "ff02::1:ff01:1",
+    ] {
+        let dst: Ipv6Addr = foreign.parse().unwrap();
+        let before = stack.stats().dropped_in;
+        assert!(
+            !stack.receive(&udp_v6(peer, dst, 4000, 53, b"query")),
+            "{foreign} taken"
+        );
+        assert_eq!(
+            stack.stats().dropped_in,
+            before + 1,
+            "{foreign} not counted"
+        );
+        assert!(stack.poll(now, BUDGET).is_empty(), "{foreign} answered");
+    }
+    // The stack's own address: nothing listens on 53, so a port unreachable from it.
+    assert!(stack.receive(&udp_v6(peer, own, 4000, 53, b"query")));
+    let out = stack.poll(now, BUDGET);
+    assert_eq!(out.len(), 1);
+    let reply = crate::wire::IpPacket::parse(&out[0]).unwrap();
+    assert_eq!(
+        (reply.src(), reply.dst()),
+        (IpAddr::V6(own), IpAddr::V6(peer))
+    );
+    // Its groups are heard (nothing listens: no answer to a group, but no drop either).
+    for group in [
+        Ipv6Addr::new(0xff02, 0, 0, 0, 0, 0, 0, 1),
+        solicited_node(own),
+    ] {
+        let before = stack.stats().dropped_in;
+        assert!(stack.receive(&udp_v6(peer, group, 4000, 53, b"query")));
+        assert_eq!(stack.stats().dropped_in, before);
+    }
+}
