@@ -1,0 +1,4 @@
+//! libFuzzer entry point of the `tunnel_session` target; the body is golem_vpn_fuzz::tunnel::run_session.
+#![no_main]
+
+libfuzzer_sys::fuzz_target!(|data: &[u8]| golem_vpn_fuzz::tunnel::run_session(data));
