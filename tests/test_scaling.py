@@ -22,6 +22,7 @@ from golem_vpn.netapi.appkeys import AppKeys
 from golem_vpn.netapi.backend import LocalBackend
 from golem_vpn.netapi.server import Limits, serve
 from golem_vpn.netapi.store import Store
+from golem_vpn.node import membership
 from golem_vpn.node.control import AddNodes, ControlChannel
 from golem_vpn.node.membership import ControlPlane, Coordinator, Member
 from golem_vpn.node.relay import RelayService
@@ -225,3 +226,58 @@ def test_closed_connections_give_their_buffers_back() -> None:
     assert max(pinned) - pinned[0] < 40, pinned
     # The same churn without the pin: the second and third rounds touch the buffers' pages.
     assert default[-1] - pinned[-1] > 150, (default, pinned)
+
+
+def test_channels_retire_with_the_networks(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The requestor keeps a control channel only to peers it still shares a network with:
+    removing a network (the way an SDK ends a run: the nodes are never removed one by one)
+    retires its nodes' channels once they acknowledged the RemoveNetwork, and a peer that
+    never answers is dropped after ``RETIRE_AFTER``. Before, every provider a daemon ever
+    had kept its channel (and removing a node looked through every network)."""
+    monkeypatch.setattr(membership, "RETIRE_AFTER", 1.0)
+
+    async def main() -> None:
+        async with RelayService("127.0.0.1", 0) as relay:
+            requestor = UdpTransport(Identity.generate(), relay=relay.local_addr)
+            provider = UdpTransport(Identity.generate(), relay=relay.local_addr)
+            planes = [ControlPlane(requestor), ControlPlane(provider)]
+            coordinator = Coordinator(requestor, planes[0])
+            member = Member(provider, planes[1])
+            networks = []
+            for i in range(10):
+                network = Network.create(f"192.168.{60 + i}.0/24", requestor_id=requestor.node_id)
+                coordinator.create(network.id, str(network.network), str(network.requestor_ip))
+                node = network.add_node(provider.node_id)
+                coordinator.add_node(network.id, provider.node_id, str(node.ip))
+                (net,) = parse_deploy_net(network.deploy_args(provider.node_id))
+                member.join(net, requestor.node_id, requestor.local_addr)
+                networks.append(network)
+            for network in networks:
+                await _wait(lambda n=network: member.nodes(n.id) == n.nodes_dict())
+            channels = planes[0]._channels
+            # Removed from one network, the provider is still in nine: its channel stays.
+            coordinator.remove_node(networks[0].id, provider.node_id)
+            await _wait(lambda: not provider.is_joined(networks[0].id))
+            assert provider.node_id in channels
+            for network in networks[1:]:
+                coordinator.remove_network(network.id)
+            # Each RemoveNetwork arrives (the provider leaves), then the channel goes.
+            await _wait(lambda: not any(provider.is_joined(n.id) for n in networks))
+            await _wait(lambda: provider.node_id not in channels)
+            assert coordinator._peer_networks == {}
+
+            # A node that never answers: its RemoveNetwork is resent until RETIRE_AFTER.
+            network = Network.create("192.168.70.0/24", requestor_id=requestor.node_id)
+            coordinator.create(network.id, str(network.network), str(network.requestor_ip))
+            silent = network.add_node(Identity.generate().node_id)
+            coordinator.add_node(network.id, silent.id, str(silent.ip))
+            coordinator.remove_network(network.id)
+            assert silent.id in channels  # unacknowledged
+            await _wait(lambda: silent.id not in channels, timeout=15.0)
+            assert channels == {}
+            for plane in planes:
+                plane.close()
+            requestor.close()
+            provider.close()
+
+    asyncio.run(main())

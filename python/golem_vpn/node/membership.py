@@ -48,6 +48,10 @@ log = logging.getLogger(__name__)
 
 MessageHandler = Callable[[str, ControlMessage], None]
 
+#: Seconds a retired channel (its peer shares no network with us any more) keeps resending
+#: what the peer has not acknowledged (a RemoveNetwork) before it is dropped all the same.
+RETIRE_AFTER = 60.0
+
 
 class ControlPlane:
     """Reliable control messages between this node and its peers, over a UdpTransport."""
@@ -56,6 +60,7 @@ class ControlPlane:
         self._transport = transport
         self._loop = asyncio.get_running_loop()
         self._channels: dict[str, ControlChannel] = {}
+        self._retiring: dict[str, float] = {}  # peer -> when its channel is dropped anyway
         self._timer: asyncio.TimerHandle | None = None
         self._timer_at: float | None = None
         self.on_message: MessageHandler | None = None
@@ -72,12 +77,32 @@ class ControlPlane:
 
     def send(self, peer_id: str, message: ControlMessage) -> None:
         """Queues ``message`` for ``peer_id``; it arrives exactly once, in order."""
+        self._retiring.pop(peer_id, None)  # in use again
         self.channel(peer_id).send(message, self._loop.time())
         self._flush(peer_id)
 
     def forget(self, peer_id: str) -> None:
         """Drops the channel to a peer that shares no network with us any more."""
         self._channels.pop(peer_id, None)
+        self._retiring.pop(peer_id, None)
+
+    def retire(self, peer_id: str) -> None:
+        """Drops the channel to a peer that shares no network with us any more once the
+        peer acknowledged everything sent to it, or after :data:`RETIRE_AFTER` seconds
+        (it may be gone): a daemon that creates and removes networks for years keeps
+        channels only to the peers it still shares one with. Sending to the peer again
+        before that keeps the channel."""
+        if peer_id in self._channels:
+            self._retiring[peer_id] = self._loop.time() + RETIRE_AFTER
+            self._reap(peer_id)
+
+    def _reap(self, peer_id: str) -> None:
+        channel = self._channels.get(peer_id)
+        if channel is None or channel.poll_at() is None:
+            self.forget(peer_id)
+        elif self._loop.time() >= self._retiring[peer_id]:
+            log.debug("control channel to %s dropped with messages unacknowledged", peer_id)
+            self.forget(peer_id)
 
     def _on_frame(self, sender: str, _network_id: str, frame: bytes) -> None:
         channel = self.channel(sender)
@@ -106,6 +131,8 @@ class ControlPlane:
                 log.debug("control frame to %s not sent: %s", peer_id, exc)
                 break
         self._arm(channel)
+        if peer_id in self._retiring:
+            self._reap(peer_id)
 
     def _arm(self, channel: ControlChannel) -> None:
         """Makes the timer fire no later than ``channel``'s next deadline.
@@ -143,6 +170,9 @@ class Coordinator:
         self._transport = transport
         self._plane = plane
         self._networks: dict[str, dict[str, str]] = {}  # network -> {ip: node id}
+        # node id -> the networks it is in (this node's own id never): which networks to
+        # resync, and when its channel can go, without looking through every network.
+        self._peer_networks: dict[str, set[str]] = {}
         plane.on_peer_restart = self._resync
 
     def create(self, network_id: str, cidr: str, ip: str, **stack_options: object) -> Interface:
@@ -168,6 +198,8 @@ class Coordinator:
         for other in set(nodes.values()) - {self._transport.node_id, node_id}:
             self._plane.send(other, AddNodes(network_id, {ip: node_id}))
         nodes[str(ip)] = node_id
+        if node_id != self._transport.node_id:
+            self._peer_networks.setdefault(node_id, set()).add(network_id)
         self._plane.send(node_id, Snapshot(network_id, nodes))
 
     def readdress(self, network_id: str, node_id: str, ip: str) -> None:
@@ -194,8 +226,7 @@ class Coordinator:
         # below whether or not this arrives.
         self._plane.send(node_id, RemoveNetwork(network_id))
         self._transport.remove_peer(network_id, node_id)
-        if not any(node_id in n.values() for n in self._networks.values()):
-            self._plane.forget(node_id)
+        self._release(node_id, network_id)
         for other in set(nodes.values()) - {self._transport.node_id}:
             self._plane.send(other, RemoveNodes(network_id, (node_id,)))
 
@@ -204,14 +235,26 @@ class Coordinator:
         nodes = self._networks.pop(network_id, None)
         if nodes is None:
             raise NetworkNotFound(f"network {network_id!r} does not exist")
-        for other in set(nodes.values()) - {self._transport.node_id}:
+        others = set(nodes.values()) - {self._transport.node_id}
+        for other in others:
             self._plane.send(other, RemoveNetwork(network_id))
         self._transport.leave(network_id)
+        for other in others:
+            self._release(other, network_id)
+
+    def _release(self, node_id: str, network_id: str) -> None:
+        """``node_id`` left ``network_id``: its channel retires if it shares no other."""
+        networks = self._peer_networks.get(node_id)
+        if networks is None:
+            return
+        networks.discard(network_id)
+        if not networks:
+            del self._peer_networks[node_id]
+            self._plane.retire(node_id)
 
     def _resync(self, peer_id: str) -> None:
-        for network_id, nodes in self._networks.items():
-            if peer_id in nodes.values():
-                self._plane.send(peer_id, Snapshot(network_id, nodes))
+        for network_id in sorted(self._peer_networks.get(peer_id, ())):
+            self._plane.send(peer_id, Snapshot(network_id, self._networks[network_id]))
 
 
 class Member:
