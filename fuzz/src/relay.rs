@@ -182,7 +182,8 @@ pub fn run_server(data: &[u8]) {
         let s = server.stats();
         for (dst, msg) in &out {
             match msg[0] {
-                relay::REGISTERED | relay::UNKNOWN_PEER | relay::PEER_ADDRESS => {
+                // 0x1a: "register again" (the sender's address has no registration).
+                relay::REGISTERED | relay::UNKNOWN_PEER | relay::PEER_ADDRESS | 0x1a => {
                     assert_eq!(*dst, from, "replies go to the asker")
                 }
                 relay::FORWARDED => {

@@ -165,8 +165,8 @@ pub struct StackStats {
     pub packets_out: u64,
     /// Their bytes.
     pub bytes_out: u64,
-    /// Packets refused by [`Stack::receive`] (empty, larger than the MTU, or IPv6 to an
-    /// address that is not the stack's).
+    /// Packets refused by [`Stack::receive`] (empty, larger than the MTU, TCP to a
+    /// broadcast or multicast address, IPv6 to an address that is not the stack's).
     pub dropped_in: u64,
     /// SYNs dropped because a listener's backlog was full (the client retries).
     pub syn_dropped: u64,
@@ -548,26 +548,48 @@ impl Stack {
         true
     }
 
-    /// False for an IPv6 packet addressed to none of the stack's addresses and to no group
-    /// it is in (all-nodes, its own solicited-node groups). smoltcp 0.14 takes any
-    /// destination whose last two bytes match one of its addresses for its solicited-node
-    /// group (it checks neither the `ff02::1:ff00:0/104` prefix nor the third byte), so
-    /// without this a stack at `fd00::1` answered a datagram to `2001:db8::1` or `ff0e::1`
-    /// (an ICMPv6 error from that address, or a TCP handshake as that address).
-    /// Found by the `stack` fuzz target (fuzz/README.md). IPv4 needs no such check.
+    /// False for a packet smoltcp would take although it is not for this stack:
+    /// - TCP to anything but one of the stack's addresses: smoltcp answered a segment to
+    ///   the subnet broadcast with a reset *from* the broadcast address (and a SYN with a
+    ///   SYN-ACK), where RFC 1122 (4.2.3.10) says TCP ignores broadcast and multicast;
+    /// - IPv6 to none of its addresses and no group it is in (all-nodes, its own
+    ///   solicited-node groups): smoltcp 0.14 takes any destination whose last two bytes
+    ///   match one of its addresses for its solicited-node group (checking neither the
+    ///   `ff02::1:ff00:0/104` prefix nor the third byte), so a stack at `fd00::1` answered
+    ///   a datagram to `2001:db8::1` or `ff0e::1` with an ICMPv6 error from that address.
+    ///
+    /// Both found by the `stack` fuzz target (fuzz/README.md). Other IPv4 destinations are
+    /// smoltcp's to judge (it takes only its addresses, broadcast and 224.0.0.1).
     fn is_for_us(&self, packet: &[u8]) -> bool {
-        if packet[0] >> 4 != 6 || packet.len() < 40 {
-            return true; // not IPv6, or smoltcp drops it as truncated
-        }
-        let mut octets = [0u8; 16];
-        octets.copy_from_slice(&packet[24..40]);
-        let dst = Ipv6Addr::from(octets);
+        const TCP: u8 = 6;
         const ALL_NODES: Ipv6Addr = Ipv6Addr::new(0xff02, 0, 0, 0, 0, 0, 0, 1);
-        dst == ALL_NODES
-            || self.config.addresses.iter().any(|&(ip, _)| match ip {
-                IpAddr::V6(own) => dst == own || dst == crate::wire::build::solicited_node(own),
-                IpAddr::V4(_) => false,
-            })
+        let (dst, protocol): (IpAddr, u8) = match packet[0] >> 4 {
+            4 if packet.len() >= 20 => {
+                let o: [u8; 4] = packet[16..20].try_into().expect("4 bytes");
+                (o.into(), packet[9])
+            }
+            6 if packet.len() >= 40 => {
+                let o: [u8; 16] = packet[24..40].try_into().expect("16 bytes");
+                (o.into(), packet[6])
+            }
+            _ => return true, // smoltcp drops it as malformed
+        };
+        if self.config.addresses.iter().any(|&(ip, _)| ip == dst) {
+            return true;
+        }
+        if protocol == TCP {
+            return false;
+        }
+        match dst {
+            IpAddr::V4(_) => true,
+            IpAddr::V6(dst) => {
+                dst == ALL_NODES
+                    || self.config.addresses.iter().any(|&(ip, _)| match ip {
+                        IpAddr::V6(own) => dst == crate::wire::build::solicited_node(own),
+                        IpAddr::V4(_) => false,
+                    })
+            }
+        }
     }
 
     /// Runs the stack at `now`: processes queued packets, timers and socket buffers, and

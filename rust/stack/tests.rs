@@ -1448,3 +1448,78 @@ fn stack_refuses_ipv6_to_addresses_sharing_its_low_bytes() {
         assert_eq!(stack.stats().dropped_in, before);
     }
 }
+
+/// Fuzz finding (`stack` target, fuzz/README.md): a TCP segment to the subnet broadcast
+/// (which a router passes on as a group packet) was answered with a reset from the
+/// broadcast address, and a SYN to it with a SYN-ACK; RFC 1122 says TCP ignores broadcast
+/// and multicast. Such segments are now refused and counted, for IPv4 and IPv6; the same
+/// SYN to the stack's own address still gets its SYN-ACK.
+#[test]
+fn stack_refuses_tcp_to_broadcast_and_multicast() {
+    use smoltcp::wire::{IpAddress, Ipv4Packet, Ipv6Packet, TcpPacket};
+    let now = Instant::from_millis(0);
+    let stack_of = |ip: IpAddr, prefix: u8| {
+        let config = StackConfig {
+            addresses: vec![(ip, prefix)],
+            ..StackConfig::default()
+        };
+        Stack::new(config, now).unwrap()
+    };
+    // Real SYNs from a client stack to the server's address, then readdressed.
+    let syn_to = |client: IpAddr, server: IpAddr, prefix: u8| {
+        let mut c = stack_of(client, prefix);
+        c.tcp_connect(sa(server, 80)).unwrap();
+        let out = c.poll(now, BUDGET);
+        assert_eq!(out.len(), 1, "one SYN");
+        out.into_iter().next().unwrap()
+    };
+    let readdress = |mut p: Vec<u8>, dst: IpAddr| {
+        match dst {
+            IpAddr::V4(d) => {
+                let mut ip = Ipv4Packet::new_unchecked(&mut p[..]);
+                ip.set_dst_addr(d);
+                ip.fill_checksum();
+                let src = IpAddress::from(ip.src_addr());
+                let mut tcp = TcpPacket::new_unchecked(ip.payload_mut());
+                tcp.fill_checksum(&src, &IpAddress::Ipv4(d));
+            }
+            IpAddr::V6(d) => {
+                let mut ip = Ipv6Packet::new_unchecked(&mut p[..]);
+                ip.set_dst_addr(d);
+                let src = IpAddress::from(ip.src_addr());
+                let mut tcp = TcpPacket::new_unchecked(ip.payload_mut());
+                tcp.fill_checksum(&src, &IpAddress::Ipv6(d));
+            }
+        }
+        p
+    };
+    let cases: [(IpAddr, IpAddr, u8, &[&str]); 2] = [
+        (
+            v4(2),
+            v4(1),
+            24,
+            &["192.168.0.255", "255.255.255.255", "224.0.0.1"],
+        ),
+        (v6(2), v6(1), 64, &["ff02::1", "ff02::1:ff00:1"]),
+    ];
+    for (client, server, prefix, groups) in cases {
+        let syn = syn_to(client, server, prefix);
+        let mut stack = stack_of(server, prefix);
+        stack.tcp_listen(80, 4).unwrap();
+        for group in groups {
+            let before = stack.stats().dropped_in;
+            let p = readdress(syn.clone(), group.parse().unwrap());
+            assert!(!stack.receive(&p), "a SYN to {group} taken");
+            assert_eq!(stack.stats().dropped_in, before + 1);
+            assert!(
+                stack.poll(now, BUDGET).is_empty(),
+                "a SYN to {group} answered"
+            );
+        }
+        assert!(stack.receive(&syn));
+        let out = stack.poll(now, BUDGET);
+        assert_eq!(out.len(), 1, "the SYN-ACK");
+        let reply = crate::wire::IpPacket::parse(&out[0]).unwrap();
+        assert_eq!((reply.src(), reply.dst()), (server, client));
+    }
+}
