@@ -366,6 +366,7 @@ class TransportStats(TypedDict):
     relayed_in: int
     relay_drops: int
     relay_unknown_peer: int
+    relay_register_again: int
     probes_sent: int
     punched: int
     tunnel: TunnelStats

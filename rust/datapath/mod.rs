@@ -121,6 +121,8 @@ pub struct DatapathStats {
     pub relay_drops: u64,
     /// Forwards the relay could not deliver (the peer is not registered).
     pub relay_unknown_peer: u64,
+    /// Registrations sent early because the relay said it had none for us (it restarted).
+    pub relay_register_again: u64,
     /// Probes sent while punching holes.
     pub probes_sent: u64,
     /// Peers moved from the relay to a direct path by a probe ack.
@@ -142,6 +144,9 @@ const PROBE_GAP: std::time::Duration = std::time::Duration::from_millis(200);
 const LOOKUP_INTERVAL: std::time::Duration = std::time::Duration::from_secs(30);
 /// How soon a lookup of a peer the relay did not know yet is repeated.
 const UNKNOWN_PEER_RETRY: std::time::Duration = std::time::Duration::from_millis(500);
+/// The least time between registrations a relay's register-again brings on (a burst of
+/// forwards to a restarted relay gets as many answers).
+const REGISTER_AGAIN_GAP: std::time::Duration = std::time::Duration::from_secs(1);
 
 /// Why a datapath operation failed.
 #[derive(Debug, thiserror::Error)]
@@ -185,6 +190,8 @@ pub struct UdpNode {
     /// Every configured relay, in order of preference, with its last registration answer.
     relays: Vec<(SocketAddr, Option<Instant>)>,
     next_register: Option<Instant>,
+    /// When the last registration was sent.
+    registered_at: Option<Instant>,
     public_addr: Option<SocketAddr>,
     /// Placeholder address → the peer reached through the relay.
     relayed: FxHashMap<SocketAddr, NodeId>,
@@ -239,6 +246,7 @@ impl UdpNode {
             relay: None,
             relays: Vec::new(),
             next_register: None,
+            registered_at: None,
             public_addr: None,
             relayed: FxHashMap::default(),
             relay_path: FxHashMap::default(),
@@ -344,13 +352,30 @@ impl UdpNode {
                 Err(_) => self.stats.send_errors += 1,
             }
         }
-        self.next_register = Some(now + relay::REGISTER_INTERVAL);
+        // Sooner while a peer depends on the relay: a relay that restarted is found out
+        // within that interval even if nothing is sent to it meanwhile.
+        let relayed = self.relay_path.keys().any(|n| self.is_relayed(n));
+        let interval = if relayed {
+            relay::RELAYED_REGISTER_INTERVAL
+        } else {
+            relay::REGISTER_INTERVAL
+        };
+        self.registered_at = Some(now);
+        self.next_register = Some(now + interval);
+    }
+
+    /// A peer now goes through the relay: the next registration is due within
+    /// [`relay::RELAYED_REGISTER_INTERVAL`] of the last.
+    fn relayed_register_soon(&mut self) {
+        if let (Some(at), Some(next)) = (self.registered_at, self.next_register) {
+            self.next_register = Some(next.min(at + relay::RELAYED_REGISTER_INTERVAL));
+        }
     }
 
     /// The placeholder address of a relayed peer (made on first use).
     fn relay_address(&mut self, node: NodeId) -> SocketAddr {
         let n = self.relay_path.len() as u64 + 1;
-        *self.relay_path.entry(node).or_insert_with(|| {
+        let fake = *self.relay_path.entry(node).or_insert_with(|| {
             let fake = SocketAddr::new(
                 IpAddr::V6(Ipv6Addr::new(
                     0x100,
@@ -366,7 +391,9 @@ impl UdpNode {
             );
             self.relayed.insert(fake, node);
             fake
-        })
+        });
+        self.relayed_register_soon();
+        fake
     }
 
     /// The socket's address.
@@ -711,6 +738,20 @@ impl UdpNode {
                 self.choose_relay(now);
                 if Some(from) == self.relay {
                     self.public_addr = relay::decode_registered(&self.rx[at.clone()]);
+                }
+                None
+            }
+            relay::REGISTER_AGAIN => {
+                // The relay lost our registration (it restarted): register now rather than
+                // at the next interval, which could leave relayed peers cut off for 30 s.
+                let now = Instant::now();
+                let due = self
+                    .registered_at
+                    .is_none_or(|t| now.saturating_duration_since(t) >= REGISTER_AGAIN_GAP);
+                if due {
+                    self.stats.relay_register_again += 1;
+                    self.next_register = Some(now);
+                    self.register_if_due(now);
                 }
                 None
             }

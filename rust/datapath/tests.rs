@@ -295,6 +295,62 @@ fn peers_without_addresses_talk_through_the_relay() {
 }
 
 #[test]
+fn relayed_peers_recover_when_their_relay_restarts() {
+    let mut relay = TestRelay::new();
+    let mut a = node(1);
+    let mut b = node(2);
+    let now = Instant::now();
+    for n in [&mut a, &mut b] {
+        n.set_relay(Some(relay.addr()), now);
+        n.set_hole_punching(false);
+    }
+    a.add_network(router_for(&a, 1));
+    b.add_network(router_for(&b, 2));
+    let (a_id, b_id) = (a.node_id(), b.node_id());
+    a.add_peer(NET, b_id, ip(2), None).unwrap();
+    b.add_peer(NET, a_id, ip(1), None).unwrap();
+    let packet = udp_v4(
+        Ipv4Addr::new(10, 7, 0, 1),
+        Ipv4Addr::new(10, 7, 0, 2),
+        7,
+        8,
+        b"over the relay",
+    );
+    // Sends a packet a -> b every 10 ms (b only reads: an idle peer) until one arrives.
+    let deliver = |relay: &mut TestRelay, a: &mut UdpNode, b: &mut UdpNode, wait: Duration| {
+        let (mut ia, mut ib) = (Inbound::default(), Inbound::default());
+        let started = Instant::now();
+        let mut next_send = started;
+        while ib.frames.is_empty() && started.elapsed() < wait {
+            if Instant::now() >= next_send {
+                a.send_packets(NET, [packet.as_slice()], Instant::now())
+                    .unwrap();
+                next_send += Duration::from_millis(10);
+            }
+            turn(relay, a, b, &mut ia, &mut ib);
+            std::thread::sleep(Duration::from_millis(1));
+        }
+        assert!(
+            !ib.frames.is_empty(),
+            "nothing through the relay in {wait:?}"
+        );
+        started.elapsed()
+    };
+    deliver(&mut relay, &mut a, &mut b, Duration::from_secs(5));
+    // The relay restarts on its port: every registration is forgotten.
+    relay.server = crate::relay::RelayServer::new();
+    let took = deliver(&mut relay, &mut a, &mut b, Duration::from_secs(10));
+    // The sender was told to register again at its first forward; the idle receiver
+    // registered at its relayed interval rather than the 30 s one.
+    assert!(a.stats().relay_register_again >= 1);
+    assert!(relay.server.stats().unregistered_sender >= 1);
+    assert!(
+        took <= crate::relay::RELAYED_REGISTER_INTERVAL + Duration::from_secs(1),
+        "{took:?}"
+    );
+}
+
+#[test]
 fn hole_punching_moves_relayed_peers_to_a_direct_path() {
     let mut relay = TestRelay::new();
     let mut a = node(1);

@@ -23,6 +23,7 @@
 //! | `0x17` | punch | node id (20) of a node that looked us up, its address |
 //! | `0x18` | probe (node to node) | sender's node id (20), nonce u64 |
 //! | `0x19` | probe ack (node to node) | sender's node id (20), the probe's nonce |
+//! | `0x1a` | register again | nothing: the relay has no registration for the sender's address |
 //!
 //! Hole punching: a node that reaches a peer through the relay looks the peer up; the relay
 //! answers with the peer's public address and tells the peer ours (punch). Both then probe
@@ -34,7 +35,11 @@
 //! A registration must carry a time within [`MAX_CLOCK_SKEW`] of the relay's clock and
 //! newer than the node's last accepted one, so a captured registration cannot be replayed
 //! later to divert the node's traffic. Registrations expire after [`REGISTRATION_TTL`];
-//! nodes re-register every [`REGISTER_INTERVAL`].
+//! nodes re-register every [`REGISTER_INTERVAL`] ([`RELAYED_REGISTER_INTERVAL`] while a peer is
+//! reached through the relay). A relay that restarted has forgotten every registration: it
+//! answers a forward or lookup from an address it does not know with [`REGISTER_AGAIN`] (one
+//! byte, smaller than what it answers, so nothing to amplify), and the node registers at once
+//! instead of at its next interval; an idle node finds out at its next registration.
 
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 use std::time::{Duration, Instant};
@@ -64,6 +69,9 @@ pub const PUNCH: u8 = 0x17;
 pub const PROBE: u8 = 0x18;
 /// The answer to a probe.
 pub const PROBE_ACK: u8 = 0x19;
+/// The relay has no registration for the sender's address (it restarted, or the
+/// registration expired or moved): register again.
+pub const REGISTER_AGAIN: u8 = 0x1a;
 
 /// Signed with the registration, so the signature means nothing elsewhere.
 pub const REGISTER_DOMAIN: &[u8] = b"golem-vpn/relay-register/v1";
@@ -73,6 +81,10 @@ pub const MAX_CLOCK_SKEW: Duration = Duration::from_secs(300);
 pub const REGISTRATION_TTL: Duration = Duration::from_secs(120);
 /// How often nodes re-register.
 pub const REGISTER_INTERVAL: Duration = Duration::from_secs(30);
+/// How often a node re-registers while it reaches a peer through the relay: the longest a
+/// restarted relay leaves an idle node's relayed peers cut off (and a keep-alive for the
+/// node's NAT mapping, which many NATs drop after 30 s).
+pub const RELAYED_REGISTER_INTERVAL: Duration = Duration::from_secs(5);
 /// Bytes before the payload of a forward / forwarded message.
 pub const FORWARD_HEADER: usize = 21;
 const REGISTER_LEN: usize = 1 + 20 + 8 + 65;
@@ -194,7 +206,8 @@ pub struct RelayStats {
     pub forwarded: u64,
     /// Bytes forwarded.
     pub forwarded_bytes: u64,
-    /// Forwards from an address with no registration (dropped).
+    /// Forwards and lookups from an address with no registration (dropped, and answered
+    /// with register-again).
     pub unregistered_sender: u64,
     /// Forwards to a node with no registration (answered with unknown-peer).
     pub unknown_destination: u64,
@@ -320,6 +333,7 @@ impl RelayServer {
         };
         let Some(&sender) = self.by_addr.get(&from) else {
             self.stats.unregistered_sender += 1;
+            out.push((from, vec![REGISTER_AGAIN]));
             return None;
         };
         match self.nodes.get(&target) {

@@ -85,8 +85,10 @@ fn unregistered_senders_and_unknown_destinations() {
     let mut msg = Vec::new();
     wrap(FORWARD, &b.node_id(), b"x", &mut msg);
     relay.handle(addr(1000), &msg, now, T, &mut out);
-    assert!(out.is_empty());
+    // Dropped, and the sender is told to register (a relay that restarted forgot it).
+    assert_eq!(out, vec![(addr(1000), vec![REGISTER_AGAIN])]);
     assert_eq!(relay.stats().unregistered_sender, 1);
+    out.clear();
     relay.handle(addr(1000), &register_message(&a, T), now, T, &mut out);
     out.clear();
     relay.handle(addr(1000), &msg, now, T, &mut out);
