@@ -53,6 +53,8 @@ __all__ = [
     "SocketClosed",
     "StackConfigError",
     "StoreError",
+    "StoreFull",
+    "StoreUnavailable",
     "SystemCommandFailed",
     "TunnelError",
     "WouldBlock",
@@ -229,6 +231,16 @@ class AppKeyError(GolemVpnError, ValueError):
 
 class StoreError(GolemVpnError):
     """The database cannot be used: unreadable, from a newer golem-vpn, or a constraint failed."""
+
+
+class StoreUnavailable(StoreError):
+    """A change cannot be written: the data dir is read-only, or its disk fails (the Net API's
+    503). Nothing of the change was kept; reads still work."""
+
+
+class StoreFull(StoreUnavailable):
+    """A change cannot be written: the data dir's disk is full (the Net API's 507). Nothing of
+    the change was kept; it can be made again once there is room."""
 
 
 class NetApiError(GolemVpnError):

@@ -56,7 +56,9 @@ an address no node holds is a 400 at once (``destination address not found``, th
 words) where yagna waits out its 5 s connect timeout and answers 504. 502/504: see the gate.
 A client has ``Limits.request_timeout`` to send a request's head (then the
 connection is closed) and its body (then 408); beyond ``Limits.connections`` a new
-connection gets a 503 and is closed: a slow-loris cannot hold the API.
+connection gets a 503 and is closed: a slow-loris cannot hold the API. A change the data dir
+cannot take is refused whole, the message naming the cause: 507 when its disk is full, 503 when
+it is read-only or failing; reads keep working and the change can be made again later.
 Every refusal is counted by reason in ``GET /net-api/v2/net/status``'s ``refused``.
 
 For golem-js, which registers the requestor itself through ``POST /nodes``, a node id equal to
@@ -107,6 +109,8 @@ from golem_vpn.errors import (
     InvalidNodeId,
     NetworkNotFound,
     NodeNotFound,
+    StoreFull,
+    StoreUnavailable,
 )
 from golem_vpn.model import (
     IPAddress,
@@ -749,6 +753,9 @@ _ERRORS: tuple[tuple[type[BaseException], int, bool], ...] = (
     (AddressError, 400, True),
     (AddressesExhausted, 400, True),
     (DeployConfigError, 400, True),
+    # A full or read-only data dir: nothing of the change was kept, reads still work.
+    (StoreFull, 507, True),
+    (StoreUnavailable, 503, True),
     (StoreError, 500, True),
     (GolemVpnError, 400, True),
     (OSError, 502, True),

@@ -21,6 +21,7 @@ step by step when it is opened, and a file from a newer golem-vpn is refused.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import sqlite3
 import threading
@@ -30,13 +31,15 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from golem_vpn.errors import StoreError
+from golem_vpn.errors import StoreError, StoreFull, StoreUnavailable
 
 __all__ = [
     "DEFAULT_FILENAME",
     "SCHEMA_VERSION",
     "Store",
     "StoreError",
+    "StoreFull",
+    "StoreUnavailable",
     "StoredAppKey",
     "StoredNetwork",
 ]
@@ -81,6 +84,24 @@ _MIGRATIONS: tuple[str, ...] = (
 )
 #: The schema version this code writes.
 SCHEMA_VERSION = len(_MIGRATIONS)
+
+
+def _write_error(exc: sqlite3.Error, path: str) -> StoreError:
+    """The error for a failed write: a full or read-only data dir says so (the Net API answers
+    507 and 503), anything else is a database error."""
+    code = getattr(exc, "sqlite_errorcode", None)
+    primary = None if code is None else code & 0xFF  # extended codes carry the primary's
+    where = os.path.dirname(path) or "."
+    if primary == sqlite3.SQLITE_FULL:
+        return StoreFull(
+            f"the data dir's disk is full ({where}): the change was not stored; "
+            "free some space and try again"
+        )
+    if primary in (sqlite3.SQLITE_READONLY, sqlite3.SQLITE_IOERR, sqlite3.SQLITE_CANTOPEN):
+        return StoreUnavailable(
+            f"the data dir cannot be written ({where}: {exc}): the change was not stored"
+        )
+    return StoreError(f"database error: {exc}")
 
 
 @dataclass(frozen=True)
@@ -216,10 +237,15 @@ class Store:
             db.execute("BEGIN IMMEDIATE")
             try:
                 yield db
+                # On a full or read-only disk it is the COMMIT that fails (WAL frames are
+                # written then): roll back then too, or the transaction stays open and every
+                # later write fails until a restart.
+                db.execute("COMMIT")
             except BaseException:
-                db.execute("ROLLBACK")
+                if db.in_transaction:
+                    with contextlib.suppress(sqlite3.Error):
+                        db.execute("ROLLBACK")
                 raise
-            db.execute("COMMIT")
 
     def _write(self, sql: str, args: tuple[object, ...]) -> int:
         try:
@@ -228,7 +254,7 @@ class Store:
         except sqlite3.IntegrityError as exc:
             raise StoreError(f"constraint failed: {exc}") from exc
         except sqlite3.Error as exc:
-            raise StoreError(f"database error: {exc}") from exc
+            raise _write_error(exc, self._path) from exc
 
     # -- networks --------------------------------------------------------------------------
 
@@ -265,7 +291,7 @@ class Store:
         except sqlite3.IntegrityError as exc:
             raise StoreError(f"cannot store network {network.id}: {exc}") from exc
         except sqlite3.Error as exc:
-            raise StoreError(f"database error: {exc}") from exc
+            raise _write_error(exc, self._path) from exc
 
     def remove_network(self, network_id: str) -> bool:
         """Remove a network and (by cascade) its nodes and addresses; False if not stored."""
@@ -398,6 +424,8 @@ class Store:
                 "VALUES (?, ?, ?, ?, ?)",
                 (key.name, key.identity, key.key_hash, key.salt, key.created),
             )
+        except StoreUnavailable:
+            raise
         except StoreError:
             raise StoreError(f"an app key named {key.name!r} exists already") from None
 

@@ -25,7 +25,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from golem_vpn.errors import DataDirLocked, NetworkNotFound
+from golem_vpn.errors import DataDirError, DataDirLocked, NetworkNotFound
 from golem_vpn.exeunit.attach import ExeUnit
 from golem_vpn.hostport import format_hostport, listen_error
 from golem_vpn.interface import Interface, PacketTap
@@ -255,13 +255,19 @@ class DataDirLock:
 
         Raises:
             DataDirLocked: Another daemon holds it (the message names its PID and Net API).
-            OSError: The lock file cannot be opened.
+            DataDirError: The lock file cannot be opened (a read-only or full data dir).
         """
         try:
             import fcntl
         except ImportError:  # not POSIX: no advisory locks
             return
-        fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o600)
+        try:
+            fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o600)
+        except OSError as exc:
+            raise DataDirError(
+                f"cannot use the data dir {self.path.parent}: {exc.strerror or exc} (the daemon "
+                "writes its lock, identity and database there)"
+            ) from exc
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
