@@ -237,9 +237,10 @@ class Store:
             db.execute("BEGIN IMMEDIATE")
             try:
                 yield db
-                # On a full or read-only disk it is the COMMIT that fails (WAL frames are
-                # written then): roll back then too, or the transaction stays open and every
-                # later write fails until a restart.
+                # On a full disk it may be the COMMIT that fails (WAL frames are written
+                # then). SQLite rolls back itself after such errors as a rule, but documents
+                # that it "might" not: if a transaction is still open, end it, or every later
+                # write would fail until a restart.
                 db.execute("COMMIT")
             except BaseException:
                 if db.in_transaction:
