@@ -213,7 +213,7 @@ def test_provider_killed_mid_transfer_comes_back(tmp_path: Path) -> None:
             await ping_until(p3, ip["p1"])
 
             # Two transfers in flight: p3 -> p1 (p1 dies under it), p2 -> p3 (must not care).
-            big = 128 << 20
+            big = 96 << 20
             start = {n: (await provs[n][0].call("stats"))["tunnel"]["bytes_in"] for n in provs}
             doomed = asyncio.ensure_future(
                 p3.call("send_to", host=ip["p1"], bytes=big, timeout=60, within=90)

@@ -289,6 +289,19 @@ _BODY_ERRORS: Json = {
 }
 
 
+#: A change the data dir cannot take (see :mod:`golem_vpn.netapi.server`): refused whole.
+_STORE_ERRORS: Json = {
+    "503": _error(
+        "Beyond yagna: the data dir is read-only or failing; the change was not stored (the "
+        "message names the cause)"
+    ),
+    "507": _error(
+        "Beyond yagna: the data dir's disk is full; the change was not stored (the message "
+        "names the data dir)"
+    ),
+}
+
+
 def _limit_error(what: str) -> Json:
     return {"429": _error(f"Beyond yagna: {what} (the message names the limit and its flag)")}
 
@@ -341,6 +354,7 @@ def _vpn_paths(tag: str) -> Json:
                 "responses": {
                     "200": _json(_ref("Network"), "The new network"),
                     **_BODY_ERRORS,
+                    **_STORE_ERRORS,
                     **_AUTH_ERRORS,
                     **_limit_error("the identity holds as many networks as it may"),
                 },
@@ -360,7 +374,11 @@ def _vpn_paths(tag: str) -> Json:
                 "summary": "Remove a network",
                 "description": "Removes the network and its nodes; its gate connections close "
                 "(1001).",
-                "responses": {"200": _json(_NULL, "Network removed"), **_NETWORK_ERRORS},
+                "responses": {
+                    "200": _json(_NULL, "Network removed"),
+                    **_NETWORK_ERRORS,
+                    **_STORE_ERRORS,
+                },
             },
         },
         "/net/{networkId}/addresses": {
@@ -385,6 +403,7 @@ def _vpn_paths(tag: str) -> Json:
                 "responses": {
                     "200": _json(_NULL, "Address assigned"),
                     **_BODY_ERRORS,
+                    **_STORE_ERRORS,
                     **_NETWORK_ERRORS,
                     "409": _error("A node holds the address (`IP address is taken: ...`)"),
                 },
@@ -415,6 +434,7 @@ def _vpn_paths(tag: str) -> Json:
                 "responses": {
                     "200": _json(_NULL, "Node added"),
                     **_BODY_ERRORS,
+                    **_STORE_ERRORS,
                     **_NETWORK_ERRORS,
                     "409": _error(
                         "The address belongs to another node or the requestor, or the node "
@@ -444,6 +464,7 @@ def _vpn_paths(tag: str) -> Json:
                     "200": _json(_NULL, "Node removed"),
                     "400": _error("A malformed node id, or the requestor itself"),
                     **_NETWORK_ERRORS,
+                    **_STORE_ERRORS,
                 },
             },
             "patch": {
@@ -458,6 +479,7 @@ def _vpn_paths(tag: str) -> Json:
                 "responses": {
                     "200": _json(_ref("Node"), "The node at its new address"),
                     **_BODY_ERRORS,
+                    **_STORE_ERRORS,
                     **_AUTH_ERRORS,
                     "403": _NETWORK_ERRORS["403"],
                     "404": _error("No such network, or the node is not in it"),
