@@ -704,7 +704,7 @@ def parse_deploy_net(obj: object) -> list[DeployNetwork]:
     if isinstance(obj, str | bytes | bytearray):
         try:
             obj = json.loads(obj, object_pairs_hook=_JsonObject.from_pairs)
-        except ValueError as exc:
+        except (ValueError, RecursionError) as exc:  # RecursionError: nested too deep
             raise DeployConfigError(f"not valid JSON: {exc}") from exc
     if isinstance(obj, dict):
         if isinstance(obj, _JsonObject) and "net" in obj.duplicates:

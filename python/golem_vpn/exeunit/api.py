@@ -110,7 +110,7 @@ async def _request(request: web.Request) -> dict[str, Any]:
     raw = await request.read()
     try:
         body = json.loads(raw)
-    except (ValueError, UnicodeDecodeError) as exc:
+    except (ValueError, RecursionError) as exc:  # also UnicodeDecodeError; arrays nested deep
         raise _error(400, f"Malformed JSON body: {exc}") from None
     if not isinstance(body, dict):
         raise _error(400, f"Expected a JSON object, got {type(body).__name__}")

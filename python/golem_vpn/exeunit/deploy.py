@@ -74,7 +74,7 @@ def parse_deploy(obj: object, *, require_net: bool = True) -> Deploy:
         try:
             # Repeated keys are rejected, as parse_deploy_net does for text.
             obj = json.loads(obj, object_pairs_hook=_JsonObject.from_pairs)
-        except ValueError as exc:
+        except (ValueError, RecursionError) as exc:  # RecursionError: nested too deep
             raise DeployConfigError(f"not valid JSON: {exc}") from exc
     prefix = ""
     if isinstance(obj, _JsonObject) and obj.duplicates:

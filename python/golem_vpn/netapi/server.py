@@ -339,7 +339,7 @@ async def _body(
         ) from None
     try:
         data = json.loads(raw)
-    except (ValueError, UnicodeDecodeError) as exc:
+    except (ValueError, RecursionError) as exc:  # also UnicodeDecodeError; arrays nested deep
         raise ApiError(400, f"Malformed JSON body: {exc}") from None
     if not isinstance(data, dict):
         raise ApiError(400, f"Expected a JSON object, got {type(data).__name__}")
