@@ -42,7 +42,7 @@ ATTACKER_HOST = "127.0.0.2"
 # The wire format (rust/tunnel/mod.rs, "Wire format" and "Under load").
 INIT, RESPONSE, COOKIE_REPLY = 1, 2, 5
 MAC1_AT, MAC2_AT, INIT_LEN, COOKIE_REPLY_LEN = 38, 54, 70, 61
-INITIATIONS_PER_SECOND, INITIATIONS_BURST = 20, 5
+INITIATIONS_PER_SECOND, INITIATIONS_BURST, UNDER_LOAD_PENDING = 20, 5, 128
 LISTEN = ("--listen", "127.0.0.1:0")
 
 
@@ -82,6 +82,13 @@ class Flood:
     responses: int = 0
     elapsed: float = 0.0
     errors: list[BaseException] = field(default_factory=list)
+
+
+def allowed(out: Flood) -> float:
+    """The most handshakes one address may get in ``out.elapsed``: a token bucket's worth
+    without cookies, then with cookies enough to put the node under load, then the
+    bucket's rate again."""
+    return UNDER_LOAD_PENDING + 2 * (INITIATIONS_BURST + INITIATIONS_PER_SECOND * (out.elapsed + 1))
 
 
 def flood(target: tuple[str, int], node_id: str, stop: threading.Event, out: Flood) -> None:
@@ -147,7 +154,8 @@ def _drops(node: UdpTransport) -> dict[str, int]:
 def test_a_flood_of_initiations_and_garbage_does_not_stop_an_established_transfer() -> None:
     """While one address floods B with initiations and garbage, an established peer's
     transfer completes byte-exact and a third node handshakes with B; the attacker gets
-    cookie replies, then (using them) is rate-limited: a few handshakes a second."""
+    cookie replies, then (using them) handshakes until B is under load, then is
+    rate-limited: a few handshakes a second."""
 
     async def main() -> None:
         a, ia = _node("192.168.12.2")
@@ -204,9 +212,8 @@ def test_a_flood_of_initiations_and_garbage_does_not_stop_an_established_transfe
             assert drops["rate_limited"] > 0, (drops, out)
             assert drops["bad_mac1"] > 0, drops
             # The attacker's initiations that got a handshake: its two token buckets' worth.
-            allowed = 2 * (INITIATIONS_BURST + INITIATIONS_PER_SECOND * (out.elapsed + 1))
-            assert out.responses <= allowed, (out, drops)
-            assert out.inits > 10 * allowed, "the flood was a flood"
+            assert out.responses <= allowed(out), (out, drops)
+            assert out.inits > 5 * allowed(out), "the flood was a flood"
             # Most of the flood refused and counted (a loaded machine's socket buffer may
             # lose some before B reads them); the established peer saw nothing of it.
             assert drops["cookie_sent"] + drops["rate_limited"] >= out.inits // 2, (out, drops)
@@ -503,8 +510,7 @@ def test_a_daemon_refuses_a_flood_and_shows_the_counts_in_its_status(tmp_path: P
         assert drops["cookie_sent"] >= out.cookies, (drops, out)
         assert drops["rate_limited"] > 0, (drops, out)
         assert drops["bad_mac1"] > 0, drops
-        allowed = 2 * (INITIATIONS_BURST + INITIATIONS_PER_SECOND * (out.elapsed + 1))
-        assert out.responses <= allowed, (out, drops)
+        assert out.responses <= allowed(out), (out, drops)
         assert daemon.poll() is None
     finally:
         daemon.send_signal(signal.SIGTERM)

@@ -121,10 +121,14 @@
 //!   WireGuard waits for the retry timer, which would cost a legitimate peer 5 s) with
 //!   mac2 = HMAC(cookie, message 1 up to mac2). A reply for no initiation in flight, or
 //!   that does not open, is dropped (`bad_cookie`).
-//! - **mac2** proves the sender receives at its source address. A valid one passes even
-//!   under load, subject to a second token bucket per source that only such proven
+//! - **mac2** proves the sender receives at its source address. A valid one passes; under
+//!   load, only within a second token bucket per source that only such proven
 //!   initiations spend (`rate_limited` past it), so a forger cannot use up a real
 //!   host's rate; they spend the first bucket too, so mixing both kinds gains no rate.
+//!   Not under load, proven initiations are not limited (WireGuard's rule): many nodes
+//!   behind one address (a NAT, loopback) dialling at once pay a cookie's round trip,
+//!   not a retry timer, and one attacker with cookies gets at most the handshakes that
+//!   put the endpoint under load before its rate applies.
 //! - **Sources** are IPv4 addresses and IPv6 /64s (what one host easily holds), but each
 //!   address of the relay placeholder prefix `100::/64` on its own: there each address is
 //!   one node whose relayed datagrams the relay's forward header named, and cookie
@@ -138,7 +142,7 @@
 //! |---|---|---|
 //! | [`Config::under_load_pending`] | 128 | pending responder handshakes at which the endpoint is under load |
 //! | [`UNDER_LOAD_AFTER_TIME`] | 1 s | ... and stays under load this long after |
-//! | [`INITIATIONS_PER_SECOND`], [`INITIATIONS_BURST`] | 20/s, 5 | a source's token bucket (unproven initiations; proven ones have their own) |
+//! | [`INITIATIONS_PER_SECOND`], [`INITIATIONS_BURST`] | 20/s, 5 | a source's token buckets: past the first, its initiations need a cookie; under load, past the second (proven initiations only), they are dropped |
 //! | [`COOKIE_SECRET_MAX_AGE`] | 120 s | the responder draws a new cookie secret; older cookies no longer verify |
 //! | [`COOKIE_SECRET_LATENCY`] | 5 s | an initiator stops using a cookie this long before it could have expired |
 //! | [`MAX_RATE_LIMITED_SOURCES`] | 4096 | sources tracked per bucket table |
@@ -1013,6 +1017,7 @@ impl Endpoint {
             self.count_drop(DropReason::BadMac1);
             return false;
         }
+        let loaded = self.under_load(now);
         let source = cookie::source_key(from);
         let mac2 = &data[INIT_MAC2_AT..];
         if mac2.iter().any(|&b| b != 0)
@@ -1020,24 +1025,18 @@ impl Endpoint {
                 .cookies
                 .check_mac2(from, &data[..INIT_MAC2_AT], mac2, now)
         {
-            // The address is proven: only such initiations spend this bucket, so nobody
-            // can exhaust a source's rate by forging its address. They also spend the
-            // source's other bucket, so that mixing both kinds gains no rate.
+            // The address is proven. Only such initiations spend this bucket, so nobody
+            // can exhaust a source's rate by forging its address; they also spend the
+            // source's other bucket, so that mixing both kinds gains no rate. The limit
+            // applies under load (as WireGuard's): nodes behind one address (a NAT, a
+            // test on loopback) that dial at once only pay a cookie's round trip.
             self.unproven.allow(source, now);
-            if !self.proven.allow(source, now) {
+            if !self.proven.allow(source, now) && loaded {
                 self.count_drop(DropReason::RateLimited);
                 return false;
             }
             return true;
         }
-        if self.pending.len() >= self.config.under_load_pending {
-            self.pending
-                .retain(|_, p| now.saturating_duration_since(p.created) < REKEY_TIMEOUT);
-            if self.pending.len() >= self.config.under_load_pending {
-                self.under_load_until = Some(now + UNDER_LOAD_AFTER_TIME);
-            }
-        }
-        let loaded = self.under_load_until.is_some_and(|t| now < t);
         // A source past its rate must prove its address even while the endpoint as a
         // whole is not loaded.
         if !loaded && self.unproven.allow(source, now) {
@@ -1055,6 +1054,25 @@ impl Endpoint {
         }
         self.count_drop(DropReason::CookieSent);
         false
+    }
+
+    /// Whether the endpoint is under load (see [`Config::under_load_pending`]). Once it
+    /// is, the pending handshakes are counted again only [`UNDER_LOAD_AFTER_TIME`] later,
+    /// so a flood does not pay for that on every initiation.
+    fn under_load(&mut self, now: Instant) -> bool {
+        if self.under_load_until.is_some_and(|t| now < t) {
+            return true;
+        }
+        if self.pending.len() < self.config.under_load_pending {
+            return false;
+        }
+        self.pending
+            .retain(|_, p| now.saturating_duration_since(p.created) < REKEY_TIMEOUT);
+        if self.pending.len() < self.config.under_load_pending {
+            return false;
+        }
+        self.under_load_until = Some(now + UNDER_LOAD_AFTER_TIME);
+        true
     }
 
     /// A cookie reply to an initiation of ours: keep the cookie, and retry at once with
