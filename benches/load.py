@@ -490,10 +490,29 @@ async def _gate_round(
     http: aiohttp.ClientSession, url: str, *, base: str, net_id: str, count: int, pid: int
 ) -> dict[str, Any]:
     before, fds_before = memory(pid), descriptors(pid)
-    all_open = asyncio.Event()
     sockets: list[aiohttp.ClientWebSocketResponse] = []
+    inboxes: dict[aiohttp.ClientWebSocketResponse, asyncio.Queue[bytes | None]] = {}
+    pumps: list[asyncio.Task[None]] = []
     connects: list[float] = []
     moved = 0
+
+    async def pump(ws: aiohttp.ClientWebSocketResponse) -> None:
+        """Reads each connection all the time, as a client does: the gate's heartbeat pings
+        are answered (aiohttp answers them while reading), its data queued for the test."""
+        inbox = inboxes[ws]
+        async for msg in ws:
+            if msg.type == aiohttp.WSMsgType.BINARY:
+                inbox.put_nowait(msg.data)
+        inbox.put_nowait(None)
+
+    async def receive(ws: aiohttp.ClientWebSocketResponse, size: int) -> bytes:
+        got = b""
+        while len(got) < size:
+            data = await inboxes[ws].get()
+            if data is None:
+                raise RuntimeError(f"a gate connection closed: {ws.close_code}")
+            got += data
+        return got
 
     async def one(i: int) -> None:
         nonlocal moved
@@ -503,11 +522,9 @@ async def _gate_round(
         sockets.append(ws)
         payload = f"gate {i} ".encode() * 8
         await ws.send_bytes(payload)
-        got = b""
-        while len(got) < len(payload):
-            msg = await ws.receive()
-            assert msg.type == aiohttp.WSMsgType.BINARY, msg
-            got += msg.data
+        inboxes[ws] = asyncio.Queue()
+        pumps.append(asyncio.create_task(pump(ws)))
+        got = await receive(ws, len(payload))
         assert got == payload, (i, got)
         moved += len(got)
 
@@ -515,7 +532,6 @@ async def _gate_round(
     async with asyncio.timeout(300):
         await asyncio.gather(*(one(i) for i in range(count)))
     opened = time.perf_counter() - start
-    all_open.set()
     listed = await _get(http, f"{base}/net/{net_id}/tcp")
     rss_open, fds_open = memory(pid), descriptors(pid)
     idle = await idle_cpu(pid, IDLE_SECONDS)
@@ -525,9 +541,7 @@ async def _gate_round(
         payload = b"%d" % i
         start = time.perf_counter()
         await ws.send_bytes(payload)
-        got = b""
-        while len(got) < len(payload):
-            got += (await ws.receive()).data
+        got = await receive(ws, len(payload))
         rtts.append(time.perf_counter() - start)
         assert got == payload
     # The same at once: every connection sends, then every reply is awaited.
@@ -536,10 +550,7 @@ async def _gate_round(
     async def burst(i: int, ws: aiohttp.ClientWebSocketResponse) -> None:
         payload = b"burst %d" % i
         await ws.send_bytes(payload)
-        got = b""
-        while len(got) < len(payload):
-            got += (await ws.receive()).data
-        assert got == payload
+        assert await receive(ws, len(payload)) == payload
 
     async with asyncio.timeout(120):
         await asyncio.gather(*(burst(i, ws) for i, ws in enumerate(sockets)))
@@ -554,6 +565,8 @@ async def _gate_round(
             await ws.send_bytes(b"alone %d" % i)
             assert (await ws.receive()).data == b"alone %d" % i
     await asyncio.gather(*(ws.close() for ws in sockets))
+    async with asyncio.timeout(60):
+        await asyncio.gather(*pumps)
     # The daemon frees a connection's slot and sockets when its WebSocket closes.
     async with asyncio.timeout(60):
         while len(await _get(http, f"{base}/net/{net_id}/tcp")) > 0:
