@@ -7,7 +7,7 @@ SMOLTCP_DIR := target/patched/smoltcp-0.14.0
 # The series' own tests run with the features this crate enables (plus what the suite needs).
 SMOLTCP_TEST_FEATURES := std,medium-ip,medium-ethernet,proto-ipv4,proto-ipv6,multicast,socket-tcp,socket-tcp-reno,socket-tcp-cubic,socket-udp,socket-icmp,async,auto-icmp-echo-reply,assembler-max-segment-count-32
 
-.PHONY: help install dev test test-rust test-python lint fmt docs bench bench-rust bench-python bench-stack bench-tun bench-peers bench-loss bench-load demo wheel smoltcp test-smoltcp clean
+.PHONY: help install dev test fuzz fuzz-ci test-rust test-python lint fmt docs bench bench-rust bench-python bench-stack bench-tun bench-peers bench-loss bench-load demo wheel smoltcp test-smoltcp clean
 
 help:
 	@echo "make demo    install the package and run the demo (a relay, a requestor and 3 providers as processes)"
@@ -18,6 +18,7 @@ help:
 	@echo "make bench-peers  (root) the same through wireguard-go, nebula, tinc and openvpn too"
 	@echo "make bench-loss  (root) TCP over a lossy link: the userspace stack next to the kernel's"
 	@echo "make bench-load  10k networks in a daemon, 1k gate connections, 200 nodes (QUICK=1: small)"
+	@echo "make fuzz    every fuzz target for FUZZ_TIME (60) s each (fuzz/README.md)"
 	@echo "make dev     editable install with dev extras"
 	@echo "make fmt     format Rust and Python sources"
 	@echo "make docs    regenerate docs/net-api.md from the OpenAPI documents"
@@ -35,7 +36,7 @@ dev:
 smoltcp:
 	$(PYTHON) tools/patch_smoltcp.py
 
-test: dev test-rust test-smoltcp test-python
+test: dev test-rust test-smoltcp test-python fuzz-ci
 
 test-rust: smoltcp
 	$(CARGO) test --locked
@@ -44,6 +45,16 @@ test-rust: smoltcp
 test-smoltcp: smoltcp
 	cd $(SMOLTCP_DIR) && $(CARGO) test --locked --lib --target-dir ../../smoltcp-tests \
 		--no-default-features --features '$(SMOLTCP_TEST_FEATURES)' socket::tcp
+
+# Fuzzing (fuzz/README.md): builds the libFuzzer targets on stable rustc and runs each for
+# FUZZ_TIME seconds; fails on a crash (inputs in target/fuzz/artifacts/<target>/).
+# FUZZ_TARGETS: a subset. fuzz-ci (part of make test): a short run of every target.
+FUZZ_TIME ?= 60
+fuzz: smoltcp
+	FUZZ_TIME=$(FUZZ_TIME) fuzz/fuzz.sh $(FUZZ_TARGETS)
+
+fuzz-ci: smoltcp
+	FUZZ_TIME=8 fuzz/fuzz.sh
 
 test-python:
 	$(PYTHON) -m pytest

@@ -41,7 +41,7 @@ for t in "${targets[@]}"; do
     log=$out/logs/$t.log
     echo "fuzz: $t for ${FUZZ_TIME}s (log: $log)"
     # New inputs go to the first corpus directory; the seeds are read only.
-    if "$bin" -max_total_time="$FUZZ_TIME" -max_len=4096 -timeout=10 -rss_limit_mb=2048 \
+    if "$bin" -max_total_time="$FUZZ_TIME" -max_len=4096 -len_control=0 -timeout=10 -rss_limit_mb=2048 \
         -print_final_stats=1 -artifact_prefix="$out/artifacts/$t/" \
         "$out/corpus/$t" "corpus/$t" >"$log" 2>&1; then
         grep -E '^stat::number_of_executed_units|^#[0-9]+.*DONE' "$log" | tail -2 | sed "s/^/  /"
