@@ -51,11 +51,8 @@ fn registrations() -> &'static Vec<Vec<Vec<u8>>> {
 }
 
 fn node_ids() -> [NodeId; 3] {
-    [
-        identity(1).node_id(),
-        identity(2).node_id(),
-        identity(3).node_id(),
-    ]
+    static IDS: OnceLock<[NodeId; 3]> = OnceLock::new();
+    *IDS.get_or_init(|| [1, 2, 3].map(|n| identity(n).node_id()))
 }
 
 /// One of the four sender addresses.
