@@ -48,10 +48,6 @@ log = logging.getLogger(__name__)
 
 MessageHandler = Callable[[str, ControlMessage], None]
 
-#: Seconds a retired channel (its peer shares no network with us any more) keeps resending
-#: what the peer has not acknowledged (a RemoveNetwork) before it is dropped all the same.
-RETIRE_AFTER = 60.0
-
 
 class ControlPlane:
     """Reliable control messages between this node and its peers, over a UdpTransport."""
@@ -60,7 +56,6 @@ class ControlPlane:
         self._transport = transport
         self._loop = asyncio.get_running_loop()
         self._channels: dict[str, ControlChannel] = {}
-        self._retiring: dict[str, float] = {}  # peer -> when its channel is dropped anyway
         self._timer: asyncio.TimerHandle | None = None
         self._timer_at: float | None = None
         self.on_message: MessageHandler | None = None
@@ -77,32 +72,12 @@ class ControlPlane:
 
     def send(self, peer_id: str, message: ControlMessage) -> None:
         """Queues ``message`` for ``peer_id``; it arrives exactly once, in order."""
-        self._retiring.pop(peer_id, None)  # in use again
         self.channel(peer_id).send(message, self._loop.time())
         self._flush(peer_id)
 
     def forget(self, peer_id: str) -> None:
         """Drops the channel to a peer that shares no network with us any more."""
         self._channels.pop(peer_id, None)
-        self._retiring.pop(peer_id, None)
-
-    def retire(self, peer_id: str) -> None:
-        """Drops the channel to a peer that shares no network with us any more once the
-        peer acknowledged everything sent to it, or after :data:`RETIRE_AFTER` seconds
-        (it may be gone): a daemon that creates and removes networks for years keeps
-        channels only to the peers it still shares one with. Sending to the peer again
-        before that keeps the channel."""
-        if peer_id in self._channels:
-            self._retiring[peer_id] = self._loop.time() + RETIRE_AFTER
-            self._reap(peer_id)
-
-    def _reap(self, peer_id: str) -> None:
-        channel = self._channels.get(peer_id)
-        if channel is None or channel.poll_at() is None:
-            self.forget(peer_id)
-        elif self._loop.time() >= self._retiring[peer_id]:
-            log.debug("control channel to %s dropped with messages unacknowledged", peer_id)
-            self.forget(peer_id)
 
     def _on_frame(self, sender: str, _network_id: str, frame: bytes) -> None:
         channel = self.channel(sender)
@@ -131,8 +106,6 @@ class ControlPlane:
                 log.debug("control frame to %s not sent: %s", peer_id, exc)
                 break
         self._arm(channel)
-        if peer_id in self._retiring:
-            self._reap(peer_id)
 
     def _arm(self, channel: ControlChannel) -> None:
         """Makes the timer fire no later than ``channel``'s next deadline.
@@ -243,14 +216,17 @@ class Coordinator:
             self._release(other, network_id)
 
     def _release(self, node_id: str, network_id: str) -> None:
-        """``node_id`` left ``network_id``: its channel retires if it shares no other."""
+        """``node_id`` left ``network_id``: if it shares no other network with this node,
+        its channel goes. The transport has cut it off by then, so what the channel still
+        holds (the RemoveNetwork, sent once) could never be resent nor acknowledged: kept, it
+        was resent into the void forever, with every provider a daemon ever had."""
         networks = self._peer_networks.get(node_id)
         if networks is None:
             return
         networks.discard(network_id)
         if not networks:
             del self._peer_networks[node_id]
-            self._plane.retire(node_id)
+            self._plane.forget(node_id)
 
     def _resync(self, peer_id: str) -> None:
         for network_id in sorted(self._peer_networks.get(peer_id, ())):
