@@ -36,7 +36,7 @@ dev:
 smoltcp:
 	$(PYTHON) tools/patch_smoltcp.py
 
-test: dev test-rust test-smoltcp test-python fuzz-ci
+test: dev test-rust test-smoltcp fuzz-ci test-python
 
 test-rust: smoltcp
 	$(CARGO) test --locked
