@@ -144,6 +144,8 @@ const PROBE_GAP: std::time::Duration = std::time::Duration::from_millis(200);
 const LOOKUP_INTERVAL: std::time::Duration = std::time::Duration::from_secs(30);
 /// How soon a lookup of a peer the relay did not know yet is repeated.
 const UNKNOWN_PEER_RETRY: std::time::Duration = std::time::Duration::from_millis(500);
+/// The first byte of a tunnel handshake initiation (`tunnel::wire`'s `HANDSHAKE_INIT`).
+const TUNNEL_HANDSHAKE_INIT: u8 = 1;
 /// The least time between registrations a relay's register-again brings on (a burst of
 /// forwards to a restarted relay gets as many answers).
 const REGISTER_AGAIN_GAP: std::time::Duration = std::time::Duration::from_secs(1);
@@ -719,10 +721,22 @@ impl UdpNode {
         }
         match self.rx[at.start] {
             relay::FORWARDED => match relay::unwrap(&self.rx[at.clone()]) {
-                Some((src, _)) => {
+                Some((src, payload)) => {
+                    let initiation = payload.first() == Some(&TUNNEL_HANDSHAKE_INIT);
                     self.stats.relayed_in += 1;
                     let fake = self.relay_address(src);
-                    self.keep_direct.push(src);
+                    if initiation {
+                        // The peer starts a session through the relay: it has no direct path
+                        // to us now (a restarted peer, on a new address, starts relayed), so
+                        // the direct address a probe once proved may be dead. Unpin it, or
+                        // the answer goes there and the peer stays cut off until the
+                        // handshake times out (90 s); punching finds the new path.
+                        if self.punched.remove(&src).is_some() && self.hole_punching {
+                            self.lookups.insert(src, Instant::now());
+                        }
+                    } else {
+                        self.keep_direct.push(src);
+                    }
                     Some((fake, relay::FORWARD_HEADER))
                 }
                 None => {

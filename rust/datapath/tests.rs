@@ -413,6 +413,70 @@ fn hole_punching_moves_relayed_peers_to_a_direct_path() {
 }
 
 #[test]
+fn a_punched_peer_that_restarts_on_a_new_address_is_reached_again() {
+    let mut relay = TestRelay::new();
+    let mut a = node(1);
+    let mut b = node(2);
+    let now = Instant::now();
+    a.set_relay(Some(relay.addr()), now);
+    b.set_relay(Some(relay.addr()), now);
+    a.add_network(router_for(&a, 1));
+    b.add_network(router_for(&b, 2));
+    let (a_id, b_id) = (a.node_id(), b.node_id());
+    a.add_peer(NET, b_id, ip(2), None).unwrap();
+    b.add_peer(NET, a_id, ip(1), None).unwrap();
+    let (mut ia, mut ib) = (Inbound::default(), Inbound::default());
+    let to = |last: u8, from: u8| {
+        udp_v4(
+            Ipv4Addr::new(10, 7, 0, from),
+            Ipv4Addr::new(10, 7, 0, last),
+            7,
+            8,
+            b"hi",
+        )
+    };
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while (a.is_relayed(&b_id) || b.is_relayed(&a_id) || a.stats().punched == 0)
+        && Instant::now() < deadline
+    {
+        a.send_packets(NET, [to(2, 1).as_slice()], Instant::now())
+            .unwrap();
+        b.send_packets(NET, [to(1, 2).as_slice()], Instant::now())
+            .unwrap();
+        turn(&mut relay, &mut a, &mut b, &mut ia, &mut ib);
+        std::thread::sleep(Duration::from_millis(2));
+    }
+    assert!(a.stats().punched >= 1, "A pinned B's direct address");
+    let old_b = b.local_addr().unwrap();
+    // B restarts: same identity, a new socket (a new port), no sessions; it knows A by id
+    // only, so its handshake goes through the relay. A still has B's old session, pinned
+    // to the old, now dead, address.
+    drop(b);
+    let mut b = node(2);
+    assert_ne!(b.local_addr().unwrap(), old_b);
+    b.set_relay(Some(relay.addr()), Instant::now());
+    b.add_network(router_for(&b, 2));
+    b.add_peer(NET, a_id, ip(1), None).unwrap();
+    let (mut ia, mut ib) = (Inbound::default(), Inbound::default());
+    // B sends, and A answers: A's answers must reach the new B (before, A sent them to the
+    // pinned dead address until its handshake timed out, 90 s).
+    let started = Instant::now();
+    while ib.frames.is_empty() && started.elapsed() < Duration::from_secs(5) {
+        b.send_packets(NET, [to(1, 2).as_slice()], Instant::now())
+            .unwrap();
+        if !ia.frames.is_empty() {
+            a.send_packets(NET, [to(2, 1).as_slice()], Instant::now())
+                .unwrap();
+        }
+        turn(&mut relay, &mut a, &mut b, &mut ia, &mut ib);
+        std::thread::sleep(Duration::from_millis(2));
+    }
+    assert!(!ia.frames.is_empty(), "A heard the restarted B");
+    assert!(!ib.frames.is_empty(), "the restarted B heard A");
+    assert_ne!(a.endpoint().peer_address(&b_id), Some(old_b));
+}
+
+#[test]
 fn packets_for_a_network_the_sender_is_not_in_are_dropped() {
     const OTHER: &str = "ffffffffffffffffffffffffffffffff";
     let (mut a, mut b) = pair();
