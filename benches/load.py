@@ -13,17 +13,19 @@ Real daemons, driven over HTTP as any client would, their memory read from
 2. ``gates``: a relay and a daemon process (``--max-gates-per-key`` raised); a provider node
    in this process joins the network from its DEPLOY config and runs a TCP echo service on
    its userspace stack. ``--gates`` WebSockets are opened through the daemon's gate at once,
-   each sends its own bytes and checks they come back, and all stay open: connect latency,
-   then one echo round trip on each while all are open, the daemon's RSS and descriptors
-   before, with all open, and after all are closed (and a second round opened and closed, to
-   show the slots and memory come back).
+   each sends its own bytes and checks they come back, and all stay open (each read all the
+   time, as a client does, so the gate's heartbeat is answered): connect latency, then one
+   echo round trip on each while all are open, all echoing at once, 50 more connections one
+   at a time, the daemon's RSS, descriptors and idle CPU before, with all open, and after all
+   are closed (and a second round opened and closed, to show the slots and memory come back).
 3. ``nodes``: ``--nodes`` providers in one network, all in this process (each its own UDP
    transport on loopback and native datapath thread, a relay in process), added one by one
    through the requestor's Net API (served in process too), each joining from its DEPLOY
    config right after its add, as an ExeUnit would: time to add them all, time until every
    member knows every other (the control messages' fan-out), the process's RSS, and ICMP
    echo between random pairs of providers (the first echo of a pair brings its session up
-   through the relay; the next ones are the session's round trip).
+   through the relay; the next ones are the session's round trip). The process's RSS
+   includes what the parts before it left (run ``--parts nodes`` alone for a clean start).
 4. ``procs``: the same as processes: a relay, a requestor and ``--procs`` provider daemons
    (``python -m golem_vpn.demo.node``: ``golem-vpn daemon``'s code, which also runs a
    payload on a userspace attachment), each attached with the attachment API and pinging the
