@@ -11,6 +11,8 @@ requestor's app or a provider's runtime would call them:
 
 - ``network`` ``{"cidr", "nodes": [NODE_ID, ...]}``: creates a network with the SDK and adds
   the nodes; answers ``{"id", "ips": {NODE_ID: IP}, "deploys": {NODE_ID: DEPLOY}}``.
+- ``add_node`` ``{"network", "node"}``: adds a node to a network made by ``network``;
+  answers ``{"ip", "deploy"}``.
 - ``attach`` ``{"deploy", "name"}``: a userspace attachment of the DEPLOY through the
   attachment API, then the demo's payload on it, serving its SHA-256 sink (port 9000) and
   HTTP (port 80).
@@ -49,11 +51,16 @@ class FaultNode(Node):
         super().__init__(backend)
         self.key = key
         self.api = ""
+        self.networks: dict[str, Any] = {}  # id -> golem_vpn.sdk.Network
 
     def handlers(self) -> dict[str, Handler]:
         handlers = super().handlers()
         handlers.update(
-            network=self.network, attach=self.attach, send_to=self.send_to, stats=self.stats
+            network=self.network,
+            add_node=self.add_node,
+            attach=self.attach,
+            send_to=self.send_to,
+            stats=self.stats,
         )
         return handlers
 
@@ -67,8 +74,14 @@ class FaultNode(Node):
         for node_id in args["nodes"]:
             ips[node_id] = str((await network.add_node(node_id)).ip)
         deploys = {node_id: network.deploy_args(node_id) for node_id in args["nodes"]}
-        await client.close()
+        self.networks[network.network_id] = network
         return {"id": network.network_id, "ips": ips, "deploys": deploys}
+
+    async def add_node(self, args: Mapping[str, Any]) -> dict[str, Any]:
+        network = self.networks[str(args["network"])]
+        node_id = str(args["node"])
+        ip = str((await network.add_node(node_id)).ip)
+        return {"ip": ip, "deploy": network.deploy_args(node_id)}
 
     async def attach(self, args: Mapping[str, Any]) -> dict[str, Any]:
         from golem_vpn.exeunit.client import AttachClient

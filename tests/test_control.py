@@ -614,6 +614,39 @@ def test_restarted_provider_is_resynced() -> None:
     assert pair.a.peer_epoch == 0xB2
 
 
+def test_announce_tells_the_requestor_of_an_idle_provider_restart() -> None:
+    """A restarted provider that has nothing to send announces itself (an ACK of nothing):
+    the requestor sees the new epoch at once and learns it must resync, without waiting for a
+    message of its own to go unanswered; a repeat changes nothing."""
+    requestor = ControlChannel(PROV_A, epoch=0xA1)
+    provider = ControlChannel(REQ, epoch=0xB1)
+    requestor.send(add(NET, 1), 0.0)
+    for _ in range(3):  # first contact teaches the epochs, then the message is delivered
+        for frame in requestor.poll_transmit(0.0):
+            provider.receive(frame, 0.0)
+        for frame in provider.poll_transmit(0.0):
+            requestor.receive(frame, 0.0)
+    assert requestor.peer_epoch == 0xB1
+    assert requestor.pending(NET) == 0
+    assert requestor.take_peer_restarted() is False
+
+    restarted = ControlChannel(REQ, epoch=0xB2)
+    assert restarted.poll_transmit(1.0) == []  # nothing to say on its own
+    restarted.announce(NET, 1.0)
+    (frame,) = restarted.poll_transmit(1.0)
+    ack = decode_frame(frame)
+    assert isinstance(ack, AckFrame)
+    assert (ack.src_epoch, ack.dst_epoch, ack.cum) == (0xB2, 0, 0)
+    assert requestor.receive(frame, 1.0) == []
+    assert requestor.take_peer_restarted() is True
+    assert requestor.peer_epoch == 0xB2
+    restarted.announce(NET, 2.0)
+    for frame in restarted.poll_transmit(2.0):
+        requestor.receive(frame, 2.0)
+    assert requestor.take_peer_restarted() is False
+    assert requestor.stats().peer_restarts == 1
+
+
 def test_restarted_requestor_resyncs_the_provider() -> None:
     pair = make_pair(seed=6, loss=0.2)
     requestor = Membership()

@@ -201,7 +201,12 @@ def test_provider_killed_mid_transfer_comes_back(tmp_path: Path) -> None:
             for name in ("p1", "p2", "p3"):
                 provs[name] = await c.node(name, tmp_path / name, relay=relay)
             ids = {name: info["nodeId"] for name, (_, info) in provs.items()}
-            net = await req.call("network", cidr="192.168.77.0/24", nodes=list(ids.values()))
+            # p3 joins after p1's and p2's DEPLOYs were made: p1's runtime holds a DEPLOY
+            # without it, and p1 learns of p3 from the requestor's control messages only.
+            net = await req.call("network", cidr="192.168.77.0/24", nodes=[ids["p1"], ids["p2"]])
+            added = await req.call("add_node", network=net["id"], node=ids["p3"])
+            net["ips"][ids["p3"]] = added["ip"]
+            net["deploys"][ids["p3"]] = added["deploy"]
             ip = {name: net["ips"][ids[name]] for name in ids}
             gateway = net["deploys"][ids["p1"]]["net"][0]["gateway"]
             for name, (child, _) in provs.items():
@@ -229,33 +234,46 @@ def test_provider_killed_mid_transfer_comes_back(tmp_path: Path) -> None:
             killed_at = time.monotonic()
             assert not across.done(), "the transfer ended before the kill"
 
-            # The runtime notices its daemon died, starts it again and attaches again (an
-            # attachment belongs to the running payload and does not survive its daemon).
+            # The runtime notices its daemon died, starts it again and attaches again with the
+            # DEPLOY it holds (an attachment belongs to the running payload and does not
+            # survive its daemon); that DEPLOY predates p3.
             p1, info = await c.node("p1", tmp_path / "p1", relay=relay)
             assert info["nodeId"] == ids["p1"]  # same data dir, same identity
             await p1.call("attach", deploy=net["deploys"][ids["p1"]], name="p1")
-            # A node that still holds a session with the old instance reaches the new one (the
-            # restarted daemon has no sessions: the tunnel must shake hands again), exactly.
-            small = 4 << 20
-            to_p1 = await p2.call("send_to", host=ip["p1"], bytes=small, timeout=30, within=40)
-            assert exact(to_p1, small), to_p1
-            # Its tunnels to the requestor and the other provider come back too.
-            for host in (gateway, ip["p3"]):
-                await ping_until(p1, host)
-            back_after = time.monotonic() - killed_at
-            from_p1 = await p1.call("send_to", host=ip["p3"], bytes=small, timeout=30, within=40)
-            assert exact(from_p1, small), from_p1
+            assert ids["p3"] not in net["deploys"][ids["p1"]]["net"][0]["nodes"].values()
 
             # The other providers' transfer ran across the kill, exactly; the one to the
-            # killed daemon failed (reset by the new instance, or timed out), never "exact".
+            # killed daemon failed (reset by the new instance, which knows p3 from the
+            # requestor, or timed out), never "exact".
             got = await across
             assert exact(got, big), got
             failed = await doomed
             assert not exact(failed, big), failed
+            doomed_for = time.monotonic() - killed_at
+
+            # A node that still holds a session with the old instance reaches the new one (the
+            # restarted daemon has no sessions: the tunnel must shake hands again), exactly;
+            # p3 too, which the new instance knows only from the requestor.
+            small = 4 << 20
+            for sender in (p2, p3):
+                to_p1 = await sender.call(
+                    "send_to", host=ip["p1"], bytes=small, timeout=30, within=40
+                )
+                assert exact(to_p1, small), (sender.name, to_p1)
+            # Its tunnels to the requestor and the other providers come back too.
+            for host in (gateway, ip["p2"], ip["p3"]):
+                await ping_until(p1, host)
+            back_after = time.monotonic() - killed_at
+            from_p1 = await p1.call("send_to", host=ip["p3"], bytes=small, timeout=30, within=40)
+            assert exact(from_p1, small), from_p1
             # The requestor's view did not change: every node is up, none was removed.
             paths = await req.call("paths", peers=list(ids.values()))
             assert all(p["path"] != "down" for p in paths.values()), paths
-            print(f"provider back (re-attached, every node reached) {back_after:.2f} s after")
+            print(
+                f"the transfer to the killed provider failed {doomed_for:.2f} s after the kill "
+                f"({failed.get('error')}); provider back (re-attached, every node reached) "
+                f"{back_after:.2f} s after"
+            )
             del req_info
 
     run(scenario(), 120)

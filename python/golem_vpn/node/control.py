@@ -708,6 +708,19 @@ class ControlChannel:
             stream.next_seq += 1
         stream.pending_bytes += len(body)
 
+    def announce(self, network_id: str, now: float) -> None:
+        """Have the next :meth:`poll_transmit` send an ACK of ``network_id`` though nothing
+        arrived: it carries this instance's epoch, so a peer that knew an earlier instance
+        sees the restart at once (:meth:`take_peer_restarted`) rather than when it next sends
+        us something. A provider's daemon announces itself to the requestor of every network
+        it joins, and the requestor resyncs it with a :class:`Snapshot` (its DEPLOY may
+        predate nodes added since). An ACK of nothing changes nothing at the peer otherwise;
+        before we know the peer's epoch it is addressed to 0.
+        """
+        recv = self._recv.setdefault(network_id, _RecvStream())
+        if recv.ack_due is None:
+            recv.ack_due = now
+
     def reset_network(self, network_id: str) -> int:
         """Forget what is in flight for a network, e.g. once it was removed.
 
@@ -909,8 +922,8 @@ class ControlChannel:
             bit = seq - cum - 2
             if 0 <= bit < _SACK_BITS:
                 sack |= 1 << bit
-        assert self._peer_epoch is not None  # an ACK answers a frame from the peer
-        return AckFrame(self._epoch, self._peer_epoch, network_id, cum, sack)
+        # An ACK answers a frame from the peer, or announces us (dst 0: epoch not known yet).
+        return AckFrame(self._epoch, self._peer_epoch or 0, network_id, cum, sack)
 
     def _on_data(self, recv: _RecvStream, frame: DataFrame) -> list[ControlMessage]:
         if frame.base > recv.expected:  # the peer abandoned [expected, base)

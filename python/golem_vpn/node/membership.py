@@ -47,6 +47,8 @@ __all__ = ["ControlPlane", "Coordinator", "Member"]
 log = logging.getLogger(__name__)
 
 MessageHandler = Callable[[str, ControlMessage], None]
+#: Seconds after joining at which a provider announces itself to the requestor again.
+ANNOUNCE_RETRIES = (1.0, 3.0)
 
 
 class ControlPlane:
@@ -58,6 +60,7 @@ class ControlPlane:
         self._channels: dict[str, ControlChannel] = {}
         self._timer: asyncio.TimerHandle | None = None
         self._timer_at: float | None = None
+        self._announcing: list[asyncio.TimerHandle] = []
         self.on_message: MessageHandler | None = None
         self.on_peer_restart: Callable[[str], None] | None = None
         self.malformed = 0
@@ -73,6 +76,23 @@ class ControlPlane:
     def send(self, peer_id: str, message: ControlMessage) -> None:
         """Queues ``message`` for ``peer_id``; it arrives exactly once, in order."""
         self.channel(peer_id).send(message, self._loop.time())
+        self._flush(peer_id)
+
+    def announce(self, peer_id: str, network_id: str) -> None:
+        """Tells ``peer_id`` this node's control epoch (see
+        :meth:`~golem_vpn.node.control.ControlChannel.announce`): a requestor that knew an
+        earlier instance of this node resyncs it. Sent now and again after
+        :data:`ANNOUNCE_RETRIES` seconds (it is one unacknowledged datagram; a repeat changes
+        nothing)."""
+        now = self._loop.time()
+        self._announcing = [h for h in self._announcing if h.when() > now]  # done ones
+        self._announce(peer_id, network_id)
+        for delay in ANNOUNCE_RETRIES:
+            handle = self._loop.call_later(delay, self._announce, peer_id, network_id)
+            self._announcing.append(handle)
+
+    def _announce(self, peer_id: str, network_id: str) -> None:
+        self.channel(peer_id).announce(network_id, self._loop.time())
         self._flush(peer_id)
 
     def forget(self, peer_id: str) -> None:
@@ -133,6 +153,8 @@ class ControlPlane:
     def close(self) -> None:
         if self._timer is not None:
             self._timer.cancel()
+        for handle in self._announcing:
+            handle.cancel()
         self._transport.on_control = None
 
 
@@ -310,6 +332,9 @@ class Member:
         self._membership.apply(
             Snapshot(net.id, {str(ip): node_id for ip, node_id in net.nodes.items()})
         )
+        # A restarted daemon's DEPLOY may predate nodes added since: the requestor, seeing
+        # this instance's epoch, sends the network's current membership.
+        self._plane.announce(requestor_id, net.id)
 
     def nodes(self, network_id: str) -> dict[str, str]:
         """``{ip: node id}`` of a joined network as this node knows it."""
