@@ -781,3 +781,42 @@ def test_full_and_read_only_data_dir_refuse_changes_whole(tmp_path: Path) -> Non
 
     with tmpfs(tmp_path / "data", "2m") as data_dir:
         run(scenario(data_dir), 60)
+
+
+def test_database_turned_read_only_under_the_api_refuses_changes_whole(tmp_path: Path) -> None:
+    """A file system that turns read-only under a running daemon (the kernel's
+    ``errors=remount-ro`` after disk errors; a test cannot remount one read-only while the
+    daemon holds its database open for writing) makes SQLite refuse writes with
+    SQLITE_READONLY, which ``PRAGMA query_only`` gives too: every change is a 503 naming the
+    data dir, reads work, nothing changes, and writes work again once the database does."""
+    from test_netapi_server import PROV_A, PROV_B, running
+
+    async def scenario() -> None:
+        async with running(tmp_path / "golem-vpn.db") as api:
+            net_id = await api.create("10.72.0.0/24")
+            assert (
+                await api.call("POST", f"/net/{net_id}/nodes", {"id": PROV_A, "ip": "10.72.0.2"})
+            )[0] == 200
+            before = [await api.call("GET", "/net"), await api.call("GET", f"/net/{net_id}/nodes")]
+            with api.store._lock:
+                api.store._db.execute("PRAGMA query_only = ON")
+            changes = [
+                ("POST", "/net", {"ip": "10.73.0.0/24"}),
+                ("POST", f"/net/{net_id}/nodes", {"id": PROV_B, "ip": "10.72.0.3"}),
+                ("POST", f"/net/{net_id}/addresses", {"ip": "10.72.0.200"}),
+                ("DELETE", f"/net/{net_id}/nodes/{PROV_A}", None),
+                ("DELETE", f"/net/{net_id}", None),
+            ]
+            for method, path, body in changes:
+                status, answer = await api.call(method, path, body)
+                assert status == 503, (method, path, status, answer)
+                assert "cannot be written" in answer["message"], answer
+                assert str(tmp_path) in answer["message"], answer
+            after = [await api.call("GET", "/net"), await api.call("GET", f"/net/{net_id}/nodes")]
+            assert after == before
+            with api.store._lock:
+                api.store._db.execute("PRAGMA query_only = OFF")
+            for method, path, body in changes[1:4]:
+                assert (await api.call(method, path, body))[0] == 200, (method, path)
+
+    run(scenario(), 30)
