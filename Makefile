@@ -7,7 +7,7 @@ SMOLTCP_DIR := target/patched/smoltcp-0.14.0
 # The series' own tests run with the features this crate enables (plus what the suite needs).
 SMOLTCP_TEST_FEATURES := std,medium-ip,medium-ethernet,proto-ipv4,proto-ipv6,multicast,socket-tcp,socket-tcp-reno,socket-tcp-cubic,socket-udp,socket-icmp,async,auto-icmp-echo-reply,assembler-max-segment-count-32
 
-.PHONY: help install dev test fuzz fuzz-ci test-rust test-python lint fmt docs bench bench-rust bench-python bench-stack bench-tun bench-peers bench-loss bench-load demo wheel smoltcp test-smoltcp clean
+.PHONY: help install dev test fuzz fuzz-ci test-rust test-python test-faults lint fmt docs bench bench-rust bench-python bench-stack bench-tun bench-peers bench-loss bench-load demo wheel smoltcp test-smoltcp clean
 
 help:
 	@echo "make demo    install the package and run the demo (a relay, a requestor and 3 providers as processes)"
@@ -58,6 +58,10 @@ fuzz-ci: smoltcp
 
 test-python:
 	$(PYTHON) -m pytest
+
+# The fault tests alone (part of test-python; as root for the netns, nftables and tmpfs cases).
+test-faults:
+	$(PYTHON) -m pytest tests/test_faults.py
 
 lint: dev smoltcp
 	$(CARGO) fmt --check
