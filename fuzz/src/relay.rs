@@ -29,10 +29,10 @@ use golem_vpn::{Medium, NodeId, Router, RouterConfig};
 
 use crate::{Input, identity, put_frame};
 
-/// The relay's clock (unix seconds) at the start of each run.
-pub const T0: u64 = 1_800_000_000;
+/// The relay's clock (unix milliseconds) at the start of each run.
+pub const T0: u64 = 1_800_000_000_000;
 /// The registration times signed for each identity, relative to [`T0`].
-pub const TIMES: [i64; 5] = [0, 1, 2, 299, -400];
+pub const TIMES: [i64; 5] = [0, 1, 2, 299_000, -400_000];
 
 /// Signed registrations: `[identity][time]`.
 fn registrations() -> &'static Vec<Vec<Vec<u8>>> {
@@ -166,7 +166,7 @@ pub fn run_server(data: &[u8]) {
             4 => {
                 let secs = u64::from(input.u16().unwrap_or(0) % 600);
                 now += Duration::from_secs(secs);
-                unix += secs;
+                unix += secs * 1000;
                 server.expire(now);
             }
             _ => check_roundtrips(input.frame()),

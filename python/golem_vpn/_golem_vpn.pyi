@@ -367,6 +367,7 @@ class TransportStats(TypedDict):
     relay_drops: int
     relay_unknown_peer: int
     relay_register_again: int
+    relay_strangers_evicted: int
     probes_sent: int
     punched: int
     tunnel: TunnelStats

@@ -123,11 +123,20 @@ pub struct DatapathStats {
     pub relay_unknown_peer: u64,
     /// Registrations sent early because the relay said it had none for us (it restarted).
     pub relay_register_again: u64,
+    /// Placeholder addresses of relayed senders this node shares no network with,
+    /// forgotten to keep at most [`MAX_RELAYED_STRANGERS`] (anyone can register node ids
+    /// at a relay and have it forward their datagrams here).
+    pub relay_strangers_evicted: u64,
     /// Probes sent while punching holes.
     pub probes_sent: u64,
     /// Peers moved from the relay to a direct path by a probe ack.
     pub punched: u64,
 }
+
+/// The most relayed senders that share no network with this node (their handshakes are
+/// refused, but each forwarded datagram names its sender) whose placeholder addresses are
+/// kept; beyond, the oldest are forgotten.
+pub const MAX_RELAYED_STRANGERS: usize = 256;
 
 /// A hole-punching attempt toward one peer.
 struct Punch {
@@ -199,6 +208,13 @@ pub struct UdpNode {
     relayed: FxHashMap<SocketAddr, NodeId>,
     /// Peer → its placeholder address.
     relay_path: FxHashMap<NodeId, SocketAddr>,
+    /// The number of the last placeholder address handed out (never reused).
+    last_placeholder: u64,
+    /// Relayed senders that were in no network of ours when first heard, oldest first.
+    strangers: std::collections::VecDeque<NodeId>,
+    /// The relay dropped a forward of ours for want of a registration: restart relayed
+    /// handshakes once it confirms the next one.
+    forwards_lost: bool,
     /// Relayed peers to look up at the relay, and when.
     lookups: FxHashMap<NodeId, Instant>,
     /// Hole-punching attempts under way.
@@ -252,6 +268,9 @@ impl UdpNode {
             public_addr: None,
             relayed: FxHashMap::default(),
             relay_path: FxHashMap::default(),
+            last_placeholder: 0,
+            strangers: std::collections::VecDeque::new(),
+            forwards_lost: false,
             lookups: FxHashMap::default(),
             punches: FxHashMap::default(),
             punched: FxHashMap::default(),
@@ -312,15 +331,21 @@ impl UdpNode {
             // Relayed peers keep their placeholder addresses: they now go through `chosen`.
             // Handshakes that went to the old relay will not be answered: start them over.
             self.relay = chosen;
-            let waiting: Vec<NodeId> = self
-                .relay_path
-                .keys()
-                .filter(|n| self.is_relayed(n) && !self.endpoint.is_up(n))
-                .copied()
-                .collect();
-            for node in waiting {
-                self.endpoint.reconnect(node, now);
-            }
+            self.restart_relayed_handshakes(now);
+        }
+    }
+
+    /// Starts over the handshakes with relayed peers that are not up: what went to the
+    /// relay so far was not (or will not be) forwarded.
+    fn restart_relayed_handshakes(&mut self, now: Instant) {
+        let waiting: Vec<NodeId> = self
+            .relay_path
+            .keys()
+            .filter(|n| self.is_relayed(n) && !self.endpoint.is_up(n))
+            .copied()
+            .collect();
+        for node in waiting {
+            self.endpoint.reconnect(node, now);
         }
     }
 
@@ -346,7 +371,7 @@ impl UdpNode {
         self.choose_relay(now);
         let unix = SystemTime::now()
             .duration_since(UNIX_EPOCH)
-            .map_or(0, |d| d.as_secs());
+            .map_or(0, |d| d.as_millis() as u64);
         let msg = relay::register_message(&self.identity, unix);
         for &(relay, _) in &self.relays {
             match self.socket.send_to(&msg, relay) {
@@ -376,7 +401,7 @@ impl UdpNode {
 
     /// The placeholder address of a relayed peer (made on first use).
     fn relay_address(&mut self, node: NodeId) -> SocketAddr {
-        let n = self.relay_path.len() as u64 + 1;
+        let n = self.last_placeholder + 1;
         let fake = *self.relay_path.entry(node).or_insert_with(|| {
             let fake = SocketAddr::new(
                 IpAddr::V6(Ipv6Addr::new(
@@ -392,10 +417,35 @@ impl UdpNode {
                 0,
             );
             self.relayed.insert(fake, node);
+            self.last_placeholder = n;
             fake
         });
         self.relayed_register_soon();
         fake
+    }
+
+    /// Notes a relayed sender heard for the first time: one that is in no network of ours
+    /// joins the strangers, and the oldest strangers beyond [`MAX_RELAYED_STRANGERS`] that
+    /// are still strangers (no network, no session) lose their placeholder addresses.
+    fn note_relayed_sender(&mut self, node: NodeId) {
+        if self.relay_path.contains_key(&node) || self.knows(&node) {
+            return;
+        }
+        self.strangers.push_back(node);
+        while self.strangers.len() > MAX_RELAYED_STRANGERS {
+            let Some(old) = self.strangers.pop_front() else {
+                break;
+            };
+            if self.knows(&old) || self.endpoint.is_up(&old) {
+                continue;
+            }
+            if let Some(fake) = self.relay_path.remove(&old) {
+                self.relayed.remove(&fake);
+                self.lookups.remove(&old);
+                self.punches.remove(&old);
+                self.stats.relay_strangers_evicted += 1;
+            }
+        }
     }
 
     /// The socket's address.
@@ -724,6 +774,7 @@ impl UdpNode {
                 Some((src, payload)) => {
                     let initiation = payload.first() == Some(&TUNNEL_HANDSHAKE_INIT);
                     self.stats.relayed_in += 1;
+                    self.note_relayed_sender(src);
                     let fake = self.relay_address(src);
                     if initiation {
                         // The peer starts a session through the relay: it has no direct path
@@ -752,6 +803,12 @@ impl UdpNode {
                 self.choose_relay(now);
                 if Some(from) == self.relay {
                     self.public_addr = relay::decode_registered(&self.rx[at.clone()]);
+                    if std::mem::take(&mut self.forwards_lost) {
+                        // A handshake sent before the relay knew us was dropped there
+                        // (a node that has just started or moved): retry it now, not
+                        // after the tunnel's 5 s retry timer.
+                        self.restart_relayed_handshakes(now);
+                    }
                 }
                 None
             }
@@ -759,6 +816,7 @@ impl UdpNode {
                 // The relay lost our registration (it restarted): register now rather than
                 // at the next interval, which could leave relayed peers cut off for 30 s.
                 let now = Instant::now();
+                self.forwards_lost = true;
                 let due = self
                     .registered_at
                     .is_none_or(|t| now.saturating_duration_since(t) >= REGISTER_AGAIN_GAP);

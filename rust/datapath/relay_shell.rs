@@ -67,7 +67,7 @@ impl UdpRelay {
     pub fn process(&mut self, now: Instant, max: usize) -> usize {
         let unix = SystemTime::now()
             .duration_since(UNIX_EPOCH)
-            .map_or(0, |d| d.as_secs());
+            .map_or(0, |d| d.as_millis() as u64);
         let mut read = 0;
         while read < max {
             match self.socket.recv_from(&mut self.buf) {

@@ -204,7 +204,7 @@ impl TestRelay {
         let unix = std::time::SystemTime::now()
             .duration_since(std::time::UNIX_EPOCH)
             .unwrap()
-            .as_secs();
+            .as_millis() as u64;
         while let Ok((n, from)) = self.socket.recv_from(&mut buf) {
             self.server
                 .handle(from, &buf[..n], Instant::now(), unix, &mut out);
@@ -664,4 +664,54 @@ fn a_default_mtu_packet_fits_a_1500_byte_underlay_on_the_worst_path() {
     // IPv6 + UDP + the relay's header around it: exactly the 1500 bytes of the underlay.
     assert_eq!(40 + 8 + relay::FORWARD_HEADER + sealed, 1500);
     assert_eq!(DEFAULT_TUN_MTU, 1368);
+}
+
+#[test]
+fn relayed_strangers_are_bounded() {
+    // Anyone can register node ids at a relay and have it forward datagrams here: each
+    // sender gets a placeholder address, but those in no network of ours are capped.
+    let relay = UdpSocket::bind("127.0.0.1:0").unwrap();
+    let mut b = node(2);
+    b.set_relay(Some(relay.local_addr().unwrap()), Instant::now());
+    b.set_hole_punching(false);
+    b.add_network(router_for(&b, 2));
+    let member = identity(1).node_id();
+    b.add_peer(NET, member, ip(1), None).unwrap();
+    let to = b.local_addr().unwrap();
+    let mut inbound = Inbound::default();
+    let mut drain = |b: &mut UdpNode| {
+        std::thread::sleep(Duration::from_millis(5));
+        for _ in 0..100 {
+            if b.receive(Instant::now(), 1024, &mut inbound) == 0 {
+                break;
+            }
+        }
+    };
+    let forward = |from: &NodeId| {
+        let mut msg = Vec::new();
+        crate::relay::wrap(crate::relay::FORWARDED, from, &[4; 40], &mut msg);
+        relay.send_to(&msg, to).unwrap();
+    };
+    forward(&member);
+    let strangers = MAX_RELAYED_STRANGERS * 4;
+    for i in 0..strangers {
+        forward(&format!("0x{:040x}", i + 1).parse().unwrap());
+        if i % 64 == 63 {
+            drain(&mut b);
+        }
+    }
+    drain(&mut b);
+    assert_eq!(b.stats().relayed_in, strangers as u64 + 1);
+    assert_eq!(
+        b.stats().relay_strangers_evicted,
+        (strangers - MAX_RELAYED_STRANGERS) as u64
+    );
+    assert_eq!(b.relay_path.len(), MAX_RELAYED_STRANGERS + 1);
+    assert!(
+        b.relay_path.contains_key(&member),
+        "a member keeps its path"
+    );
+    // Placeholders are never reused: each maps back to its own node.
+    assert_eq!(b.relayed.len(), b.relay_path.len());
+    assert!(b.relay_path.iter().all(|(n, fake)| b.relayed[fake] == *n));
 }

@@ -483,6 +483,7 @@ impl PyNodeTransport {
         d.set_item("relay_drops", s.relay_drops)?;
         d.set_item("relay_unknown_peer", s.relay_unknown_peer)?;
         d.set_item("relay_register_again", s.relay_register_again)?;
+        d.set_item("relay_strangers_evicted", s.relay_strangers_evicted)?;
         d.set_item("probes_sent", s.probes_sent)?;
         d.set_item("punched", s.punched)?;
         let tunnel = PyDict::new(py);

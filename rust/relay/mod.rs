@@ -13,7 +13,7 @@
 //!
 //! | type | message | after the type byte |
 //! |---|---|---|
-//! | `0x10` | register | node id (20), unix time u64 BE, signature (65) over `REGISTER_DOMAIN ‖ node id ‖ time` |
+//! | `0x10` | register | node id (20), unix time in milliseconds u64 BE, signature (65) over `REGISTER_DOMAIN ‖ node id ‖ time` |
 //! | `0x11` | registered | the address the relay sees: family (4/6), IP (4/16), port u16 BE |
 //! | `0x14` | forward | destination node id (20), tunnel datagram |
 //! | `0x15` | forwarded | source node id (20), tunnel datagram |
@@ -94,18 +94,19 @@ pub fn is_relay_message(data: &[u8]) -> bool {
     matches!(data.first(), Some(0x10..=0x1f))
 }
 
-/// A signed registration of `identity` at `unix_time` (seconds).
-pub fn register_message(identity: &Identity, unix_time: u64) -> Vec<u8> {
+/// A signed registration of `identity` at `unix_ms` (milliseconds since the Unix epoch:
+/// a node restarted within the second of its last registration is still newer).
+pub fn register_message(identity: &Identity, unix_ms: u64) -> Vec<u8> {
     let id = identity.node_id();
     let mut signed = Vec::with_capacity(REGISTER_DOMAIN.len() + 28);
     signed.extend_from_slice(REGISTER_DOMAIN);
     signed.extend_from_slice(id.as_bytes());
-    signed.extend_from_slice(&unix_time.to_be_bytes());
+    signed.extend_from_slice(&unix_ms.to_be_bytes());
     let sig = identity.sign_recoverable(&signed);
     let mut out = Vec::with_capacity(REGISTER_LEN);
     out.push(REGISTER);
     out.extend_from_slice(id.as_bytes());
-    out.extend_from_slice(&unix_time.to_be_bytes());
+    out.extend_from_slice(&unix_ms.to_be_bytes());
     out.extend_from_slice(&sig);
     out
 }
@@ -253,17 +254,18 @@ impl RelayServer {
     }
 
     /// Handles one datagram from `from`; replies and forwards are appended to `out`.
-    /// `unix_time` is the wall clock in seconds (for registration freshness).
+    /// `unix_ms` is the wall clock in milliseconds since the Unix epoch (for
+    /// registration freshness).
     pub fn handle(
         &mut self,
         from: SocketAddr,
         data: &[u8],
         now: Instant,
-        unix_time: u64,
+        unix_ms: u64,
         out: &mut Vec<(SocketAddr, Vec<u8>)>,
     ) {
         match data.first() {
-            Some(&REGISTER) => self.register(from, data, now, unix_time, out),
+            Some(&REGISTER) => self.register(from, data, now, unix_ms, out),
             Some(&FORWARD) => self.forward(from, data, now, out),
             Some(&LOOKUP) => self.lookup(from, data, now, out),
             _ => self.stats.malformed += 1,
@@ -275,7 +277,7 @@ impl RelayServer {
         from: SocketAddr,
         data: &[u8],
         now: Instant,
-        unix_time: u64,
+        unix_ms: u64,
         out: &mut Vec<(SocketAddr, Vec<u8>)>,
     ) {
         let Some(parsed) = parse_register(data) else {
@@ -287,7 +289,7 @@ impl RelayServer {
         signed.extend_from_slice(REGISTER_DOMAIN);
         signed.extend_from_slice(node.as_bytes());
         signed.extend_from_slice(&time.to_be_bytes());
-        let fresh = time.abs_diff(unix_time) <= MAX_CLOCK_SKEW.as_secs();
+        let fresh = u128::from(time.abs_diff(unix_ms)) <= MAX_CLOCK_SKEW.as_millis();
         let newer = self
             .nodes
             .get(&node)

@@ -11,7 +11,8 @@ fn addr(port: u16) -> SocketAddr {
     SocketAddr::from(([127, 0, 0, 1], port))
 }
 
-const T: u64 = 1_800_000_000;
+/// The relay's clock, in milliseconds.
+const T: u64 = 1_800_000_000_000;
 
 #[test]
 fn registered_nodes_forward_to_each_other_with_the_true_source() {
@@ -53,14 +54,14 @@ fn nobody_registers_someone_elses_id() {
     // A stale or future registration, a truncated one.
     relay.handle(
         addr(1000),
-        &register_message(&a, T - 1000),
+        &register_message(&a, T - 1_000_000),
         now,
         T,
         &mut out,
     );
     relay.handle(
         addr(1000),
-        &register_message(&a, T + 1000),
+        &register_message(&a, T + 1_000_000),
         now,
         T,
         &mut out,

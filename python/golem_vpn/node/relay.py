@@ -76,10 +76,10 @@ class RelayService:
 
 def register_message(identity: Identity, unix_time: int | None = None) -> bytes:
     """A relay registration of ``identity``, signed, as ``rust/relay`` reads it:
-    ``0x10``, node id (20 bytes), unix time (u64, big-endian), signature (65 bytes) over
-    :data:`REGISTER_DOMAIN` + node id + time."""
+    ``0x10``, node id (20 bytes), unix time in milliseconds (u64, big-endian), signature
+    (65 bytes) over :data:`REGISTER_DOMAIN` + node id + time."""
     node = bytes.fromhex(identity.node_id[2:])
-    stamp = struct.pack(">Q", int(time.time()) if unix_time is None else unix_time)
+    stamp = struct.pack(">Q", int(time.time() * 1000) if unix_time is None else unix_time)
     return bytes([_REGISTER]) + node + stamp + identity.sign(REGISTER_DOMAIN + node + stamp)
 
 
