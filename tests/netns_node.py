@@ -39,6 +39,7 @@ import json
 import random
 import signal
 import sys
+import traceback
 from typing import Any
 
 import golem_vpn
@@ -156,6 +157,13 @@ async def requestor(args: argparse.Namespace) -> None:
         await wait_direct(link, iface, args)
     before = {"stats": link.native.stats(), **path(link, args.peer_id)}
     blob = payload(args.seed, args.tcp_bytes)
+
+    async def watchdog() -> None:
+        # A transfer that takes this long has stalled: say what the counters were.
+        await asyncio.sleep(args.timeout / 2)
+        emit("slow", transport=link.native.stats(), stack=iface.stack.stats())
+
+    dog = asyncio.get_running_loop().create_task(watchdog())
     reader, writer = await golem_vpn.open_connection(
         iface, args.peer_ip, args.tcp_port, timeout=args.timeout
     )
@@ -172,8 +180,15 @@ async def requestor(args: argparse.Namespace) -> None:
         writer.write(blob[i : i + (1 << 16)])
         await writer.drain()
     writer.write_eof()
-    echoed, echo_sha = await asyncio.wait_for(echo, args.timeout)
+    try:
+        echoed, echo_sha = await asyncio.wait_for(echo, args.timeout)
+    except TimeoutError:
+        # What the stall looked like: the transport's and the stack's counters.
+        raise TimeoutError(
+            f"echo stalled: transport {link.native.stats()} stack {iface.stack.stats()}"
+        ) from None
     writer.close()
+    dog.cancel()
 
     endpoint = await golem_vpn.open_datagram_endpoint(iface)
     udp_reply = None
@@ -185,7 +200,14 @@ async def requestor(args: argparse.Namespace) -> None:
             udp_reply = {"data": data.decode(), "from": list(addr), "sent": message.decode()}
             break
     endpoint.close()
-    rtt = await iface.ping(args.peer_ip, timeout=5)
+    rtt = None
+    for attempt in range(3):  # ICMP is unreliable too: a lost echo is not a failure
+        try:
+            rtt = await iface.ping(args.peer_ip, timeout=5)
+            break
+        except TimeoutError:
+            if attempt == 2:
+                raise
     emit(
         "result",
         sent=len(blob),
@@ -232,7 +254,13 @@ def main() -> None:
     try:
         asyncio.run(asyncio.wait_for(run(args), args.lifetime + 10))
     except Exception as exc:
-        emit("error", error=f"{type(exc).__name__}: {exc}")
+        # Where it failed (a bare TimeoutError says nothing of which step timed out).
+        frames, cause = [], exc
+        while cause is not None:
+            frames += traceback.extract_tb(cause.__traceback__)
+            cause = cause.__context__
+        where = [f"{f.lineno} {f.line}" for f in frames if f.filename == __file__]
+        emit("error", error=f"{type(exc).__name__}: {exc}", at=where)
         sys.exit(1)
 
 
