@@ -95,6 +95,26 @@ async def make_link(args: argparse.Namespace) -> tuple[UdpTransport, golem_vpn.I
     return link, iface
 
 
+def conn(iface: golem_vpn.Interface, writer: asyncio.StreamWriter) -> dict[str, Any]:
+    """The connection's state: the stack's socket and the transport's own buffer."""
+    t: Any = writer.transport
+    st = iface.stack.tcp_status(t._id)
+    i: Any = iface
+    return {
+        "tcp": {
+            k: getattr(st, k)
+            for k in ("state", "recv_queue", "send_queue", "send_free", "may_send", "may_recv")
+        },
+        "buffered": t._buffered,
+        "reading_paused": t._reading_paused,
+        "protocol_paused": getattr(t, "_protocol_paused", None),
+        "poll_at": iface.stack.poll_at(asyncio.get_running_loop().time()),
+        "now": asyncio.get_running_loop().time(),
+        "soon": i._soon is not None,
+        "timer_at": i._timer_at,
+    }
+
+
 def emit_ready(link: UdpTransport) -> None:
     emit(
         "ready",
@@ -119,7 +139,15 @@ async def wait_direct(
 async def provider(args: argparse.Namespace) -> None:
     link, iface = await make_link(args)
 
+    async def watchdog(writer: asyncio.StreamWriter) -> None:
+        # The requestor's watchdog fires at the same time: this side's counters with it.
+        await asyncio.sleep(args.timeout / 2)
+        emit(
+            "slow", transport=link.native.stats(), stack=iface.stack.stats(), **conn(iface, writer)
+        )
+
     async def echo(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        dog = asyncio.get_running_loop().create_task(watchdog(writer))
         digest, count = hashlib.sha256(), 0
         while data := await reader.read(1 << 16):
             digest.update(data)
@@ -127,6 +155,7 @@ async def provider(args: argparse.Namespace) -> None:
             writer.write(data)
             await writer.drain()
         writer.close()
+        dog.cancel()
         emit("tcp", received=count, sha256=digest.hexdigest())
 
     async def udp_echo(endpoint: golem_vpn.DatagramEndpoint) -> None:
@@ -161,12 +190,14 @@ async def requestor(args: argparse.Namespace) -> None:
     async def watchdog() -> None:
         # A transfer that takes this long has stalled: say what the counters were.
         await asyncio.sleep(args.timeout / 2)
-        emit("slow", transport=link.native.stats(), stack=iface.stack.stats())
+        emit(
+            "slow", transport=link.native.stats(), stack=iface.stack.stats(), **conn(iface, writer)
+        )
 
-    dog = asyncio.get_running_loop().create_task(watchdog())
     reader, writer = await golem_vpn.open_connection(
         iface, args.peer_ip, args.tcp_port, timeout=args.timeout
     )
+    dog = asyncio.get_running_loop().create_task(watchdog())
 
     async def drain_echo() -> tuple[int, str]:
         digest, count = hashlib.sha256(), 0

@@ -164,6 +164,14 @@ class Node:
             pytest.fail(f"no {event!r} within {timeout:g} s: {self.diagnostics()}")
         pytest.fail(f"node exited before {event!r}: {self.diagnostics()}")
 
+    async def drain(self, timeout: float) -> None:
+        """Reads the remaining lines into ``events`` until the process exits or time runs out."""
+        assert self.proc.stdout is not None
+        with contextlib.suppress(TimeoutError, ValueError):
+            async with asyncio.timeout(timeout):
+                while line := await self.proc.stdout.readline():
+                    self.events.append(json.loads(line))
+
     def terminate(self) -> None:
         if self.proc.returncode is None:
             with contextlib.suppress(ProcessLookupError):
@@ -242,7 +250,13 @@ def test_two_namespaces_over_a_veth(underlay: Underlay, tmp_path: Path) -> None:
                 tcp_bytes=size,
                 seed=seed,
             )
-            result = await requestor.expect("result", 60)
+            try:
+                result = await requestor.expect("result", 60)
+            except pytest.fail.Exception as exc:
+                # The provider's side of a stall (its "slow" event and final stats).
+                provider.terminate()
+                await provider.drain(10)
+                pytest.fail(f"{exc}\nprovider: {provider.diagnostics()}")
             provider.terminate()
             provider_stats = (await provider.expect("stats", 10))["stats"]
         finally:

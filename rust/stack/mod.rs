@@ -267,6 +267,9 @@ pub struct Stack {
     syn_budget: FxHashMap<u16, usize>,
     /// Per outgoing TCP flow `(local, remote)`: the highest sequence number sent (SND.MAX).
     snd_max: FxHashMap<Tuple, u32>,
+    /// Flows whose peer last advertised a zero window, with the acknowledgement number
+    /// it carried (the peer's RCV.NXT); see [`fix_ack_sequence`].
+    zero_window: FxHashMap<Tuple, u32>,
 }
 
 impl std::fmt::Debug for Stack {
@@ -320,7 +323,19 @@ const SND_MAX_FLOWS: usize = 65536;
 ///
 /// With the project's smoltcp patches a timeout no longer rewinds when the peer negotiated
 /// SACK (as smoltcp and every common stack do), so this now guards peers without SACK.
-fn fix_ack_sequence(snd_max: &mut FxHashMap<Tuple, u32>, packet: &mut [u8]) {
+///
+/// SND.MAX is not acceptable when the peer's window is closed: a zero-window probe sends
+/// one byte past it, which the peer drops, and a zero window accepts a segment only at
+/// RCV.NXT exactly. Stamped with SND.MAX, every later ACK was dropped unread; a peer whose
+/// window was closed because its application waits for its own sends to be acknowledged
+/// (an echo server) then never learnt they were: both ends stalled for good. While the
+/// peer's window is closed, pure ACKs carry the acknowledgement number it last sent (its
+/// RCV.NXT), as Linux's `tcp_acceptable_seq` keeps them within the peer's window.
+fn fix_ack_sequence(
+    snd_max: &mut FxHashMap<Tuple, u32>,
+    zero_window: &FxHashMap<Tuple, u32>,
+    packet: &mut [u8],
+) {
     use smoltcp::wire::{IpProtocol, Ipv4Packet, Ipv6Packet, TcpPacket};
     let (src, dst, start): (IpAddress, IpAddress, usize) = match packet.first().map(|b| b >> 4) {
         Some(4) => match Ipv4Packet::new_checked(&packet[..]) {
@@ -366,8 +381,9 @@ fn fix_ack_sequence(snd_max: &mut FxHashMap<Tuple, u32>, packet: &mut [u8]) {
             end
         }
     };
-    if len == 0 && tcp.ack() && (seq.wrapping_sub(max) as i32) < 0 {
-        tcp.set_seq_number(smoltcp::wire::TcpSeqNumber(max as i32));
+    let target = zero_window.get(&key).copied().unwrap_or(max);
+    if len == 0 && tcp.ack() && seq != target && (seq.wrapping_sub(max) as i32) <= 0 {
+        tcp.set_seq_number(smoltcp::wire::TcpSeqNumber(target as i32));
         tcp.fill_checksum(&src, &dst);
     }
 }
@@ -379,6 +395,10 @@ struct TcpSummary {
     syn: bool,
     ack: bool,
     rst: bool,
+    /// The acknowledgement number, if the ACK flag is set.
+    ack_number: Option<u32>,
+    /// The window field as sent (unscaled: only whether it is zero matters here).
+    window: u16,
 }
 
 /// Peeks at a TCP packet's endpoints and flags (None for anything else or garbage).
@@ -410,16 +430,19 @@ fn tcp_summary(packet: &[u8]) -> Option<TcpSummary> {
         }
         _ => return None,
     };
-    if tcp.len() < 14 {
+    if tcp.len() < 16 {
         return None;
     }
     let flags = tcp[13];
+    let ack = flags & 0x10 != 0;
     Some(TcpSummary {
         src: IpEndpoint::new(src, u16::from_be_bytes([tcp[0], tcp[1]])),
         dst: IpEndpoint::new(dst, u16::from_be_bytes([tcp[2], tcp[3]])),
         syn: flags & 0x02 != 0,
-        ack: flags & 0x10 != 0,
+        ack,
         rst: flags & 0x04 != 0,
+        ack_number: ack.then(|| u32::from_be_bytes([tcp[8], tcp[9], tcp[10], tcp[11]])),
+        window: u16::from_be_bytes([tcp[14], tcp[15]]),
     })
 }
 
@@ -502,6 +525,7 @@ impl Stack {
             rst_seen: HashSet::new(),
             syn_budget: FxHashMap::default(),
             snd_max: FxHashMap::default(),
+            zero_window: FxHashMap::default(),
         })
     }
 
@@ -528,6 +552,22 @@ impl Stack {
             return false;
         }
         if let Some(tcp) = tcp_summary(packet) {
+            let flow = (tcp.dst, tcp.src);
+            match tcp.ack_number {
+                Some(ack) if tcp.window == 0 && !tcp.rst && !tcp.syn => {
+                    if self.zero_window.len() >= SND_MAX_FLOWS {
+                        self.zero_window.clear();
+                    }
+                    let seen = self.zero_window.entry(flow).or_insert(ack);
+                    // The highest, in case segments arrive out of order.
+                    if (ack.wrapping_sub(*seen) as i32) > 0 {
+                        *seen = ack;
+                    }
+                }
+                _ => {
+                    self.zero_window.remove(&flow);
+                }
+            }
             if tcp.rst {
                 self.rst_seen.insert((tcp.dst, tcp.src));
             } else if tcp.syn
@@ -601,7 +641,7 @@ impl Stack {
             self.iface.poll(now, &mut self.device, &mut self.sockets);
             let produced = self.device.tx.len();
             for mut packet in self.device.tx.drain(..) {
-                fix_ack_sequence(&mut self.snd_max, &mut packet);
+                fix_ack_sequence(&mut self.snd_max, &self.zero_window, &mut packet);
                 out.push(packet);
             }
             self.maintain();

@@ -1523,3 +1523,84 @@ fn stack_refuses_tcp_to_broadcast_and_multicast() {
         assert_eq!((reply.src(), reply.dst()), (server, client));
     }
 }
+
+/// An IPv4 TCP segment with the ACK flag, checksums filled.
+fn ack_segment(
+    src: (u8, u16),
+    dst: (u8, u16),
+    seq: u32,
+    ack: u32,
+    win: u16,
+    data: &[u8],
+) -> Vec<u8> {
+    use smoltcp::wire::{Ipv4Address, Ipv4Packet, TcpPacket};
+    let mut p = vec![0u8; 40 + data.len()];
+    p[0] = 0x45;
+    let total = p.len() as u16;
+    p[2..4].copy_from_slice(&total.to_be_bytes());
+    p[8] = 64;
+    p[9] = 6;
+    p[12..16].copy_from_slice(&[10, 0, 0, src.0]);
+    p[16..20].copy_from_slice(&[10, 0, 0, dst.0]);
+    p[20..22].copy_from_slice(&src.1.to_be_bytes());
+    p[22..24].copy_from_slice(&dst.1.to_be_bytes());
+    p[24..28].copy_from_slice(&seq.to_be_bytes());
+    p[28..32].copy_from_slice(&ack.to_be_bytes());
+    p[32] = 5 << 4;
+    p[33] = 0x10;
+    p[34..36].copy_from_slice(&win.to_be_bytes());
+    p[40..].copy_from_slice(data);
+    let (s, d) = (
+        Ipv4Address::new(10, 0, 0, src.0),
+        Ipv4Address::new(10, 0, 0, dst.0),
+    );
+    TcpPacket::new_unchecked(&mut p[20..]).fill_checksum(&s.into(), &d.into());
+    Ipv4Packet::new_unchecked(&mut p[..]).fill_checksum();
+    p
+}
+
+fn seq_of(packet: &[u8]) -> u32 {
+    u32::from_be_bytes(packet[24..28].try_into().unwrap())
+}
+
+#[test]
+fn pure_acks_stay_acceptable_to_a_peer_whose_window_is_closed() {
+    // The netns echo stalled for good: the requestor's zero-window probe (one byte past
+    // the provider's closed window) raised SND.MAX, its ACKs were stamped with it, and
+    // the provider, whose window stays closed until its own data is acknowledged, dropped
+    // every one of them unread.
+    let mut stack = Stack::new(
+        StackConfig {
+            addresses: vec![(Ipv4Addr::new(10, 0, 0, 1).into(), 24)],
+            ..StackConfig::default()
+        },
+        Instant::ZERO,
+    )
+    .unwrap();
+    let (us, peer) = ((1, 40000), (2, 7));
+    // Data up to 5000; the peer acknowledges all of it and closes its window.
+    let mut data = ack_segment(us, peer, 4000, 900, 1000, &[7; 1000]);
+    fix_ack_sequence(&mut stack.snd_max, &stack.zero_window, &mut data);
+    assert!(stack.receive(&ack_segment(peer, us, 900, 5000, 0, &[])));
+    // The zero-window probe: one byte the peer drops.
+    let mut probe = ack_segment(us, peer, 5000, 900, 1000, &[7]);
+    fix_ack_sequence(&mut stack.snd_max, &stack.zero_window, &mut probe);
+    assert_eq!(seq_of(&probe), 5000);
+    // A pure ACK (of the peer's data) goes out at the peer's RCV.NXT, not past it.
+    for seq in [5001, 4000] {
+        let mut ack = ack_segment(us, peer, seq, 2000, 1000, &[]);
+        fix_ack_sequence(&mut stack.snd_max, &stack.zero_window, &mut ack);
+        assert_eq!(seq_of(&ack), 5000, "an ACK stamped {seq}");
+        let tcp = smoltcp::wire::TcpPacket::new_checked(&ack[20..]).unwrap();
+        let (s, d) = (
+            smoltcp::wire::Ipv4Address::new(10, 0, 0, 1),
+            smoltcp::wire::Ipv4Address::new(10, 0, 0, 2),
+        );
+        assert!(tcp.verify_checksum(&s.into(), &d.into()));
+    }
+    // The window opens: ACKs carry SND.MAX again (what the rewind fix needs).
+    stack.receive(&ack_segment(peer, us, 900, 5000, 1000, &[]));
+    let mut ack = ack_segment(us, peer, 4000, 2000, 1000, &[]);
+    fix_ack_sequence(&mut stack.snd_max, &stack.zero_window, &mut ack);
+    assert_eq!(seq_of(&ack), 5001);
+}
