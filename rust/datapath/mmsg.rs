@@ -121,7 +121,9 @@ pub fn recv_batch(
 }
 
 /// UDP GSO (`UDP_SEGMENT`) in use: cleared for the process the first time the kernel
-/// refuses it (an old kernel, a device that cannot), after which `sendmmsg` does it all.
+/// says it cannot (an old kernel, a device that cannot: `EIO`, `EINVAL`, `ENOPROTOOPT`,
+/// `EOPNOTSUPP`), after which `sendmmsg` does it all. Other errors (a firewall's `EPERM`,
+/// an unreachable network) leave it on.
 static GSO: AtomicBool = AtomicBool::new(true);
 
 /// Most segments in one GSO send (the kernel's `UDP_MAX_SEGMENTS`), and most bytes.
@@ -177,8 +179,17 @@ pub fn send_batch(socket: &UdpSocket, bufs: &[Vec<u8>], dsts: &[SocketAddr]) -> 
                         continue;
                     }
                     Err(nix::errno::Errno::EAGAIN) => break,
-                    // EIO/EINVAL/ENOPROTOOPT...: no GSO here; the plain path sends them.
-                    Err(_) => GSO.store(false, Ordering::Relaxed),
+                    // No GSO here (an old kernel, a device that cannot): never again; the
+                    // plain path sends these.
+                    Err(
+                        nix::errno::Errno::EIO
+                        | nix::errno::Errno::EINVAL
+                        | nix::errno::Errno::ENOPROTOOPT
+                        | nix::errno::Errno::EOPNOTSUPP,
+                    ) => GSO.store(false, Ordering::Relaxed),
+                    // Anything else (a firewall's EPERM, an unreachable network) says
+                    // nothing about GSO: the plain path tries these datagrams, GSO stays.
+                    Err(_) => {}
                 }
             }
         }
