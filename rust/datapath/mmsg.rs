@@ -262,6 +262,19 @@ mod tests {
     }
 
     #[test]
+    fn a_refused_gso_send_leaves_gso_on() {
+        // A socket without SO_BROADCAST may not send to the broadcast address: EACCES,
+        // which says nothing about GSO. The datagrams fail; GSO stays as it was.
+        let tx = UdpSocket::bind("0.0.0.0:0").unwrap();
+        let before = GSO.load(Ordering::Relaxed);
+        let bufs = vec![vec![7u8; 1000]; 4];
+        let dsts = vec![SocketAddr::from(([255, 255, 255, 255], 9)); 4];
+        assert_eq!(send_batch(&tx, &bufs, &dsts), 0);
+        assert!(before, "GSO works on Linux >= 4.18");
+        assert_eq!(GSO.load(Ordering::Relaxed), before);
+    }
+
+    #[test]
     fn a_gso_send_arrives_as_one_gro_read_of_every_datagram() {
         let rx = UdpSocket::bind("127.0.0.1:0").unwrap();
         rx.set_nonblocking(true).unwrap();
