@@ -7,7 +7,7 @@ SMOLTCP_DIR := target/patched/smoltcp-0.14.0
 # The series' own tests run with the features this crate enables (plus what the suite needs).
 SMOLTCP_TEST_FEATURES := std,medium-ip,medium-ethernet,proto-ipv4,proto-ipv6,multicast,socket-tcp,socket-tcp-reno,socket-tcp-cubic,socket-udp,socket-icmp,async,auto-icmp-echo-reply,assembler-max-segment-count-32
 
-.PHONY: help install dev test fuzz fuzz-ci test-rust test-python test-faults lint fmt docs bench bench-rust bench-python bench-stack bench-tun bench-peers bench-loss bench-load demo wheel smoltcp test-smoltcp clean
+.PHONY: help install dev test fuzz fuzz-ci test-rust test-python test-faults lint fmt docs bench bench-rust bench-python bench-stack bench-tun bench-peers bench-workers bench-loss bench-load demo wheel smoltcp test-smoltcp clean
 
 help:
 	@echo "make demo    install the package and run the demo (a relay, a requestor and 3 providers as processes)"
@@ -16,6 +16,7 @@ help:
 	@echo "make bench   criterion benches + Python benchmarks (results: benches/RESULTS.md)"
 	@echo "make bench-tun  (root) iperf3 + ping between TUN-attached payloads vs the bare veth"
 	@echo "make bench-peers  (root) the same through wireguard-go, nebula, tinc and openvpn too"
+	@echo "make bench-workers  (root) the sending datapath with 1 and 2 threads per TUN device"
 	@echo "make bench-loss  (root) TCP over a lossy link: the userspace stack next to the kernel's"
 	@echo "make bench-load  10k networks in a daemon, 1k gate connections, 200 nodes (QUICK=1: small)"
 	@echo "make fuzz    every fuzz target for FUZZ_TIME (60) s each (fuzz/README.md)"
@@ -98,6 +99,10 @@ bench-tun: install
 
 bench-peers: install
 	$(PYTHON) benches/peers.py $(if $(QUICK),--quick,)
+
+# Root. QUICK=1: one round of 2 s runs.
+bench-workers: install
+	$(PYTHON) benches/workers.py $(if $(QUICK),--rounds 1 --seconds 2,)
 
 # Root: namespaces and TUN devices for the kernel's side. QUICK=1: 4 MiB at 10 ms only.
 bench-loss: install

@@ -25,6 +25,8 @@ veth          host A -> host B over the bare underlay                           
 golem-vpn     relay, requestor and provider A's daemons on A, provider B's on B;   M      91
               each provider attaches a payload namespace (``gvp-pa``, ``gvp-pb``)
               with ``golem-vpn attach --tun --netns``; Noise, AES-256-GCM
+golem-vpn-mq  the same with ``daemon --workers N`` (N = the cores, at least 2):      M      91
+              multi-queue TUN devices, a datapath thread per queue
 wireguard-go  ``wireguard-go`` in each host, keys and peer set with ``wg``          M      60
 nebula        CA and host certs from ``nebula-cert``, lighthouse on A, static       M      60
               host map over the underlay, cipher ``aes`` (AES-256-GCM)
@@ -87,7 +89,9 @@ UNDERLAY = "198.18.79.0/24"
 TUNNEL_MTU = DEFAULT_MTU  # golem-vpn attach's default; every peer gets the same
 UDP_LEN = TUNNEL_MTU - 28  # IPv4 + UDP headers: one datagram fills one tunnel packet
 UDP_RATES = ("100M", "500M", "1G")
-PATHS = ("veth", "golem-vpn", "wireguard-go", "nebula", "tinc", "openvpn")
+PATHS = ("veth", "golem-vpn", "golem-vpn-mq", "wireguard-go", "nebula", "tinc", "openvpn")
+#: The datapath threads per TUN attachment of the golem-vpn-mq path (``daemon --workers``).
+MQ_WORKERS = max(2, min(os.cpu_count() or 2, 16))
 ESSENTIAL = ("veth", "golem-vpn")
 # Ports of the peers: below Linux's ephemeral range, where golem-vpn's daemons bind.
 WG_PORT, NEBULA_PORT, TINC_PORT, OPENVPN_PORT = 21820, 4242, 655, 1194
@@ -98,6 +102,7 @@ COMMON_TOOLS = ("ip", "iperf3", "ping")
 TOOLS: dict[str, tuple[str, ...]] = {
     "veth": (),
     "golem-vpn": ("nsenter",),
+    "golem-vpn-mq": ("nsenter",),
     "wireguard-go": ("wireguard-go", "wg"),
     "nebula": ("nebula", "nebula-cert"),
     "tinc": ("tincd",),
@@ -241,15 +246,23 @@ def start_veth(hosts: Hosts) -> Route:
     return Route(hosts.a, hosts.b, hosts.lab.addresses[hosts.b])
 
 
-def start_golem_vpn(hosts: Hosts) -> Route:
+def start_golem_vpn(hosts: Hosts, *, workers: int = 1) -> Route:
     """A relay, the requestor's daemon and two providers' daemons; each provider attaches a
-    payload namespace by TUN, exactly as a provider's runtime does."""
+    payload namespace by TUN, exactly as a provider's runtime does. With ``workers`` > 1 (the
+    golem-vpn-mq path) the providers run with ``--workers``: multi-queue devices, a datapath
+    thread per queue."""
     lab = hosts.lab
-    relay = lab.relay(hosts.a)
-    req = lab.daemon(hosts.a, relay=relay, name="requestor")
-    prov_a, prov_b = lab.daemon(hosts.a, relay=relay), lab.daemon(hosts.b, relay=relay)
-    _, deploys = req.create_network("192.168.79.0/24", [prov_a, prov_b])
-    pay_a, pay_b = f"{PREFIX}-pa", f"{PREFIX}-pb"
+    tag = "" if workers == 1 else "mq"
+    relay = lab.relay(hosts.a, name=f"{tag}{hosts.a}")
+    req = lab.daemon(hosts.a, relay=relay, name=f"requestor{tag}")
+    flags = ("--workers", str(workers))
+    prov_a, prov_b = (
+        lab.daemon(host, relay=relay, name=f"{host}{tag}", args=flags)
+        for host in (hosts.a, hosts.b)
+    )
+    subnet = "192.168.79.0/24" if workers == 1 else "192.168.78.0/24"
+    _, deploys = req.create_network(subnet, [prov_a, prov_b])
+    pay_a, pay_b = f"{PREFIX}-p{tag}a", f"{PREFIX}-p{tag}b"
     prov_a.attach_tun(deploys[0], pay_a)  # MTU: attach's default, TUNNEL_MTU
     prov_b.attach_tun(deploys[1], pay_b)
     return Route(pay_a, pay_b, deploys[1]["net"][0]["nodeIp"])
@@ -385,7 +398,8 @@ def start_openvpn(hosts: Hosts) -> Route:
 # The logs that explain a path's failure (in the lab's work directory).
 LOGS: dict[str, tuple[str, ...]] = {
     "veth": (),
-    "golem-vpn": ("relay-*.log", "requestor.log", f"{PREFIX}-?.log"),
+    "golem-vpn": (f"relay-{PREFIX}-?.log", "requestor.log", f"{PREFIX}-?.log"),
+    "golem-vpn-mq": (f"relay-mq{PREFIX}-?.log", "requestormq.log", f"{PREFIX}-?mq.log"),
     "wireguard-go": ("wireguard-go-*.log",),
     "nebula": ("nebula-*.log",),
     "tinc": ("tinc-*.log",),
@@ -395,6 +409,7 @@ LOGS: dict[str, tuple[str, ...]] = {
 STARTERS: dict[str, Callable[[Hosts], Route]] = {
     "veth": start_veth,
     "golem-vpn": start_golem_vpn,
+    "golem-vpn-mq": lambda hosts: start_golem_vpn(hosts, workers=MQ_WORKERS),
     "wireguard-go": start_wireguard,
     "nebula": start_nebula,
     "tinc": start_tinc,

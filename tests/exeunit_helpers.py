@@ -78,15 +78,18 @@ class Nodes:
         self.relay_addr = line.split()[-1]
         return self
 
-    def start(self, name: str, *, wrapper: tuple[str, ...] = ()) -> Daemon:
+    def start(
+        self, name: str, *, wrapper: tuple[str, ...] = (), args: tuple[str, ...] = ()
+    ) -> Daemon:
         """Starts a daemon (identity and app key in a data dir of its own); ``wrapper`` is
-        a command to run it under (e.g. ``setpriv`` dropping capabilities)."""
+        a command to run it under (e.g. ``setpriv`` dropping capabilities), ``args`` more
+        flags for it."""
         data_dir = self.base / name
         created = cli("app-key", "create", "test", "--json", "--data-dir", str(data_dir))
         assert created.returncode == 0, created.stderr
         key = json.loads(created.stdout)["key"]
         with (data_dir / "daemon.log").open("w") as log:
-            proc = self._spawn(data_dir, log, wrapper)
+            proc = self._spawn(data_dir, log, wrapper, args)
         assert proc.stdout is not None
         line = proc.stdout.readline()
         if not line.startswith("golem-vpn daemon 0x"):
@@ -99,7 +102,9 @@ class Nodes:
         self.daemons.append(daemon)
         return daemon
 
-    def _spawn(self, data_dir: Path, log: Any, wrapper: tuple[str, ...]) -> subprocess.Popen[str]:
+    def _spawn(
+        self, data_dir: Path, log: Any, wrapper: tuple[str, ...], args: tuple[str, ...]
+    ) -> subprocess.Popen[str]:
         return subprocess.Popen(
             [
                 *wrapper,
@@ -115,6 +120,7 @@ class Nodes:
                 "127.0.0.1:0",
                 "--relay",
                 self.relay_addr,
+                *args,
             ],
             stdout=subprocess.PIPE,
             # A file, not a pipe nobody reads: a chatty daemon must never block on it.

@@ -1,6 +1,8 @@
 """The end-to-end benchmark scripts keep working (speed is judged from full runs recorded in
 benches/RESULTS.md, never here): the quick variant of ``benches/peers.py`` moves data through
-the bare veth, golem-vpn and every peer VPN, and leaves no namespace or process behind."""
+the bare veth, golem-vpn (one datapath thread per device, and one per queue) and every peer
+VPN, and ``benches/workers.py`` measures the sending datapath with one and two threads; both
+leave no namespace or process behind."""
 
 from __future__ import annotations
 
@@ -14,7 +16,7 @@ from pathlib import Path
 import pytest
 
 BENCHES = Path(__file__).resolve().parent.parent / "benches"
-PATHS = ("veth", "golem-vpn", "wireguard-go", "nebula", "tinc", "openvpn")
+PATHS = ("veth", "golem-vpn", "golem-vpn-mq", "wireguard-go", "nebula", "tinc", "openvpn")
 TOOLS = ("ip", "iperf3", "ping", "nsenter", "wireguard-go", "wg", "nebula", "nebula-cert",
          "tincd", "openvpn", "openssl")  # fmt: skip
 PEER_PROGRAMS = {"wireguard-go", "nebula", "tincd", "openvpn", "iperf3"}
@@ -73,3 +75,28 @@ def test_peers_quick_moves_data_on_every_path(tmp_path: Path) -> None:
         argv = _cmdline(pid)
         if argv and Path(argv[0]).name in PEER_PROGRAMS:
             assert not any("gvp" in arg for arg in argv), argv
+
+
+@pytest.mark.skipif(
+    not hasattr(os, "geteuid") or os.geteuid() != 0 or shutil.which("nsenter") is None,
+    reason="needs root and nsenter",
+)
+@pytest.mark.timeout(180)
+def test_workers_bench_sends_with_one_and_two_threads(tmp_path: Path) -> None:
+    before = _netns()
+    out = tmp_path / "workers.json"
+    proc = subprocess.run(
+        [sys.executable, str(BENCHES / "workers.py"), "--rounds=1", "--seconds=1", f"--json={out}"],
+        capture_output=True,
+        text=True,
+        timeout=170,
+        check=False,
+    )
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    report = json.loads(out.read_text())
+    for workers in ("1", "2"):
+        (sample,) = report["samples"][workers]
+        assert sample["gbit_s"] > 0, (workers, sample)
+        assert sample["written_gbit_s"] > 0, (workers, sample)
+    assert "| 2 |" in proc.stdout
+    assert {n for n in _netns() - before if n.startswith("gvw-")} == set()

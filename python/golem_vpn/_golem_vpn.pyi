@@ -384,6 +384,9 @@ class AttachmentInfo(TypedDict):
     drops: int
     drop_reasons: dict[str, int]  # no_network, router, write, framing
     broken: bool
+    offload: bool  # a TUN device with TSO/GRO (virtio-net headers)
+    queues: int  # a TUN device's queues (1 unless multi-queue)
+    threads: list[int]  # packets read by each queue's datapath thread ([]: the node's thread reads)
 
 class NodeTransport:
     """One node's UDP transport: a socket, the Noise tunnel endpoint and a router per network,
@@ -468,10 +471,14 @@ class NodeTransport:
     def peer_address(self, node_id: str) -> tuple[str, int] | None:
         """Where the tunnel currently sends to the peer (a ``100::`` placeholder if relayed)."""
     def is_up(self, node_id: str) -> bool: ...
-    def attach_tun(self, name: str, networks: list[str], *, offload: bool = True) -> int:
+    def attach_tun(
+        self, name: str, networks: list[str], *, offload: bool = True, queues: int | None = None
+    ) -> int:
         """Creates TUN device ``name`` (bare IP packets) in this process's network namespace
         and carries ``networks``' packets through it; returns the attachment id. With
-        ``offload`` (TSO in, GRO out) if the kernel agrees.
+        ``offload`` (TSO in, GRO out) if the kernel agrees. ``queues`` (default
+        ``GOLEM_VPN_WORKERS``, else 1; at most 16): more than one makes a multi-queue device
+        whose queues each get a datapath thread (routing, sealing and sending in parallel).
 
         Raises:
             PermissionError: No ``CAP_NET_ADMIN``.

@@ -193,6 +193,13 @@ def _add_daemon_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser])
         action="store_true",
         help="keep relayed peers on the relay (no direct probes)",
     )
+    daemon.add_argument(
+        "--workers",
+        metavar="N",
+        type=int,
+        help="datapath threads per TUN attachment, 1 to 16: more than one makes a multi-queue "
+        "device whose flows are sent on N cores at once (env GOLEM_VPN_WORKERS; default 1)",
+    )
     # The Net API's bounds (golem_vpn.netapi.server.Limits; 429, or 413 for a body, beyond).
     for flag, env, default, what in _LIMIT_FLAGS:
         daemon.add_argument(
@@ -245,6 +252,25 @@ def _setting(flag: str | None, env: str, default: str) -> str:
     import os
 
     return flag or os.environ.get(env) or default
+
+
+def _workers(flag: int | None) -> None:
+    """Checks ``--workers`` (else ``GOLEM_VPN_WORKERS``) and hands it to the datapath, which
+    reads ``GOLEM_VPN_WORKERS`` when a TUN device is attached.
+
+    Raises:
+        ValueError: Not an integer from 1 to 16 (the message names the flag).
+    """
+    import os
+
+    text = str(flag) if flag is not None else os.environ.get("GOLEM_VPN_WORKERS") or "1"
+    try:
+        workers = int(text)
+    except ValueError:
+        workers = 0
+    if not 1 <= workers <= 16:
+        raise ValueError(f"--workers (GOLEM_VPN_WORKERS) must be from 1 to 16, got {text!r}")
+    os.environ["GOLEM_VPN_WORKERS"] = str(workers)
 
 
 def _limits(args: argparse.Namespace) -> Limits:
@@ -310,6 +336,7 @@ def _daemon(args: argparse.Namespace) -> int:
             hostport.resolve(host, port, "--relay")
         data_dir = config.data_dir(args.data_dir)
         limits = _limits(args)
+        _workers(args.workers)
     except (GolemVpnError, ValueError) as exc:
         return fail(str(exc))
 

@@ -197,19 +197,28 @@ class Lab:
     def _on_host(self, host: str, *cmd: str) -> list[str]:
         return ["nsenter", f"--net=/run/netns/{host}", *cmd]
 
-    def relay(self, host: str) -> str:
-        """Runs a relay on ``host``; returns its ``HOST:PORT``."""
+    def relay(self, host: str, *, name: str | None = None) -> str:
+        """Runs a relay on ``host`` (its log ``relay-NAME.log``, NAME the host's unless
+        given); returns its ``HOST:PORT``."""
+        log = f"relay-{name or host}.log"
         proc = self.popen(
-            self._on_host(host, *GOLEM_VPN, "relay", "--listen", f"{self.addresses[host]}:0"),
-            f"relay-{host}.log",
+            self._on_host(host, *GOLEM_VPN, "relay", "--listen", f"{self.addresses[host]}:0"), log
         )
-        line = self._first_line(proc, f"relay-{host}.log")
+        line = self._first_line(proc, log)
         if not line.startswith("relay listening on "):
             raise LabError(f"the relay on {host} did not start: {line}")
         return line.split()[-1]
 
-    def daemon(self, host: str, *, relay: str | None = None, name: str | None = None) -> Daemon:
-        """Runs a node daemon on ``host`` (identity and app key in a data dir of its own)."""
+    def daemon(
+        self,
+        host: str,
+        *,
+        relay: str | None = None,
+        name: str | None = None,
+        args: tuple[str, ...] = (),
+    ) -> Daemon:
+        """Runs a node daemon on ``host`` (identity and app key in a data dir of its own),
+        with ``args`` as more flags (e.g. ``("--workers", "2")``)."""
         name = name or host
         data = self.work / name
         created = run(*GOLEM_VPN, "app-key", "create", "lab", "--json", "--data-dir", str(data))
@@ -218,6 +227,7 @@ class Lab:
                "--listen", f"{self.addresses[host]}:0"]  # fmt: skip
         if relay is not None:
             cmd += ["--relay", relay]
+        cmd += args
         proc = self.popen(self._on_host(host, *cmd), f"{name}.log")
         line = self._first_line(proc, f"{name}.log")
         if not line.startswith("golem-vpn daemon 0x"):

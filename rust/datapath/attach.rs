@@ -71,7 +71,7 @@ pub enum AttachError {
 }
 
 impl AttachError {
-    fn io(what: impl Into<String>, source: io::Error) -> Self {
+    pub(crate) fn io(what: impl Into<String>, source: io::Error) -> Self {
         AttachError::Io {
             what: what.into(),
             source,
@@ -111,6 +111,12 @@ pub struct AttachmentStats {
 }
 
 impl AttachmentStats {
+    /// Counts frames read from the payload, of these lengths.
+    pub fn count_in(&mut self, lens: &[usize]) {
+        self.packets_in += lens.len() as u64;
+        self.bytes_in += lens.iter().map(|&n| n as u64).sum::<u64>();
+    }
+
     /// Every drop, whatever the reason.
     pub fn drops(&self) -> u64 {
         self.no_network + self.router_drops + self.write_drops + self.framing_errors
@@ -297,7 +303,13 @@ impl FrameStream {
 #[derive(Debug)]
 enum Link {
     Tun {
+        /// Queue 0 (the only one of a single-queue device).
         file: File,
+        /// Queues 1.. of a multi-queue device: the kernel spreads the packets it sends by
+        /// flow over all of them; each is read by a datapath thread of its own.
+        queues: Vec<File>,
+        /// Datapath threads read the queues: the node's thread only writes.
+        threaded: bool,
         /// Packets carry a `virtio_net_hdr` (see [`super::offload`]).
         vnet: bool,
         coalescer: Coalescer,
@@ -341,14 +353,19 @@ fn parse_addr(url: &str, rest: &str) -> Result<SocketAddr, AttachError> {
 
 impl Attachment {
     /// A TUN device named `name` in the calling thread's network namespace, with TSO/GRO
-    /// offloads if `offload` and the kernel agrees.
+    /// offloads if `offload` and the kernel agrees, and `queues` queues (more than one:
+    /// a multi-queue device, whose queues datapath threads read in parallel; see
+    /// [`Attachment::tx_queues`]).
     pub fn tun(
         id: u32,
         name: &str,
         networks: Vec<String>,
         offload: bool,
+        queues: usize,
     ) -> Result<Self, AttachError> {
-        let (file, uso) = sys::open_tun(name, offload).map_err(|e| {
+        // Queues are for datapath threads, which need the offloads' whole reads.
+        let queues = if offload { queues.max(1) } else { 1 };
+        let (mut files, uso) = sys::open_tun(name, offload, queues).map_err(|e| {
             let hint = match e.raw_os_error() {
                 Some(libc::EPERM) | Some(libc::EACCES) => {
                     " (creating a TUN device needs CAP_NET_ADMIN: run the daemon as root)"
@@ -361,6 +378,7 @@ impl Attachment {
             };
             AttachError::io(format!("TUN device {name:?}{hint}"), e)
         })?;
+        let file = files.remove(0);
         Ok(Attachment {
             id,
             kind: AttachmentKind::Tun,
@@ -368,6 +386,8 @@ impl Attachment {
             networks,
             link: Link::Tun {
                 file,
+                queues: files,
+                threaded: false,
                 vnet: offload,
                 coalescer: Coalescer::new(uso),
                 scratch: if offload {
@@ -479,6 +499,37 @@ impl Attachment {
         matches!(self.link, Link::Tun { vnet: true, .. })
     }
 
+    /// The number of queues of a TUN device (1 for anything else).
+    pub fn queue_count(&self) -> usize {
+        match &self.link {
+            Link::Tun { queues, .. } => 1 + queues.len(),
+            _ => 1,
+        }
+    }
+
+    /// For a multi-queue TUN device with offloads: a descriptor for each queue, for the
+    /// datapath threads that read them ([`read_tun_batch`]); from then on the node's own
+    /// thread only writes to the device. None for anything else.
+    pub fn tx_queues(&mut self) -> Option<io::Result<Vec<File>>> {
+        match &mut self.link {
+            Link::Tun {
+                file,
+                queues,
+                threaded,
+                vnet: true,
+                ..
+            } if !queues.is_empty() => {
+                let dups = std::iter::once(&*file)
+                    .chain(queues.iter())
+                    .map(File::try_clone)
+                    .collect::<io::Result<Vec<File>>>();
+                *threaded = dups.is_ok();
+                Some(dups)
+            }
+            _ => None,
+        }
+    }
+
     /// The attachment's id.
     pub fn id(&self) -> u32 {
         self.id
@@ -510,6 +561,7 @@ impl Attachment {
             return;
         }
         match &self.link {
+            Link::Tun { threaded: true, .. } => {}
             Link::Tun { file, .. } => out.push((file.as_raw_fd(), false)),
             Link::Udp { socket, .. } => out.push((socket.as_raw_fd(), false)),
             Link::Listen { listener, conn } => {
@@ -543,27 +595,9 @@ impl Attachment {
                 scratch,
                 ..
             } => {
-                while lens.len() < bufs_n {
-                    match file.read(scratch) {
-                        Ok(n) if n > VNET_HDR_LEN => {
-                            let Some(hdr) = VnetHdr::parse(scratch) else {
-                                continue;
-                            };
-                            let packet = &mut scratch[VNET_HDR_LEN..n];
-                            if !segment(&hdr, packet, bufs, lens) {
-                                stats.no_network += 1;
-                            }
-                        }
-                        Ok(0) => break,
-                        Ok(_) => stats.no_network += 1,
-                        Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
-                        Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
-                        Err(_) => {
-                            self.broken = true;
-                            break;
-                        }
-                    }
-                }
+                let (bad, broken) = read_tun_batch(file, scratch, bufs_n, bufs, lens);
+                stats.no_network += bad;
+                self.broken |= broken;
             }
             Link::Tun { file, .. } => {
                 while lens.len() < bufs_n {
@@ -613,10 +647,7 @@ impl Attachment {
             }
             Link::Stream(s) => s.read_frames(&mut bufs[..bufs_n], lens, stats),
         }
-        for &n in lens.iter() {
-            self.stats.packets_in += 1;
-            self.stats.bytes_in += n as u64;
-        }
+        self.stats.count_in(lens);
     }
 
     /// Writes one frame to the payload (counted; a frame that cannot be written is
@@ -644,6 +675,7 @@ impl Attachment {
     pub fn queue_frame(&mut self, frame: Frame<'_>) {
         if let Link::Tun {
             file,
+            queues,
             vnet: true,
             coalescer,
             ..
@@ -652,7 +684,7 @@ impl Attachment {
         {
             let stats = &mut self.stats;
             coalescer.push(frame.packet, &mut |hdr, packet| {
-                write_tun(file, hdr, packet, stats);
+                write_tun(flow_queue(file, queues, packet), hdr, packet, stats);
             });
             return;
         }
@@ -672,13 +704,16 @@ impl Attachment {
     pub fn end_writes(&mut self) {
         if let Link::Tun {
             file,
+            queues,
             vnet: true,
             coalescer,
             ..
         } = &mut self.link
         {
             let stats = &mut self.stats;
-            coalescer.finish(&mut |hdr, packet| write_tun(file, hdr, packet, stats));
+            coalescer.finish(&mut |hdr, packet| {
+                write_tun(flow_queue(file, queues, packet), hdr, packet, stats)
+            });
         }
     }
 
@@ -721,6 +756,53 @@ impl Attachment {
             _ => {}
         }
     }
+}
+
+/// Reads up to about `max` packets from a TUN queue with offloads, each read segmented
+/// whole into `bufs`/`lens` (cleared first; see [`Attachment::read_frames`]). Returns
+/// the number of reads that could not be used (no or a bad header, a packet that cannot
+/// be segmented), and whether the device failed for good.
+pub fn read_tun_batch(
+    file: &mut File,
+    scratch: &mut [u8],
+    max: usize,
+    bufs: &mut Vec<Vec<u8>>,
+    lens: &mut Vec<usize>,
+) -> (u64, bool) {
+    lens.clear();
+    let mut bad = 0;
+    while lens.len() < max {
+        match file.read(scratch) {
+            Ok(n) if n > VNET_HDR_LEN => {
+                let Some(hdr) = VnetHdr::parse(scratch) else {
+                    continue;
+                };
+                let packet = &mut scratch[VNET_HDR_LEN..n];
+                if !segment(&hdr, packet, bufs, lens) {
+                    bad += 1;
+                }
+            }
+            Ok(0) => break,
+            Ok(_) => bad += 1,
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
+            Err(_) => return (bad, true),
+        }
+    }
+    (bad, false)
+}
+
+/// The queue of a multi-queue TUN device to write `packet` through: one per flow (by a
+/// hash of its addresses and ports that is the same both ways). The kernel notes which
+/// queue wrote a flow and sends the flow's next packets out of the same one, so the
+/// flows a payload sends spread over the datapath threads instead of all following the
+/// queue the answers were written to.
+fn flow_queue<'f>(file: &'f mut File, queues: &'f mut [File], packet: &[u8]) -> &'f mut File {
+    if queues.is_empty() {
+        return file;
+    }
+    let i = super::offload::flow_hash(packet) as usize % (1 + queues.len());
+    if i == 0 { file } else { &mut queues[i - 1] }
 }
 
 /// One write (virtio-net header, packet) to a TUN device with offloads, counted.

@@ -35,12 +35,14 @@ pub mod attach;
 mod mmsg;
 pub mod offload;
 mod relay_shell;
+mod seal;
 mod sys;
 pub mod worker;
 
 pub use attach::{AttachError, Attachment, AttachmentKind, AttachmentStats};
 pub use relay_shell::UdpRelay;
-pub use worker::{State, Worker, WorkerError};
+pub use seal::{SealPlan, Sealed};
+pub use worker::{MAX_TUN_QUEUES, State, Worker, WorkerError, default_tun_queues};
 
 /// Socket buffer size asked for in each direction (the kernel may grant less: on Linux,
 /// up to `net.core.rmem_max` / `wmem_max`). Bursts of a large TCP window must fit, or the

@@ -667,3 +667,35 @@ fn write_plain(p: &[u8], write: &mut impl FnMut(&[u8], &[u8])) {
 #[cfg(test)]
 #[path = "offload_tests.rs"]
 mod tests;
+
+/// A hash of an IP packet's flow that is the same both ways: its addresses, and for TCP
+/// and UDP its ports (0 for what is not IP). Picks a TUN queue per flow.
+pub fn flow_hash(packet: &[u8]) -> u32 {
+    let (addrs, proto, l4) = match packet.first().map(|b| b >> 4) {
+        Some(4) if packet.len() >= 20 => {
+            let ihl = usize::from(packet[0] & 0x0f) * 4;
+            // A fragment after the first has no ports.
+            let first = u16::from_be_bytes([packet[6], packet[7]]) & 0x1fff == 0;
+            (&packet[12..20], packet[9], first.then_some(ihl))
+        }
+        Some(6) if packet.len() >= 40 => (&packet[8..40], packet[6], Some(40)),
+        _ => return 0,
+    };
+    let half = addrs.len() / 2;
+    let word = |b: &[u8]| {
+        b.chunks(4).fold(0u32, |h, c| {
+            h ^ u32::from_be_bytes(c.try_into().unwrap_or([0; 4]))
+        })
+    };
+    let mut h = word(&addrs[..half]) ^ word(&addrs[half..]);
+    if matches!(proto, 6 | 17)
+        && let Some(ports) = l4.and_then(|at| packet.get(at..at + 4))
+    {
+        h ^= u32::from(
+            u16::from_be_bytes([ports[0], ports[1]]) ^ u16::from_be_bytes([ports[2], ports[3]]),
+        );
+    }
+    // Mix, so that flows that differ in one port land on different queues.
+    h = (h ^ (h >> 16)).wrapping_mul(0x045d_9f3b);
+    h ^ (h >> 16)
+}

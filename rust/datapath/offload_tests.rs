@@ -479,3 +479,20 @@ fn udp_flows_sizes_and_fragments_bound_each_merge() {
     assert_eq!(out[0].0.gso_type, GSO_UDP_L4);
     assert_eq!(out[1], (VnetHdr::default(), frag));
 }
+
+#[test]
+fn flow_hash_is_the_same_both_ways_and_spreads_flows() {
+    use std::net::Ipv4Addr;
+    let a = Ipv4Addr::new(10, 0, 0, 1);
+    let b = Ipv4Addr::new(10, 0, 0, 2);
+    let there = crate::wire::build::udp_v4(a, b, 5000, 80, b"x");
+    let back = crate::wire::build::udp_v4(b, a, 80, 5000, b"y");
+    assert_eq!(flow_hash(&there), flow_hash(&back));
+    // Flows that differ only in the source port land on both of two queues.
+    let queues: std::collections::HashSet<u32> = (0..16u16)
+        .map(|p| flow_hash(&crate::wire::build::udp_v4(a, b, 5000 + p, 80, b"x")) % 2)
+        .collect();
+    assert_eq!(queues.len(), 2);
+    assert_eq!(flow_hash(b"not ip"), 0);
+    assert_eq!(flow_hash(&[]), 0);
+}

@@ -15,6 +15,7 @@ const TUNSETIFF: libc::c_ulong = 0x4004_54ca;
 const IFF_TUN: libc::c_short = 0x0001;
 const IFF_NO_PI: libc::c_short = 0x1000;
 const IFF_VNET_HDR: libc::c_short = 0x4000;
+const IFF_MULTI_QUEUE: libc::c_short = 0x0100;
 /// `_IOW('T', 208, unsigned int)`.
 const TUNSETOFFLOAD: libc::c_ulong = 0x4004_54d0;
 /// `_IOW('T', 216, int)`.
@@ -56,15 +57,29 @@ pub fn check_ifname(name: &str) -> io::Result<()> {
 }
 
 /// Creates (or attaches to) the TUN device `name` (`IFF_TUN | IFF_NO_PI`: bare IP
-/// packets) in the calling thread's network namespace. The file is non-blocking; closing
-/// it deletes the device (it is not persistent).
+/// packets) in the calling thread's network namespace, with `queues` queues (more than
+/// one: `IFF_MULTI_QUEUE`, one file per queue; the kernel spreads the packets it sends by
+/// flow). The files are non-blocking; closing them all deletes the device (it is not
+/// persistent).
 ///
 /// With `offload`, each packet carries a `virtio_net_hdr` (`IFF_VNET_HDR`) and the kernel
 /// may hand over TCP packets of up to 64 KiB to segment (TSO4/TSO6), UDP ones too
 /// (USO4/USO6, Linux 6.2+), and packets with checksums to complete; returns whether it
 /// took USO (and so also takes USO packets written to it: UDP can be coalesced).
-pub fn open_tun(name: &str, offload: bool) -> io::Result<(File, bool)> {
+pub fn open_tun(name: &str, offload: bool, queues: usize) -> io::Result<(Vec<File>, bool)> {
     check_ifname(name)?;
+    let queues = queues.max(1);
+    let mut files = Vec::with_capacity(queues);
+    let mut uso = false;
+    for _ in 0..queues {
+        let (file, took) = open_queue(name, offload, queues > 1)?;
+        uso = took;
+        files.push(file);
+    }
+    Ok((files, uso))
+}
+
+fn open_queue(name: &str, offload: bool, multi: bool) -> io::Result<(File, bool)> {
     let file = OpenOptions::new()
         .read(true)
         .write(true)
@@ -72,7 +87,10 @@ pub fn open_tun(name: &str, offload: bool) -> io::Result<(File, bool)> {
         .open("/dev/net/tun")?;
     let mut req = IfReq {
         name: [0; libc::IFNAMSIZ],
-        flags: IFF_TUN | IFF_NO_PI | if offload { IFF_VNET_HDR } else { 0 },
+        flags: IFF_TUN
+            | IFF_NO_PI
+            | if offload { IFF_VNET_HDR } else { 0 }
+            | if multi { IFF_MULTI_QUEUE } else { 0 },
         _union_rest: [0; 22],
     };
     for (dst, src) in req.name.iter_mut().zip(name.bytes()) {

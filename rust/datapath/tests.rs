@@ -715,3 +715,126 @@ fn relayed_strangers_are_bounded() {
     assert_eq!(b.relayed.len(), b.relay_path.len());
     assert!(b.relay_path.iter().all(|(n, fake)| b.relayed[fake] == *n));
 }
+
+fn udp_packets(from: u8, to: u8, tag: u8, n: usize) -> Vec<Vec<u8>> {
+    (0..n)
+        .map(|i| {
+            udp_v4(
+                Ipv4Addr::new(10, 7, 0, from),
+                Ipv4Addr::new(10, 7, 0, to),
+                1000 + u16::from(tag),
+                2000,
+                &[tag, i as u8, 7, 7, 7, 7, 7, 7],
+            )
+        })
+        .collect()
+}
+
+/// Routes `packets` into a plan made by `node` (routing and reservation; the caller seals
+/// and sends).
+fn plan(node: &mut UdpNode, packets: &[Vec<u8>]) -> SealPlan {
+    let mut plan = SealPlan::default();
+    let frames = packets.iter().map(Vec::as_slice).enumerate();
+    let answers = node
+        .route_for_sealing(NET, frames, packets.len() as u64, Instant::now(), &mut plan)
+        .unwrap();
+    assert!(answers.is_empty());
+    plan
+}
+
+#[test]
+fn batches_sealed_outside_the_node_arrive_once_whatever_their_order() {
+    let (mut a, mut b) = pair();
+    // No session yet: the first batch goes the slow way (queued behind the handshake).
+    let first = udp_packets(1, 2, 0, 3);
+    let slow = plan(&mut a, &first);
+    assert!(
+        slow.is_empty(),
+        "no session: nothing is left to seal outside"
+    );
+    let (_, ib) = pump(&mut a, &mut b, Duration::from_secs(5), |_, ib| {
+        ib.frames.len() == first.len()
+    });
+    assert_eq!(ib.frames.len(), first.len());
+
+    // Two batches routed in turn (as two datapath threads would), sealed and sent in
+    // the opposite order: the receiver takes every packet exactly once.
+    let socket = a.socket().try_clone().unwrap();
+    let one = udp_packets(1, 2, 1, 40);
+    let two = udp_packets(1, 2, 2, 40);
+    let mut plan_one = plan(&mut a, &one);
+    let mut plan_two = plan(&mut a, &two);
+    assert_eq!((plan_one.len(), plan_two.len()), (40, 40));
+    let before = a.tunnel_stats();
+    let sealed_two = plan_two.seal_and_send(&socket, |i| &two[i]);
+    let sealed_one = plan_one.seal_and_send(&socket, |i| &one[i]);
+    assert_eq!(
+        (sealed_one.packets, sealed_one.sent, sealed_one.failed),
+        (40, 40, 0)
+    );
+    assert_eq!(
+        (sealed_two.packets, sealed_two.sent, sealed_two.failed),
+        (40, 40, 0)
+    );
+    assert!(plan_one.is_empty() && plan_two.is_empty());
+    a.count_sealed(sealed_one);
+    a.count_sealed(sealed_two);
+    let after = a.tunnel_stats();
+    assert_eq!(after.packets_out - before.packets_out, 80);
+    let (_, ib) = pump(&mut a, &mut b, Duration::from_secs(5), |_, ib| {
+        ib.frames.len() == 80
+    });
+    let mut got: Vec<Vec<u8>> = ib.frames.into_iter().map(|(_, f)| f).collect();
+    let mut want: Vec<Vec<u8>> = two.iter().chain(&one).cloned().collect();
+    assert_eq!(got, want, "each batch in order, the later one first");
+    got.sort();
+    want.sort();
+    assert_eq!(got, want);
+    assert_eq!(
+        b.tunnel_stats().drops.total(),
+        0,
+        "nothing taken for a replay"
+    );
+}
+
+#[test]
+fn a_sealing_plan_routes_like_send_packets() {
+    let (mut a, mut b) = pair();
+    // Warm the session up.
+    a.send_packets(NET, [udp_packets(1, 2, 0, 1)[0].as_slice()], Instant::now())
+        .unwrap();
+    pump(&mut a, &mut b, Duration::from_secs(5), |_, ib| {
+        ib.frames.len() == 1
+    });
+    // A spoofed source and an address nobody has are dropped by the router; the rest is
+    // planned.
+    let spoofed = udp_packets(9, 2, 1, 1).remove(0);
+    let nobody = udp_packets(1, 99, 1, 1).remove(0);
+    let good = udp_packets(1, 2, 1, 1).remove(0);
+    let frames = [spoofed, nobody, good.clone()];
+    let drops = a.router(NET).unwrap().drops().total();
+    let mut plan = SealPlan::default();
+    let answers = a
+        .route_for_sealing(
+            NET,
+            frames.iter().map(Vec::as_slice).enumerate(),
+            3,
+            Instant::now(),
+            &mut plan,
+        )
+        .unwrap();
+    assert!(answers.is_empty());
+    assert_eq!(plan.len(), 1);
+    assert_eq!(a.router(NET).unwrap().drops().total() - drops, 2);
+    let socket = a.socket().try_clone().unwrap();
+    let sealed = plan.seal_and_send(&socket, |i| &frames[i]);
+    assert_eq!(sealed.sent, 1);
+    let (_, ib) = pump(&mut a, &mut b, Duration::from_secs(5), |_, ib| {
+        ib.frames.len() == 1
+    });
+    assert_eq!(ib.frames, vec![(NET.to_owned(), good)]);
+    assert!(matches!(
+        a.route_for_sealing("nope", std::iter::empty(), 1, Instant::now(), &mut plan),
+        Err(DatapathError::UnknownNetwork(_))
+    ));
+}

@@ -13,19 +13,22 @@
 //! Python configures the node through [`Worker::with`] (which wakes the thread so a new
 //! deadline or descriptor is seen) and never touches a packet of an attached network.
 
+use std::fs::File;
 use std::io;
-use std::net::IpAddr;
+use std::net::{IpAddr, UdpSocket};
+use std::ops::Range;
 use std::os::fd::{AsRawFd, RawFd};
 use std::os::unix::net::UnixDatagram;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 use rustc_hash::FxHashMap;
 
-use super::attach::{AttachError, Attachment, AttachmentKind};
-use super::{Inbound, Sink, UdpNode, sys};
+use super::attach::{AttachError, Attachment, AttachmentKind, MAX_FRAME, read_tun_batch};
+use super::offload::VNET_HDR_LEN;
+use super::{Inbound, SealPlan, Sink, UdpNode, sys};
 use crate::node_id::NodeId;
 use crate::router::Frame;
 use crate::tunnel::Event;
@@ -41,6 +44,18 @@ const MAX_SLEEP: Duration = Duration::from_secs(1);
 /// datapath thread takes the core the packet's receiver needs, and ping RTTs got worse
 /// (benches/RESULTS.md); on a machine with cores to spare it can shave wake-up latency.
 const SPIN: Duration = Duration::ZERO;
+
+/// The most datapath threads one TUN attachment gets.
+pub const MAX_TUN_QUEUES: usize = 16;
+
+/// How many queues (and datapath threads reading them) a TUN attachment gets unless told:
+/// `GOLEM_VPN_WORKERS` (1 to [`MAX_TUN_QUEUES`]), else 1.
+pub fn default_tun_queues() -> usize {
+    std::env::var("GOLEM_VPN_WORKERS")
+        .ok()
+        .and_then(|v| v.trim().parse::<usize>().ok())
+        .map_or(1, |n| n.clamp(1, MAX_TUN_QUEUES))
+}
 
 /// [`SPIN`], or `GOLEM_VPN_SPIN_US` microseconds (at most one second).
 fn spin_time() -> Duration {
@@ -87,6 +102,37 @@ pub struct State {
     lens: Vec<usize>,
     /// Attachments written to in this round (their held segments go out at its end).
     touched: Vec<u32>,
+    /// The threads reading each multi-queue TUN attachment's queues.
+    tx: FxHashMap<u32, TxThreads>,
+    /// Threads of detached attachments, told to stop (joined when the worker stops).
+    tx_retired: Vec<TxThreads>,
+}
+
+/// The datapath threads of one multi-queue TUN attachment: each reads one queue, routes
+/// under the lock and seals and sends outside it ([`SealPlan`]).
+#[derive(Debug)]
+struct TxThreads {
+    /// Packets each thread has read from its queue.
+    packets: Arc<[AtomicU64]>,
+    stop: Arc<AtomicBool>,
+    wakes: Vec<UnixDatagram>,
+    threads: Vec<JoinHandle<()>>,
+}
+
+impl TxThreads {
+    fn signal(&self) {
+        self.stop.store(true, Ordering::SeqCst);
+        for w in &self.wakes {
+            let _ = w.send(&[1]);
+        }
+    }
+
+    fn join(self) {
+        self.signal();
+        for t in self.threads {
+            let _ = t.join();
+        }
+    }
 }
 
 impl State {
@@ -101,6 +147,8 @@ impl State {
             bufs: Vec::new(),
             lens: Vec::new(),
             touched: Vec::new(),
+            tx: FxHashMap::default(),
+            tx_retired: Vec::new(),
         }
     }
 
@@ -152,6 +200,10 @@ impl State {
         };
         self.by_network.retain(|_, a| *a != id);
         self.closing.push(attachment);
+        if let Some(tx) = self.tx.remove(&id) {
+            tx.signal();
+            self.tx_retired.push(tx);
+        }
         true
     }
 
@@ -163,6 +215,17 @@ impl State {
     /// An attachment by id.
     pub fn attachment(&self, id: u32) -> Option<&Attachment> {
         self.attachments.get(&id)
+    }
+
+    /// The packets each datapath thread reading attachment `id`'s queues has read
+    /// (empty: the node's thread reads it).
+    pub fn tx_packets(&self, id: u32) -> Vec<u64> {
+        self.tx.get(&id).map_or_else(Vec::new, |t| {
+            t.packets
+                .iter()
+                .map(|p| p.load(Ordering::Relaxed))
+                .collect()
+        })
     }
 
     /// Leaves a network (see [`UdpNode::remove_network`]); an attachment that carried it
@@ -236,43 +299,63 @@ impl State {
         };
         attachment.flush();
         attachment.read_frames(ATTACHMENT_BATCH, bufs, lens);
-        let kind = attachment.kind();
-        // Consecutive frames for the same network go out in one batch.
-        let mut start = 0;
-        while start < lens.len() {
-            let network = pick_network(
-                node,
-                attachment.networks(),
-                kind,
-                &bufs[start][..lens[start]],
-            );
-            let mut end = start + 1;
-            while end < lens.len()
-                && pick_network(node, attachment.networks(), kind, &bufs[end][..lens[end]])
-                    == network
-            {
-                end += 1;
-            }
-            match network {
-                None => attachment.stats.no_network += (end - start) as u64,
-                Some(i) => {
-                    let network = attachment.networks()[i].clone();
-                    let before = node.router(&network).map_or(0, |r| r.drops().total());
-                    let frames = (start..end).map(|k| &bufs[k][..lens[k]]);
-                    match node.send_packets(&network, frames, now) {
-                        Ok(answers) => {
-                            for answer in answers {
-                                attachment.write_frame(&answer);
-                            }
+        let networks = attachment.networks().to_vec();
+        let frame = |k: usize| &bufs[k][..lens[k]];
+        for_each_network_run(
+            node,
+            &networks,
+            attachment.kind(),
+            lens.len(),
+            frame,
+            |node, run| {
+                let Some((network, frames)) = run else {
+                    attachment.stats.no_network += 1;
+                    return;
+                };
+                let before = node.router(network).map_or(0, |r| r.drops().total());
+                let n = frames.len() as u64;
+                match node.send_packets(network, frames.map(frame), now) {
+                    Ok(answers) => {
+                        for answer in answers {
+                            attachment.write_frame(&answer);
                         }
-                        Err(_) => attachment.stats.no_network += (end - start) as u64,
                     }
-                    let after = node.router(&network).map_or(0, |r| r.drops().total());
-                    attachment.stats.router_drops += after.saturating_sub(before);
+                    Err(_) => attachment.stats.no_network += n,
+                }
+                let after = node.router(network).map_or(0, |r| r.drops().total());
+                attachment.stats.router_drops += after.saturating_sub(before);
+            },
+        );
+    }
+}
+
+/// Calls `f` for each run of consecutive frames (`frame(0..count)`) bound for the same
+/// network of `networks` (they go out in one batch), or with None for each frame that is
+/// for none of them.
+fn for_each_network_run<'f>(
+    node: &mut UdpNode,
+    networks: &[String],
+    kind: AttachmentKind,
+    count: usize,
+    frame: impl Fn(usize) -> &'f [u8],
+    mut f: impl FnMut(&mut UdpNode, Option<(&str, Range<usize>)>),
+) {
+    let mut start = 0;
+    while start < count {
+        let network = pick_network(node, networks, kind, frame(start));
+        let mut end = start + 1;
+        while end < count && pick_network(node, networks, kind, frame(end)) == network {
+            end += 1;
+        }
+        match network {
+            None => {
+                for _ in start..end {
+                    f(node, None);
                 }
             }
-            start = end;
+            Some(i) => f(node, Some((&networks[i], start..end))),
         }
+        start = end;
     }
 }
 
@@ -413,6 +496,87 @@ impl Worker {
         })
     }
 
+    /// Attaches a TUN device (see [`Attachment::tun`]) to `networks`. With more than one
+    /// queue (and offloads), each queue gets a datapath thread of its own that reads it,
+    /// routes under the lock and seals and sends outside it, so the flows a payload sends
+    /// are carried on several cores at once; the node's thread still writes what arrives.
+    pub fn attach_tun(
+        &self,
+        name: &str,
+        networks: Vec<String>,
+        offload: bool,
+        queues: usize,
+    ) -> Result<u32, WorkerError> {
+        let queues = queues.clamp(1, MAX_TUN_QUEUES);
+        let (id, files, socket) = self.with(|s| {
+            let id = s.attach(networks, |id, nets| {
+                Attachment::tun(id, name, nets, offload, queues)
+            })?;
+            let files = s.attachments.get_mut(&id).and_then(Attachment::tx_queues);
+            Ok::<_, WorkerError>((id, files, s.node.socket().try_clone()))
+        })?;
+        let Some(files) = files else {
+            // One queue, or no offloads: the node's thread reads the device.
+            return Ok(id);
+        };
+        let spawned = files
+            .and_then(|files| self.spawn_tx(id, files, &socket?))
+            .map(|tx| {
+                self.with(|s| {
+                    if s.attachments.contains_key(&id) {
+                        s.tx.insert(id, tx);
+                    } else {
+                        tx.signal();
+                        s.tx_retired.push(tx);
+                    }
+                })
+            });
+        if let Err(e) = spawned {
+            // Nobody would read queues 1..: refuse the attachment whole.
+            self.with(|s| s.detach(id));
+            let what = format!("TUN device {name:?}: datapath threads");
+            return Err(AttachError::io(what, e).into());
+        }
+        Ok(id)
+    }
+
+    fn spawn_tx(&self, id: u32, files: Vec<File>, socket: &UdpSocket) -> io::Result<TxThreads> {
+        let stop = Arc::new(AtomicBool::new(false));
+        let packets: Arc<[AtomicU64]> = (0..files.len()).map(|_| AtomicU64::new(0)).collect();
+        let mut tx = TxThreads {
+            packets: Arc::clone(&packets),
+            stop: Arc::clone(&stop),
+            wakes: Vec::new(),
+            threads: Vec::new(),
+        };
+        for (queue, file) in files.into_iter().enumerate() {
+            let (wake_tx, wake_rx) = UnixDatagram::pair()?;
+            wake_tx.set_nonblocking(true)?;
+            wake_rx.set_nonblocking(true)?;
+            let socket = socket.try_clone()?;
+            let shared = Arc::clone(&self.shared);
+            let stop = Arc::clone(&stop);
+            let packets = Arc::clone(&packets);
+            let spawned = std::thread::Builder::new()
+                .name(format!("golem-vpn-tx{queue}"))
+                .spawn(move || {
+                    let count = &packets[queue];
+                    run_tx(&shared, id, file, &socket, &stop, &wake_rx, count);
+                });
+            match spawned {
+                Ok(t) => {
+                    tx.wakes.push(wake_tx);
+                    tx.threads.push(t);
+                }
+                Err(e) => {
+                    tx.join();
+                    return Err(e);
+                }
+            }
+        }
+        Ok(tx)
+    }
+
     /// Runs `f` on the shared state, then wakes the thread so it sees new timers and
     /// descriptors.
     pub fn with<R>(&self, f: impl FnOnce(&mut State) -> R) -> R {
@@ -445,10 +609,19 @@ impl Worker {
         self.shared.lock().take_queue()
     }
 
-    /// Stops the thread (attachments are closed when the worker is dropped).
+    /// Stops the threads (attachments are closed when the worker is dropped).
     pub fn stop(&mut self) {
         self.shared.stop.store(true, Ordering::SeqCst);
         self.wake();
+        let tx: Vec<TxThreads> = {
+            let mut state = self.shared.lock();
+            let mut tx: Vec<TxThreads> = state.tx.drain().map(|(_, t)| t).collect();
+            tx.append(&mut state.tx_retired);
+            tx
+        };
+        for t in tx {
+            t.join();
+        }
         if let Some(t) = self.thread.take() {
             let _ = t.join();
         }
@@ -556,6 +729,98 @@ fn run(shared: &Shared, wake_rx: &UnixDatagram) {
         drop(state);
         if notify && !shared.notified.swap(true, Ordering::SeqCst) {
             let _ = shared.notify_tx.send(&[1]);
+        }
+    }
+}
+
+/// A datapath thread of a multi-queue TUN attachment: reads its queue, routes the batch
+/// and reserves counters under the lock, then seals and sends without it.
+fn run_tx(
+    shared: &Shared,
+    id: u32,
+    mut file: File,
+    socket: &UdpSocket,
+    stop: &AtomicBool,
+    wake_rx: &UnixDatagram,
+    count: &AtomicU64,
+) {
+    let mut scratch = vec![0u8; VNET_HDR_LEN + MAX_FRAME];
+    let mut bufs: Vec<Vec<u8>> = (0..ATTACHMENT_BATCH)
+        .map(|_| vec![0u8; MAX_FRAME])
+        .collect();
+    let mut lens: Vec<usize> = Vec::new();
+    let mut plan = SealPlan::default();
+    while !stop.load(Ordering::SeqCst) && !shared.stop.load(Ordering::SeqCst) {
+        let mut fds = [
+            sys::poll_fd(file.as_raw_fd(), sys::POLLIN),
+            sys::poll_fd(wake_rx.as_raw_fd(), sys::POLLIN),
+        ];
+        if sys::poll(&mut fds, Some(MAX_SLEEP)).is_err() {
+            std::thread::sleep(Duration::from_millis(1));
+        }
+        if fds[1].revents != 0 {
+            let mut sink = [0u8; 64];
+            while wake_rx.recv(&mut sink).is_ok() {}
+        }
+        if fds[0].revents == 0 {
+            continue;
+        }
+        let (bad, broken) = read_tun_batch(
+            &mut file,
+            &mut scratch,
+            ATTACHMENT_BATCH,
+            &mut bufs,
+            &mut lens,
+        );
+        count.fetch_add(lens.len() as u64, Ordering::Relaxed);
+        let now = Instant::now();
+        let frame = |k: usize| &bufs[k][..lens[k]];
+        {
+            let mut state = shared.lock();
+            let State {
+                node, attachments, ..
+            } = &mut *state;
+            let Some(attachment) = attachments.get_mut(&id) else {
+                return;
+            };
+            attachment.stats.no_network += bad;
+            attachment.stats.count_in(&lens);
+            if broken {
+                attachment.mark_broken();
+                return;
+            }
+            let networks = attachment.networks().to_vec();
+            let count = lens.len();
+            for_each_network_run(
+                node,
+                &networks,
+                AttachmentKind::Tun,
+                count,
+                frame,
+                |node, run| {
+                    let Some((network, frames)) = run else {
+                        attachment.stats.no_network += 1;
+                        return;
+                    };
+                    let before = node.router(network).map_or(0, |r| r.drops().total());
+                    let n = frames.len() as u64;
+                    let batch = frames.map(|k| (k, frame(k)));
+                    match node.route_for_sealing(network, batch, count as u64, now, &mut plan) {
+                        Ok(answers) => {
+                            for answer in answers {
+                                attachment.write_frame(&answer);
+                            }
+                        }
+                        Err(_) => attachment.stats.no_network += n,
+                    }
+                    let after = node.router(network).map_or(0, |r| r.drops().total());
+                    attachment.stats.router_drops += after.saturating_sub(before);
+                },
+            );
+        }
+        if !plan.is_empty() {
+            let sealed = plan.seal_and_send(socket, frame);
+            shared.lock().node.count_sealed(sealed);
         }
     }
 }

@@ -13,6 +13,7 @@ use super::convert::{self, host_port};
 use super::errors::{ToPyErr, error};
 use crate::datapath::{
     AttachError, Attachment, DatapathError, Inbound, UdpNode, UdpRelay, Worker, WorkerError,
+    default_tun_queues,
 };
 use crate::identity::{Identity, recover_node_id};
 use crate::router::{Cidr, Medium, Router, RouterConfig};
@@ -159,7 +160,11 @@ fn inbound_tuple<'py>(py: Python<'py>, inbound: Inbound) -> PyResult<InboundTupl
     Ok((frames, control, events))
 }
 
-fn attachment_dict<'py>(py: Python<'py>, a: &Attachment) -> PyResult<Bound<'py, PyDict>> {
+fn attachment_dict<'py>(
+    py: Python<'py>,
+    a: &Attachment,
+    threads: Vec<u64>,
+) -> PyResult<Bound<'py, PyDict>> {
     let d = PyDict::new(py);
     let s = a.stats;
     d.set_item("id", a.id())?;
@@ -179,6 +184,8 @@ fn attachment_dict<'py>(py: Python<'py>, a: &Attachment) -> PyResult<Bound<'py, 
     d.set_item("drop_reasons", reasons)?;
     d.set_item("broken", a.is_broken())?;
     d.set_item("offload", a.offload())?;
+    d.set_item("queues", a.queue_count())?;
+    d.set_item("threads", threads)?;
     Ok(d)
 }
 
@@ -404,20 +411,18 @@ impl PyNodeTransport {
         Ok(self.worker.read(|s| s.node().endpoint().is_up(&n)))
     }
 
-    #[pyo3(signature = (name, networks, *, offload = true))]
+    #[pyo3(signature = (name, networks, *, offload = true, queues = None))]
     fn attach_tun(
         &self,
         py: Python<'_>,
         name: &str,
         networks: Vec<String>,
         offload: bool,
+        queues: Option<usize>,
     ) -> PyResult<u32> {
+        let queues = queues.unwrap_or_else(default_tun_queues);
         self.worker
-            .with(|s| {
-                s.attach(networks, |id, nets| {
-                    Attachment::tun(id, name, nets, offload)
-                })
-            })
+            .attach_tun(name, networks, offload, queues)
             .map_err(|e| e.to_py(py))
     }
 
@@ -449,9 +454,10 @@ impl PyNodeTransport {
             .read(|s| s.attachments().map(Attachment::id).collect());
         ids.sort_unstable();
         for id in ids {
-            let d = self
-                .worker
-                .read(|s| s.attachment(id).map(|a| attachment_dict(py, a)));
+            let d = self.worker.read(|s| {
+                s.attachment(id)
+                    .map(|a| attachment_dict(py, a, s.tx_packets(id)))
+            });
             if let Some(d) = d {
                 list.append(d?)?;
             }

@@ -169,6 +169,7 @@ use snow::params::NoiseParams;
 use snow::{Builder, HandshakeState};
 
 pub use replay::REPLAY_WINDOW;
+pub use session::SealBatch;
 pub use stats::{DropCounters, DropReason, TunnelStats};
 pub use wire::{
     DATA_HEADER_LEN, DATA_MIN_LEN, MAX_DATAGRAM_LEN, MAX_NETWORK_LEN, TAG_LEN, data_overhead,
@@ -755,6 +756,41 @@ impl Endpoint {
             self.start_handshake(*node, now);
         }
         Ok(None)
+    }
+
+    /// Reserves up to `n` message counters on `node`'s sending session, to seal IP
+    /// payloads with elsewhere ([`SealBatch::seal_ip`], e.g. on another datapath thread
+    /// while this endpoint serves others), with the destination to send them to.
+    /// `Ok(None)`: no session can send now (use [`send_into`](Self::send_into), which
+    /// queues and starts a handshake). Starts a rekey when one is due, as a send would.
+    /// What is sealed is counted by [`count_sealed`](Self::count_sealed).
+    pub fn reserve(
+        &mut self,
+        node: &NodeId,
+        n: u64,
+        now: Instant,
+    ) -> Result<Option<(SealBatch, SocketAddr)>, SendError> {
+        let persistent = self.config.persistent_keepalive;
+        let rekey_after = self.config.rekey_after_messages;
+        let peer = match self.peers.get_mut(node) {
+            Some(p) if p.allowed => p,
+            _ => return Err(SendError::NotAllowed(*node)),
+        };
+        let Some(reserved) = peer.reserve(n, now, persistent) else {
+            return Ok(None);
+        };
+        if peer.wants_rekey_on_send(now, rekey_after) {
+            self.start_handshake(*node, now);
+        }
+        Ok(Some(reserved))
+    }
+
+    /// Counts payloads sealed from [`SealBatch`]es: `packets` payloads of `bytes` bytes in
+    /// all.
+    pub fn count_sealed(&mut self, packets: u64, bytes: u64) {
+        self.stats.packets_out += packets;
+        self.stats.bytes_out += bytes;
+        self.stats.datagrams_out += packets;
     }
 
     /// Handles a datagram that arrived from `from`. Never panics; anything it cannot use

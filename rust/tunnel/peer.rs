@@ -10,7 +10,7 @@ use rustc_hash::FxHashMap;
 use snow::HandshakeState;
 
 use super::cookie::Mac;
-use super::session::Session;
+use super::session::{SealBatch, Session};
 use super::wire::KIND_KEEPALIVE;
 use super::{
     KEEPALIVE_TIMEOUT, REJECT_AFTER_TIME, REKEY_AFTER_TIME, REKEY_ATTEMPT_TIME, REKEY_TIMEOUT,
@@ -182,6 +182,25 @@ impl Peer {
         }
         self.persistent_at = persistent.map(|p| now + p);
         Some(addr)
+    }
+
+    /// Reserves up to `n` counters on the sending session for a [`SealBatch`], with the
+    /// bookkeeping of a send ([`Peer::encrypt_with`]): None without an address or a
+    /// session that can send.
+    pub(crate) fn reserve(
+        &mut self,
+        n: u64,
+        now: Instant,
+        persistent: Option<Duration>,
+    ) -> Option<(SealBatch, SocketAddr)> {
+        let addr = self.addr?;
+        let batch = self.sending_session(now)?.reserve(n)?;
+        self.keepalive_at = None;
+        if self.new_handshake_at.is_none() {
+            self.new_handshake_at = Some(now + KEEPALIVE_TIMEOUT + REKEY_TIMEOUT);
+        }
+        self.persistent_at = persistent.map(|p| now + p);
+        Some((batch, addr))
     }
 
     /// Whether sending should start a new handshake: the session we initiated is older

@@ -7,10 +7,10 @@
 use super::REJECT_AFTER_MESSAGES;
 
 const WORD_BITS: u64 = 64;
-const WORDS: usize = 64;
+const WORDS: usize = 256;
 const BITS_TOTAL: u64 = WORD_BITS * WORDS as u64;
 
-/// How far behind the highest accepted counter a packet may arrive (4032 counters).
+/// How far behind the highest accepted counter a packet may arrive (16,320 counters: datapath threads seal batches of one session out of order).
 pub const REPLAY_WINDOW: u64 = BITS_TOTAL - WORD_BITS;
 
 /// Which counters a session has accepted.

@@ -8,6 +8,7 @@
 //! AES-GCM and little-endian for ChaChaPoly, per the Noise spec), so the inner plaintext is
 //! written straight into the outgoing datagram instead of being copied there.
 
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use ring::aead::{AES_256_GCM, Aad, CHACHA20_POLY1305, LessSafeKey, Nonce, UnboundKey};
@@ -15,12 +16,13 @@ use snow::HandshakeState;
 
 use super::Cipher;
 use super::replay::ReplayWindow;
-use super::wire::{DATA, DATA_HEADER_LEN, TAG_LEN};
+use super::wire::{DATA, DATA_HEADER_LEN, MAX_PLAINTEXT, TAG_LEN};
 use super::{REJECT_AFTER_MESSAGES, REJECT_AFTER_TIME};
 
 /// The keys of one completed handshake and what has been sent and received with them.
 pub(crate) struct Session {
-    send: LessSafeKey,
+    /// Shared with [`SealBatch`]es sealing on other threads.
+    send: Arc<LessSafeKey>,
     recv: LessSafeKey,
     /// Noise's AESGCM nonce is big-endian, ChaChaPoly's little-endian.
     nonce_big_endian: bool,
@@ -58,7 +60,7 @@ impl Session {
         };
         let key = |k: [u8; 32]| UnboundKey::new(algorithm, &k).ok().map(LessSafeKey::new);
         Some(Session {
-            send: key(send)?,
+            send: Arc::new(key(send)?),
             recv: key(recv)?,
             nonce_big_endian: cipher == Cipher::Aes256Gcm,
             initiator,
@@ -72,13 +74,7 @@ impl Session {
 
     #[inline]
     fn nonce(&self, counter: u64) -> Nonce {
-        let mut bytes = [0u8; 12];
-        bytes[4..].copy_from_slice(&if self.nonce_big_endian {
-            counter.to_be_bytes()
-        } else {
-            counter.to_le_bytes()
-        });
-        Nonce::assume_unique_for_key(bytes)
+        nonce(self.nonce_big_endian, counter)
     }
 
     #[inline]
@@ -105,21 +101,37 @@ impl Session {
         if counter >= REJECT_AFTER_MESSAGES {
             return false;
         }
-        out.clear();
-        out.push(DATA);
-        out.extend_from_slice(&self.remote_index.to_le_bytes());
-        out.extend_from_slice(&counter.to_le_bytes());
-        write(out);
-        let nonce = self.nonce(counter);
-        let Ok(tag) =
-            self.send
-                .seal_in_place_separate_tag(nonce, Aad::empty(), &mut out[DATA_HEADER_LEN..])
-        else {
-            return false;
-        };
-        out.extend_from_slice(tag.as_ref());
-        self.send_counter = counter + 1;
-        true
+        let sealed = seal(
+            &self.send,
+            self.nonce_big_endian,
+            self.remote_index,
+            counter,
+            write,
+            out,
+        );
+        if sealed {
+            self.send_counter = counter + 1;
+        }
+        sealed
+    }
+
+    /// Reserves up to `n` counters (at least one) for a [`SealBatch`], which seals with
+    /// them without the session: on another thread, while the endpoint serves others.
+    /// None if the session cannot send.
+    pub(crate) fn reserve(&mut self, n: u64) -> Option<SealBatch> {
+        let next = self.send_counter;
+        let end = next.saturating_add(n.max(1)).min(REJECT_AFTER_MESSAGES);
+        if next >= end {
+            return None;
+        }
+        self.send_counter = end;
+        Some(SealBatch {
+            key: Arc::clone(&self.send),
+            nonce_big_endian: self.nonce_big_endian,
+            remote_index: self.remote_index,
+            next,
+            end,
+        })
     }
 
     /// Decrypts the ciphertext of a data message with counter `counter` into `out`
@@ -143,5 +155,92 @@ impl Session {
             }
             Err(_) => false,
         }
+    }
+}
+
+/// The AEAD nonce of message `counter` (Noise: 4 zero bytes, then the 64-bit counter).
+#[inline]
+fn nonce(big_endian: bool, counter: u64) -> Nonce {
+    let mut bytes = [0u8; 12];
+    bytes[4..].copy_from_slice(&if big_endian {
+        counter.to_be_bytes()
+    } else {
+        counter.to_le_bytes()
+    });
+    Nonce::assume_unique_for_key(bytes)
+}
+
+/// Writes data message `counter` into `out`: the header, the plaintext `write` appends,
+/// sealed in place, and the tag.
+#[inline]
+fn seal(
+    key: &LessSafeKey,
+    nonce_big_endian: bool,
+    remote_index: u32,
+    counter: u64,
+    write: impl FnOnce(&mut Vec<u8>),
+    out: &mut Vec<u8>,
+) -> bool {
+    out.clear();
+    out.push(DATA);
+    out.extend_from_slice(&remote_index.to_le_bytes());
+    out.extend_from_slice(&counter.to_le_bytes());
+    write(out);
+    let Ok(tag) = key.seal_in_place_separate_tag(
+        nonce(nonce_big_endian, counter),
+        Aad::empty(),
+        &mut out[DATA_HEADER_LEN..],
+    ) else {
+        return false;
+    };
+    out.extend_from_slice(tag.as_ref());
+    true
+}
+
+/// Counters reserved on a session ([`crate::tunnel::Endpoint::reserve`]): seals data
+/// messages with them on any thread, each counter once, without touching the endpoint.
+/// Counters left unused are never used by anyone (the receiver's replay window takes
+/// gaps and, within [`crate::tunnel::REPLAY_WINDOW`], batches sealed out of order).
+pub struct SealBatch {
+    key: Arc<LessSafeKey>,
+    nonce_big_endian: bool,
+    remote_index: u32,
+    next: u64,
+    end: u64,
+}
+
+impl std::fmt::Debug for SealBatch {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("SealBatch")
+            .field("remote_index", &self.remote_index)
+            .field("next", &self.next)
+            .field("end", &self.end)
+            .finish_non_exhaustive()
+    }
+}
+
+impl SealBatch {
+    /// Counters left.
+    pub fn remaining(&self) -> u64 {
+        self.end - self.next
+    }
+
+    /// Seals one IP payload of `network` into `out` (overwritten, capacity reused).
+    /// False once the reserved counters are used up.
+    #[inline]
+    pub fn seal_ip(&mut self, network: &str, bytes: &[u8], out: &mut Vec<u8>) -> bool {
+        if self.next >= self.end || 2 + network.len() + bytes.len() > MAX_PLAINTEXT {
+            return false;
+        }
+        let counter = self.next;
+        self.next += 1;
+        seal(
+            &self.key,
+            self.nonce_big_endian,
+            self.remote_index,
+            counter,
+            |buf| super::wire::append_inner(buf, super::PayloadKind::Ip, network, bytes),
+            out,
+        )
     }
 }

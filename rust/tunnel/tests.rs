@@ -689,13 +689,14 @@ fn replay_window_accepts_each_counter_once() {
     let mut w = ReplayWindow::new();
     assert!(w.check(0) && w.update(0));
     assert!(!w.check(0) && !w.update(0));
-    assert!(w.update(5000));
-    assert!(w.update(4999) && w.update(5000 - REPLAY_WINDOW));
-    assert!(!w.check(5000 - REPLAY_WINDOW - 1) && !w.update(5000 - REPLAY_WINDOW - 1));
-    assert!(!w.update(4999));
+    let top = REPLAY_WINDOW + 5000;
+    assert!(w.update(top));
+    assert!(w.update(top - 1) && w.update(top - REPLAY_WINDOW));
+    assert!(!w.check(top - REPLAY_WINDOW - 1) && !w.update(top - REPLAY_WINDOW - 1));
+    assert!(!w.update(top - 1));
     // A jump past the whole bitmap clears it.
     assert!(w.update(1_000_000));
-    assert!(w.update(1_000_000 - 64) && w.update(1_000_000 - 4000));
+    assert!(w.update(1_000_000 - 64) && w.update(1_000_000 - REPLAY_WINDOW + 1));
     assert!(!w.update(1_000_000 - 64));
     assert!(!w.check(REJECT_AFTER_MESSAGES) && !w.update(REJECT_AFTER_MESSAGES));
     // Every counter once, out of order within the window.
@@ -703,8 +704,8 @@ fn replay_window_accepts_each_counter_once() {
     let mut rng = XorShift::new(3);
     let mut seen = std::collections::HashSet::new();
     let mut highest = None;
-    for i in 0..20_000u64 {
-        let c = (i + rng.next_u64() % 64).saturating_sub(rng.next_u64() % 4100);
+    for i in 0..60_000u64 {
+        let c = (i + rng.next_u64() % 64).saturating_sub(rng.next_u64() % (REPLAY_WINDOW + 68));
         let fresh = !seen.contains(&c) && highest.is_none_or(|h| c + REPLAY_WINDOW >= h);
         assert_eq!(w.check(c), fresh, "{c}");
         assert_eq!(w.update(c), fresh, "{c}");
@@ -1333,4 +1334,60 @@ fn a_handshake_from_a_node_allowed_a_moment_later_is_kept() {
     q.send_ab("net", b"fresh");
     q.settle();
     assert_eq!(q.b.payloads(), vec![b"fresh".to_vec()]);
+}
+
+#[test]
+fn seal_batches_made_in_turn_and_sealed_out_of_order_are_each_delivered_once() {
+    let mut p = Pair::new();
+    let b = p.b.id();
+    // No session yet: nothing to reserve (the caller sends the slow way).
+    assert!(p.a.ep.reserve(&b, 4, p.now).unwrap().is_none());
+    p.connect();
+    let (mut one, dst) = p.a.ep.reserve(&b, 3, p.now).unwrap().unwrap();
+    let (mut two, dst2) = p.a.ep.reserve(&b, 3, p.now).unwrap().unwrap();
+    assert_eq!((dst, dst2), (p.b.addr, p.b.addr));
+    assert_eq!((one.remaining(), two.remaining()), (3, 3));
+    let mut sealed = Vec::new();
+    // The second batch first, then the first, as two threads might.
+    for (batch, tag) in [(&mut two, b'2'), (&mut one, b'1')] {
+        for i in 0..3u8 {
+            let mut out = Vec::new();
+            assert!(batch.seal_ip("net", &[tag, i], &mut out));
+            sealed.push(out);
+        }
+        let mut out = Vec::new();
+        assert!(!batch.seal_ip("net", b"no counter left", &mut out));
+    }
+    // A send_into after the reservations uses a counter past both.
+    p.send_ab("net", b"after");
+    for bytes in sealed.iter().chain(sealed.iter()) {
+        p.b.ep.handle_datagram(p.a.addr, bytes, p.now);
+    }
+    p.settle();
+    let got = p.b.payloads();
+    let want: Vec<Vec<u8>> = [
+        [b'2', 0],
+        [b'2', 1],
+        [b'2', 2],
+        [b'1', 0],
+        [b'1', 1],
+        [b'1', 2],
+    ]
+    .map(Vec::from)
+    .into_iter()
+    .chain([b"after".to_vec()])
+    .collect();
+    assert_eq!(&got[1..], &want[..], "each once, in the order they arrived");
+    assert_eq!(p.b.drops(DropReason::Replayed), 6, "each replay refused");
+    let before = p.a.ep.stats();
+    p.a.ep.count_sealed(6, 12);
+    let after = p.a.ep.stats();
+    assert_eq!(after.packets_out - before.packets_out, 6);
+    assert_eq!(after.bytes_out - before.bytes_out, 12);
+    // A node that is not allowed gets no counters.
+    let stranger = identity(9);
+    assert!(matches!(
+        p.a.ep.reserve(&stranger.node_id(), 1, p.now),
+        Err(SendError::NotAllowed(_))
+    ));
 }

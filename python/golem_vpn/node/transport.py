@@ -182,7 +182,9 @@ class UdpTransport:
         """True if this node is in the network (with a userspace stack or natively)."""
         return network_id in self._interfaces or network_id in self._native_networks
 
-    def attach_tun(self, name: str, networks: list[str], *, offload: bool = True) -> int:
+    def attach_tun(
+        self, name: str, networks: list[str], *, offload: bool = True, queues: int | None = None
+    ) -> int:
         """Creates the TUN device ``name`` and carries ``networks``' packets through it.
 
         The device is made in this process's network namespace, down and without an
@@ -190,6 +192,11 @@ class UdpTransport:
         business (:mod:`golem_vpn.exeunit` does it). Closing it (:meth:`detach`) deletes it.
         With ``offload``, the kernel hands over TCP packets of up to 64 KiB (TSO, segmented
         in the datapath) and receives each flow's segments coalesced (GRO).
+
+        ``queues`` (default: ``GOLEM_VPN_WORKERS``, else 1; at most 16): with more than one
+        (and ``offload``), a multi-queue device whose queues each get a datapath thread:
+        the kernel spreads the payload's flows over them, and each thread routes, seals and
+        sends its own, so sending scales over cores.
 
         Returns:
             The attachment's id.
@@ -200,7 +207,7 @@ class UdpTransport:
             NetworkNotFound: A network was not joined with :meth:`join_native`.
             AttachError: A network already has an attachment.
         """
-        return self._native.attach_tun(name, networks, offload=offload)
+        return self._native.attach_tun(name, networks, offload=offload, queues=queues)
 
     def attach_vm(self, url: str, networks: list[str]) -> tuple[int, str]:
         """Opens a VM frame endpoint (Ethernet frames, yagna's runtime framing).

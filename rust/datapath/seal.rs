@@ -1,0 +1,219 @@
+//! Sending from several datapath threads: the node routes a batch and reserves message
+//! counters under its lock ([`UdpNode::route_for_sealing`]); the thread that read the
+//! batch then seals and sends it without the lock ([`SealPlan::seal_and_send`]), so
+//! the costly part (AEAD, the socket's copies) of two batches runs on two cores at once.
+//!
+//! Each destination node gets a [`SealBatch`]: a range of its session's counters, used
+//! only by this plan. Counters a plan does not use are skipped for good (the receiver's
+//! replay window takes gaps, and batches sealed out of order within
+//! [`crate::tunnel::REPLAY_WINDOW`]). A packet that cannot take this path (its peer is
+//! reached through the relay, has no session yet, or the router answered with bytes of
+//! its own) is sent at once under the lock, as [`UdpNode::send_packets`] would.
+
+use std::net::{SocketAddr, UdpSocket};
+use std::time::Instant;
+
+use super::{DatapathError, UdpNode, mmsg, send_datagram};
+use crate::node_id::NodeId;
+use crate::tunnel::{Payload, PayloadKind, SealBatch};
+
+/// One packet to seal: bytes `start..end` of frame `frame`, for destination `dest`, in
+/// network `network` (indices into the plan's tables).
+#[derive(Debug, Clone, Copy)]
+struct Job {
+    frame: u32,
+    start: u32,
+    end: u32,
+    dest: u32,
+    network: u32,
+}
+
+/// A destination of the plan: where to send, and the counters reserved for it (None: its
+/// packets are sent under the lock).
+#[derive(Debug)]
+struct Dest {
+    node: NodeId,
+    seal: Option<(SealBatch, SocketAddr)>,
+}
+
+/// What [`SealPlan::seal_and_send`] did.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct Sealed {
+    /// Payloads sealed.
+    pub packets: u64,
+    /// Their bytes (before sealing).
+    pub bytes: u64,
+    /// Datagrams the socket took.
+    pub sent: u64,
+    /// Datagrams the socket refused, or payloads that found no counter left.
+    pub failed: u64,
+}
+
+/// Packets routed and given counters, to seal and send outside the node's lock.
+#[derive(Debug, Default)]
+pub struct SealPlan {
+    networks: Vec<String>,
+    dests: Vec<Dest>,
+    jobs: Vec<Job>,
+    out: Vec<Vec<u8>>,
+    dsts: Vec<SocketAddr>,
+}
+
+impl SealPlan {
+    /// Forgets the last batch (buffers are kept).
+    pub fn clear(&mut self) {
+        self.networks.clear();
+        self.dests.clear();
+        self.jobs.clear();
+    }
+
+    /// Packets waiting to be sealed.
+    pub fn len(&self) -> usize {
+        self.jobs.len()
+    }
+
+    /// True when nothing waits.
+    pub fn is_empty(&self) -> bool {
+        self.jobs.is_empty()
+    }
+
+    fn network_index(&mut self, network: &str) -> u32 {
+        match self.networks.iter().position(|n| n == network) {
+            Some(i) => i as u32,
+            None => {
+                self.networks.push(network.to_owned());
+                (self.networks.len() - 1) as u32
+            }
+        }
+    }
+
+    /// Seals every planned packet (`frame(i)` gives frame `i` of the batch the plan was
+    /// made from) and sends them with batched syscalls on `socket` (a clone of the node's).
+    /// The plan is left empty.
+    pub fn seal_and_send<'f>(
+        &mut self,
+        socket: &UdpSocket,
+        frame: impl Fn(usize) -> &'f [u8],
+    ) -> Sealed {
+        let mut done = Sealed::default();
+        let mut queued = 0usize;
+        let SealPlan {
+            networks,
+            dests,
+            jobs,
+            out,
+            dsts,
+        } = self;
+        for job in jobs.iter() {
+            let Some((batch, dst)) = dests[job.dest as usize].seal.as_mut() else {
+                continue;
+            };
+            if queued == out.len() {
+                out.push(Vec::with_capacity(2048));
+                dsts.push(*dst);
+            }
+            let bytes = &frame(job.frame as usize)[job.start as usize..job.end as usize];
+            if !batch.seal_ip(&networks[job.network as usize], bytes, &mut out[queued]) {
+                done.failed += 1;
+                continue;
+            }
+            dsts[queued] = *dst;
+            queued += 1;
+            done.packets += 1;
+            done.bytes += bytes.len() as u64;
+            if queued == mmsg::BATCH {
+                done.sent += mmsg::send_batch(socket, &out[..queued], &dsts[..queued]) as u64;
+                queued = 0;
+            }
+        }
+        done.sent += mmsg::send_batch(socket, &out[..queued], &dsts[..queued]) as u64;
+        done.failed += done.packets - done.sent;
+        self.clear();
+        done
+    }
+}
+
+impl UdpNode {
+    /// Routes `frames` (`(index in the batch, frame)`) of `network` like
+    /// [`send_packets`](Self::send_packets), but leaves the sealing and sending of each
+    /// packet to a peer with a direct path and a session to [`SealPlan::seal_and_send`]
+    /// (after the caller lets go of the node): only routing and the reservation of
+    /// counters happen here. `reserve` bounds the packets any one peer may get from this
+    /// batch. Returns the packets addressed to this node itself.
+    pub fn route_for_sealing<'p>(
+        &mut self,
+        network: &str,
+        frames: impl IntoIterator<Item = (usize, &'p [u8])>,
+        reserve: u64,
+        now: Instant,
+        plan: &mut SealPlan,
+    ) -> Result<Vec<Vec<u8>>, DatapathError> {
+        let local = self.endpoint.node_id();
+        let mut answers = Vec::new();
+        let net = plan.network_index(network);
+        let UdpNode {
+            socket,
+            endpoint,
+            networks,
+            wrapped,
+            stats,
+            relay,
+            relayed,
+            plaintext,
+            ..
+        } = self;
+        let router = networks
+            .get_mut(network)
+            .ok_or_else(|| DatapathError::UnknownNetwork(network.to_owned()))?;
+        for (index, frame) in frames {
+            let _ = router.inject(frame, |node, bytes| {
+                if *node == local {
+                    answers.push(bytes.to_vec());
+                    return;
+                }
+                let dest = match plan.dests.iter().position(|d| d.node == *node) {
+                    Some(d) => d,
+                    None => {
+                        let seal = endpoint
+                            .reserve(node, reserve, now)
+                            .ok()
+                            .flatten()
+                            .filter(|(_, dst)| !relayed.contains_key(dst));
+                        plan.dests.push(Dest { node: *node, seal });
+                        plan.dests.len() - 1
+                    }
+                };
+                let start = (bytes.as_ptr() as usize).wrapping_sub(frame.as_ptr() as usize);
+                let inside = start <= frame.len() && start + bytes.len() <= frame.len();
+                if plan.dests[dest].seal.is_some() && inside {
+                    plan.jobs.push(Job {
+                        frame: index as u32,
+                        start: start as u32,
+                        end: (start + bytes.len()) as u32,
+                        dest: dest as u32,
+                        network: net,
+                    });
+                    return;
+                }
+                // The slow path: sealed and sent here, one datagram at a time.
+                let payload = Payload {
+                    kind: PayloadKind::Ip,
+                    network,
+                    bytes,
+                };
+                if let Ok(Some(dst)) = endpoint.send_into(node, payload, now, plaintext) {
+                    send_datagram(socket, stats, *relay, relayed, wrapped, plaintext, dst);
+                }
+            });
+        }
+        self.flush();
+        Ok(answers)
+    }
+
+    /// Counts what a [`SealPlan`] sealed and sent.
+    pub fn count_sealed(&mut self, sealed: Sealed) {
+        self.endpoint.count_sealed(sealed.packets, sealed.bytes);
+        self.stats.datagrams_out += sealed.sent;
+        self.stats.send_errors += sealed.failed;
+    }
+}
