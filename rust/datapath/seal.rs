@@ -49,7 +49,10 @@ pub struct Sealed {
     pub failed: u64,
 }
 
-/// Packets routed and given counters, to seal and send outside the node's lock.
+/// Packets routed and given counters, to seal and send outside the node's lock. One plan
+/// is one batch: [`SealPlan::clear`] it before routing the next (a destination's path and
+/// counters are decided once per plan: a peer that had no session when one batch was
+/// routed must not stay on the slow path for the next).
 #[derive(Debug, Default)]
 pub struct SealPlan {
     networks: Vec<String>,

@@ -838,3 +838,37 @@ fn a_sealing_plan_routes_like_send_packets() {
         Err(DatapathError::UnknownNetwork(_))
     ));
 }
+
+#[test]
+fn a_reused_plan_takes_the_fast_path_once_the_session_is_up() {
+    // As a datapath thread does: one plan for every batch, cleared before each, sealed
+    // only when something was planned. (Cleared only by sealing, a plan whose batch all
+    // went the slow way kept that peer on the slow path for good.)
+    let (mut a, mut b) = pair();
+    let socket = a.socket().try_clone().unwrap();
+    let mut plan = SealPlan::default();
+    let mut batch = |a: &mut UdpNode, plan: &mut SealPlan, tag: u8| {
+        let packets = udp_packets(1, 2, tag, 10);
+        plan.clear();
+        let frames = packets.iter().map(Vec::as_slice).enumerate();
+        a.route_for_sealing(NET, frames, 10, Instant::now(), plan)
+            .unwrap();
+        let planned = plan.len();
+        if !plan.is_empty() {
+            let sealed = plan.seal_and_send(&socket, |i| &packets[i]);
+            a.count_sealed(sealed);
+        }
+        planned
+    };
+    // No session: the first batch waits behind the handshake (slow path), nothing planned.
+    assert_eq!(batch(&mut a, &mut plan, 1), 0);
+    pump(&mut a, &mut b, Duration::from_secs(5), |_, ib| {
+        ib.frames.len() == 10
+    });
+    // The session is up: the next batch is sealed outside the node.
+    assert_eq!(batch(&mut a, &mut plan, 2), 10);
+    let (_, ib) = pump(&mut a, &mut b, Duration::from_secs(5), |_, ib| {
+        ib.frames.len() == 10
+    });
+    assert_eq!(ib.frames.len(), 10);
+}

@@ -773,6 +773,8 @@ fn run_tx(
             &mut lens,
         );
         count.fetch_add(lens.len() as u64, Ordering::Relaxed);
+        // A new batch: no destination's path or counters carry over from the last one.
+        plan.clear();
         let now = Instant::now();
         let frame = |k: usize| &bufs[k][..lens[k]];
         {
