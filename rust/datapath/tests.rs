@@ -847,7 +847,7 @@ fn a_reused_plan_takes_the_fast_path_once_the_session_is_up() {
     let (mut a, mut b) = pair();
     let socket = a.socket().try_clone().unwrap();
     let mut plan = SealPlan::default();
-    let mut batch = |a: &mut UdpNode, plan: &mut SealPlan, tag: u8| {
+    let batch = |a: &mut UdpNode, plan: &mut SealPlan, tag: u8| {
         let packets = udp_packets(1, 2, tag, 10);
         plan.clear();
         let frames = packets.iter().map(Vec::as_slice).enumerate();

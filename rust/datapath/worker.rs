@@ -28,7 +28,7 @@ use rustc_hash::FxHashMap;
 
 use super::attach::{AttachError, Attachment, AttachmentKind, MAX_FRAME, read_tun_batch};
 use super::offload::VNET_HDR_LEN;
-use super::{Inbound, SealPlan, Sink, UdpNode, sys};
+use super::{DatapathError, Inbound, SealPlan, Sink, UdpNode, sys};
 use crate::node_id::NodeId;
 use crate::router::Frame;
 use crate::tunnel::Event;
@@ -299,22 +299,40 @@ impl State {
         };
         attachment.flush();
         attachment.read_frames(ATTACHMENT_BATCH, bufs, lens);
-        let networks = attachment.networks().to_vec();
         let frame = |k: usize| &bufs[k][..lens[k]];
-        for_each_network_run(
-            node,
-            &networks,
-            attachment.kind(),
-            lens.len(),
-            frame,
-            |node, run| {
-                let Some((network, frames)) = run else {
-                    attachment.stats.no_network += 1;
-                    return;
-                };
+        route_batch(node, attachment, lens.len(), frame, |node, network, run| {
+            node.send_packets(network, run.map(frame), now)
+        });
+    }
+}
+
+/// Routes the frames `frame(0..count)` read from `attachment`: each run of consecutive
+/// frames for the same one of its networks goes to `send` in one batch (answers it returns
+/// are written back to the attachment); the attachment counts the frames no network takes
+/// and those the router drops.
+fn route_batch<'f>(
+    node: &mut UdpNode,
+    attachment: &mut Attachment,
+    count: usize,
+    frame: impl Fn(usize) -> &'f [u8],
+    mut send: impl FnMut(&mut UdpNode, &str, Range<usize>) -> Result<Vec<Vec<u8>>, DatapathError>,
+) {
+    let networks = attachment.networks().to_vec();
+    let kind = attachment.kind();
+    let mut start = 0;
+    while start < count {
+        let network = pick_network(node, &networks, kind, frame(start));
+        let mut end = start + 1;
+        while end < count && pick_network(node, &networks, kind, frame(end)) == network {
+            end += 1;
+        }
+        let n = (end - start) as u64;
+        match network {
+            None => attachment.stats.no_network += n,
+            Some(i) => {
+                let network = &networks[i];
                 let before = node.router(network).map_or(0, |r| r.drops().total());
-                let n = frames.len() as u64;
-                match node.send_packets(network, frames.map(frame), now) {
+                match send(node, network, start..end) {
                     Ok(answers) => {
                         for answer in answers {
                             attachment.write_frame(&answer);
@@ -324,36 +342,7 @@ impl State {
                 }
                 let after = node.router(network).map_or(0, |r| r.drops().total());
                 attachment.stats.router_drops += after.saturating_sub(before);
-            },
-        );
-    }
-}
-
-/// Calls `f` for each run of consecutive frames (`frame(0..count)`) bound for the same
-/// network of `networks` (they go out in one batch), or with None for each frame that is
-/// for none of them.
-fn for_each_network_run<'f>(
-    node: &mut UdpNode,
-    networks: &[String],
-    kind: AttachmentKind,
-    count: usize,
-    frame: impl Fn(usize) -> &'f [u8],
-    mut f: impl FnMut(&mut UdpNode, Option<(&str, Range<usize>)>),
-) {
-    let mut start = 0;
-    while start < count {
-        let network = pick_network(node, networks, kind, frame(start));
-        let mut end = start + 1;
-        while end < count && pick_network(node, networks, kind, frame(end)) == network {
-            end += 1;
-        }
-        match network {
-            None => {
-                for _ in start..end {
-                    f(node, None);
-                }
             }
-            Some(i) => f(node, Some((&networks[i], start..end))),
         }
         start = end;
     }
@@ -791,34 +780,11 @@ fn run_tx(
                 attachment.mark_broken();
                 return;
             }
-            let networks = attachment.networks().to_vec();
             let count = lens.len();
-            for_each_network_run(
-                node,
-                &networks,
-                AttachmentKind::Tun,
-                count,
-                frame,
-                |node, run| {
-                    let Some((network, frames)) = run else {
-                        attachment.stats.no_network += 1;
-                        return;
-                    };
-                    let before = node.router(network).map_or(0, |r| r.drops().total());
-                    let n = frames.len() as u64;
-                    let batch = frames.map(|k| (k, frame(k)));
-                    match node.route_for_sealing(network, batch, count as u64, now, &mut plan) {
-                        Ok(answers) => {
-                            for answer in answers {
-                                attachment.write_frame(&answer);
-                            }
-                        }
-                        Err(_) => attachment.stats.no_network += n,
-                    }
-                    let after = node.router(network).map_or(0, |r| r.drops().total());
-                    attachment.stats.router_drops += after.saturating_sub(before);
-                },
-            );
+            route_batch(node, attachment, count, frame, |node, network, run| {
+                let batch = run.map(|k| (k, frame(k)));
+                node.route_for_sealing(network, batch, count as u64, now, &mut plan)
+            });
         }
         if !plan.is_empty() {
             let sealed = plan.seal_and_send(socket, frame);
