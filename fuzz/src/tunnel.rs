@@ -222,6 +222,35 @@ impl Session {
         }
     }
 
+    /// Reserves counters twice on A's session to B and seals `count` IP payloads from
+    /// `input` with them, alternating batches and sealing the later one's first; each
+    /// sealed datagram is in the ledger. A batch that cannot be had (no session) seals none.
+    fn seal_batches_a(&mut self, input: &mut Input<'_>, count: usize) -> Vec<Vec<u8>> {
+        let (a, b) = (self.a.node_id(), self.b.node_id());
+        let half = (count / 2) as u64;
+        let reserved = [
+            self.a.reserve(&b, half.max(1), self.now),
+            self.a.reserve(&b, half.max(1), self.now),
+        ];
+        let mut batches: Vec<_> = reserved
+            .into_iter()
+            .filter_map(|r| r.ok().flatten().map(|(batch, _)| batch))
+            .collect();
+        let mut out = Vec::new();
+        for i in 0..count {
+            let (_, network, bytes) = payload_from(input);
+            let Some(batch) = batches.get_mut((count - 1 - i) % 2) else {
+                break;
+            };
+            let mut sealed = Vec::new();
+            if batch.seal_ip(network, bytes, &mut sealed) {
+                self.ledger.sent(a, PayloadKind::Ip, network, bytes);
+                out.push(sealed);
+            }
+        }
+        out
+    }
+
     /// Delivers datagram `bytes` to B (`to_b`) or A, from `from`.
     fn deliver(&mut self, to_b: bool, from: SocketAddr, bytes: &[u8]) {
         let ep = if to_b { &mut self.b } else { &mut self.a };
@@ -329,6 +358,17 @@ pub fn run_session(data: &[u8]) {
                 s.a.handle_timeout(now);
                 s.b.handle_timeout(now);
                 s.pump();
+            }
+            5 if op & 16 != 0 => {
+                // Counters reserved twice, the batches sealed as two datapath threads
+                // would, delivered in an order the input picks.
+                let count = usize::from(input.byte().unwrap_or(0) % 8);
+                let sealed = s.seal_batches_a(&mut input, count);
+                for bytes in sealed {
+                    let k = usize::from(input.byte().unwrap_or(0)) % s.log.len();
+                    s.log.insert(k, (true, bytes.clone()));
+                    s.deliver(true, addr(1, 4000), &bytes);
+                }
             }
             5 => {
                 let (kind, network, bytes) = payload_from(&mut input);
