@@ -549,8 +549,8 @@ impl Worker {
             let spawned = std::thread::Builder::new()
                 .name(format!("golem-vpn-tx{queue}"))
                 .spawn(move || {
-                    let count = &packets[queue];
-                    run_tx(&shared, id, file, &socket, &stop, &wake_rx, count);
+                    let read = &packets[queue];
+                    run_tx(&shared, id, file, &socket, &stop, &wake_rx, read);
                 });
             match spawned {
                 Ok(t) => {
@@ -731,7 +731,7 @@ fn run_tx(
     socket: &UdpSocket,
     stop: &AtomicBool,
     wake_rx: &UnixDatagram,
-    count: &AtomicU64,
+    packets_read: &AtomicU64,
 ) {
     let mut scratch = vec![0u8; VNET_HDR_LEN + MAX_FRAME];
     let mut bufs: Vec<Vec<u8>> = (0..ATTACHMENT_BATCH)
@@ -761,7 +761,7 @@ fn run_tx(
             &mut bufs,
             &mut lens,
         );
-        count.fetch_add(lens.len() as u64, Ordering::Relaxed);
+        packets_read.fetch_add(lens.len() as u64, Ordering::Relaxed);
         // A new batch: no destination's path or counters carry over from the last one.
         plan.clear();
         let now = Instant::now();
