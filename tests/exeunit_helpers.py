@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -18,10 +19,27 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import pytest
+
 from golem_vpn.netapi.client import Client
+from golem_vpn.node.transport import UdpTransport
 from golem_vpn.sdk import Network
 
-__all__ = ["Daemon", "Nodes", "cli", "make_deploy"]
+__all__ = ["NATIVE_ATTACHMENTS", "Daemon", "Nodes", "cli", "make_deploy", "needs_root"]
+
+
+#: Skip markers of the TUN tests: Linux, a build with native attachments ...
+NATIVE_ATTACHMENTS = [
+    pytest.mark.skipif(sys.platform != "linux", reason="TUN devices and namespaces are Linux's"),
+    pytest.mark.skipif(
+        not hasattr(UdpTransport, "attach_tun"), reason="no native attachments in this build"
+    ),
+]
+#: ... and root with iproute2.
+needs_root = pytest.mark.skipif(
+    not hasattr(os, "geteuid") or os.geteuid() != 0 or shutil.which("ip") is None,
+    reason="needs root (namespaces, TUN devices) and iproute2",
+)
 
 
 @dataclass

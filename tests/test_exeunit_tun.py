@@ -36,23 +36,13 @@ from typing import Any
 import pytest
 
 from conftest import ARP, Ether, mac
-from exeunit_helpers import Daemon, Nodes, cli, make_deploy
+from exeunit_helpers import NATIVE_ATTACHMENTS, Daemon, Nodes, cli, make_deploy, needs_root
 from golem_vpn.netapi.client import Client
-from golem_vpn.node.transport import UdpTransport
 
 PID = os.getpid()
 ECHO_PORT = 7300
 
-pytestmark = [
-    pytest.mark.skipif(sys.platform != "linux", reason="TUN devices and namespaces are Linux's"),
-    pytest.mark.skipif(
-        not hasattr(UdpTransport, "attach_tun"), reason="no native attachments in this build"
-    ),
-]
-needs_root = pytest.mark.skipif(
-    not hasattr(os, "geteuid") or os.geteuid() != 0 or shutil.which("ip") is None,
-    reason="needs root (namespaces, TUN devices) and iproute2",
-)
+pytestmark = NATIVE_ATTACHMENTS
 
 _counter = iter(range(1000))
 

@@ -25,24 +25,14 @@ from typing import Any
 
 import pytest
 
-from exeunit_helpers import Daemon, Nodes, cli, make_deploy
-from golem_vpn.node.transport import UdpTransport
+from exeunit_helpers import NATIVE_ATTACHMENTS, Daemon, Nodes, cli, make_deploy, needs_root
 
 PID = os.getpid()
 PORT = 7400
 FLOWS = 8
 FLOW_BYTES = 8 << 20
 
-pytestmark = [
-    pytest.mark.skipif(sys.platform != "linux", reason="TUN devices and namespaces are Linux's"),
-    pytest.mark.skipif(
-        not hasattr(UdpTransport, "attach_tun"), reason="no native attachments in this build"
-    ),
-]
-needs_root = pytest.mark.skipif(
-    not hasattr(os, "geteuid") or os.geteuid() != 0 or shutil.which("ip") is None,
-    reason="needs root (namespaces, TUN devices) and iproute2",
-)
+pytestmark = NATIVE_ATTACHMENTS
 
 # Receives connections; for each, the SHA-256 of everything read, sent back once the
 # client has shut its side down.
