@@ -37,6 +37,7 @@ import time
 from pathlib import Path
 
 from golem_vpn.lab import Lab, LabError, in_netns, run
+from peers import cpu_idle, cpu_seconds, run_with_input  # benches/ is the script's path
 
 PREFIX = "gvw"
 UNDERLAY = "198.18.81.0/24"
@@ -79,29 +80,10 @@ _SENDER = textwrap.dedent(
 )
 
 
-def run_with_input(*cmd: str, data: str) -> None:
-    """Runs a command with ``data`` on stdin; raises :class:`LabError` if it fails."""
-    done = subprocess.run(cmd, input=data, capture_output=True, text=True, timeout=30, check=False)
-    if done.returncode != 0:
-        raise LabError(f"`{' '.join(cmd)}` failed: {done.stderr.strip()}")
-
-
 def tx_bytes(netns: str, ifname: str = "eth0") -> int:
     """Bytes ``ifname`` in ``netns`` has sent."""
     out = run(*in_netns(netns, "cat", f"/sys/class/net/{ifname}/statistics/tx_bytes")).stdout
     return int(out)
-
-
-def cpu_seconds(pid: int) -> float:
-    """User + system CPU seconds of a process and its threads."""
-    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
-
-
-def cpu_idle() -> tuple[int, int]:
-    """(idle + iowait, total) jiffies of every core so far, from ``/proc/stat``."""
-    ticks = [int(x) for x in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:]]
-    return ticks[3] + ticks[4], sum(ticks)
 
 
 def thread_cpu(pid: int) -> dict[str, float]:
@@ -132,11 +114,11 @@ def wait_direct(payload: str, target: str, relay_pid: int, segment: int) -> None
     relay, which would be measured instead of the datapath."""
     deadline = time.monotonic() + 30
     while True:
-        before = cpu_seconds(relay_pid)
+        before = cpu_seconds([relay_pid])
         run(
             *in_netns(payload, sys.executable, "-c", _SENDER, target, "1", "1", str(segment), "0.5")
         )
-        if cpu_seconds(relay_pid) - before < 0.02:
+        if cpu_seconds([relay_pid]) - before < 0.02:
             return
         if time.monotonic() > deadline:
             raise LabError("the providers' path stayed on the relay for 30 s")
@@ -174,12 +156,12 @@ def one_run(
         )
         try:
             threads0, idle0 = thread_cpu(pid_a), cpu_idle()
-            bytes0, cpu0, t0 = tx_bytes(a), cpu_seconds(pid_a), time.monotonic()
+            bytes0, cpu0, t0 = tx_bytes(a), cpu_seconds([pid_a]), time.monotonic()
             load = [target, str(flows), str(seconds), str(segment), str(offered)]
             sender = run(
                 *in_netns(pay_a, sys.executable, "-c", _SENDER, *load), timeout=seconds + 60
             )
-            bytes1, cpu1, t1 = tx_bytes(a), cpu_seconds(pid_a), time.monotonic()
+            bytes1, cpu1, t1 = tx_bytes(a), cpu_seconds([pid_a]), time.monotonic()
             threads1, idle1 = thread_cpu(pid_a), cpu_idle()
         finally:
             run(*in_netns(b, "nft", "delete", "table", "inet", PREFIX), check=False)

@@ -55,6 +55,7 @@ pub struct Sealed {
 /// routed must not stay on the slow path for the next).
 #[derive(Debug, Default)]
 pub struct SealPlan {
+    /// Network names the jobs point into (the attachment's few; never cleared).
     networks: Vec<String>,
     dests: Vec<Dest>,
     jobs: Vec<Job>,
@@ -63,9 +64,9 @@ pub struct SealPlan {
 }
 
 impl SealPlan {
-    /// Forgets the last batch (buffers are kept).
+    /// Forgets the last batch (buffers, and the names of networks seen, are kept: no
+    /// allocation per batch).
     pub fn clear(&mut self) {
-        self.networks.clear();
         self.dests.clear();
         self.jobs.clear();
     }

@@ -721,10 +721,7 @@ impl Endpoint {
                 max,
             });
         }
-        let peer = match self.peers.get_mut(node) {
-            Some(p) if p.allowed => p,
-            _ => return Err(SendError::NotAllowed(*node)),
-        };
+        let peer = allowed_peer(&mut self.peers, node)?;
         let persistent = self.config.persistent_keepalive;
         let write = |buf: &mut Vec<u8>| {
             wire::append_inner(buf, payload.kind, payload.network, payload.bytes);
@@ -772,10 +769,7 @@ impl Endpoint {
     ) -> Result<Option<(SealBatch, SocketAddr)>, SendError> {
         let persistent = self.config.persistent_keepalive;
         let rekey_after = self.config.rekey_after_messages;
-        let peer = match self.peers.get_mut(node) {
-            Some(p) if p.allowed => p,
-            _ => return Err(SendError::NotAllowed(*node)),
-        };
+        let peer = allowed_peer(&mut self.peers, node)?;
         let Some(reserved) = peer.reserve(n, now, persistent) else {
             return Ok(None);
         };
@@ -1543,6 +1537,17 @@ fn push_transmit(
 ) {
     stats.datagrams_out += 1;
     transmits.push_back(Transmit { dst, bytes });
+}
+
+/// `node`'s peer, if it may be sent to.
+fn allowed_peer<'p>(
+    peers: &'p mut FxHashMap<NodeId, Peer>,
+    node: &NodeId,
+) -> Result<&'p mut Peer, SendError> {
+    match peers.get_mut(node) {
+        Some(p) if p.allowed => Ok(p),
+        _ => Err(SendError::NotAllowed(*node)),
+    }
 }
 
 /// xorshift64*: the endpoint's source of non-secret randomness (indices, jitter).

@@ -176,12 +176,19 @@ impl Peer {
         if !self.sending_session(now)?.encrypt_with(write, out) {
             return None;
         }
+        self.note_sent(keepalive, now, persistent);
+        Some(addr)
+    }
+
+    /// A send's effect on the timers: no passive keep-alive is owed, a payload (not a
+    /// keep-alive) expects an answer within `KEEPALIVE_TIMEOUT + REKEY_TIMEOUT`, and the
+    /// persistent keep-alive starts over.
+    fn note_sent(&mut self, keepalive: bool, now: Instant, persistent: Option<Duration>) {
         self.keepalive_at = None;
         if !keepalive && self.new_handshake_at.is_none() {
             self.new_handshake_at = Some(now + KEEPALIVE_TIMEOUT + REKEY_TIMEOUT);
         }
         self.persistent_at = persistent.map(|p| now + p);
-        Some(addr)
     }
 
     /// Reserves up to `n` counters on the sending session for a [`SealBatch`], with the
@@ -195,11 +202,7 @@ impl Peer {
     ) -> Option<(SealBatch, SocketAddr)> {
         let addr = self.addr?;
         let batch = self.sending_session(now)?.reserve(n)?;
-        self.keepalive_at = None;
-        if self.new_handshake_at.is_none() {
-            self.new_handshake_at = Some(now + KEEPALIVE_TIMEOUT + REKEY_TIMEOUT);
-        }
-        self.persistent_at = persistent.map(|p| now + p);
+        self.note_sent(false, now, persistent);
         Some((batch, addr))
     }
 
