@@ -93,7 +93,7 @@ def nodes(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Daemon, Da
 
 @pytest.fixture
 def namespaces() -> Iterator[list[str]]:
-    names = [f"gvw-{PID}-a", f"gvw-{PID}-b"]
+    names = [f"gvm-{PID}-a", f"gvm-{PID}-b"]  # not gvw-: benches/workers.py clears those
     try:
         yield names
     finally:

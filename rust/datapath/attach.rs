@@ -550,6 +550,15 @@ impl Attachment {
         &self.networks
     }
 
+    /// Runs `f` on the attachment with its networks lent out beside it (for callers that
+    /// need both the names and the attachment mutably, without copying the names).
+    pub(crate) fn with_networks<R>(&mut self, f: impl FnOnce(&mut Self, &[String]) -> R) -> R {
+        let networks = std::mem::take(&mut self.networks);
+        let r = f(self, &networks);
+        self.networks = networks;
+        r
+    }
+
     /// Stops carrying `network`'s frames.
     pub fn forget_network(&mut self, network: &str) {
         self.networks.retain(|n| n != network);

@@ -317,35 +317,36 @@ fn route_batch<'f>(
     frame: impl Fn(usize) -> &'f [u8],
     mut send: impl FnMut(&mut UdpNode, &str, Range<usize>) -> Result<Vec<Vec<u8>>, DatapathError>,
 ) {
-    let networks = attachment.networks().to_vec();
-    let kind = attachment.kind();
-    let mut start = 0;
-    while start < count {
-        let network = pick_network(node, &networks, kind, frame(start));
-        let mut end = start + 1;
-        while end < count && pick_network(node, &networks, kind, frame(end)) == network {
-            end += 1;
-        }
-        let n = (end - start) as u64;
-        match network {
-            None => attachment.stats.no_network += n,
-            Some(i) => {
-                let network = &networks[i];
-                let before = node.router(network).map_or(0, |r| r.drops().total());
-                match send(node, network, start..end) {
-                    Ok(answers) => {
-                        for answer in answers {
-                            attachment.write_frame(&answer);
-                        }
-                    }
-                    Err(_) => attachment.stats.no_network += n,
-                }
-                let after = node.router(network).map_or(0, |r| r.drops().total());
-                attachment.stats.router_drops += after.saturating_sub(before);
+    attachment.with_networks(|attachment, networks| {
+        let kind = attachment.kind();
+        let mut start = 0;
+        while start < count {
+            let network = pick_network(node, networks, kind, frame(start));
+            let mut end = start + 1;
+            while end < count && pick_network(node, networks, kind, frame(end)) == network {
+                end += 1;
             }
+            let n = (end - start) as u64;
+            match network {
+                None => attachment.stats.no_network += n,
+                Some(i) => {
+                    let network = &networks[i];
+                    let before = node.router(network).map_or(0, |r| r.drops().total());
+                    match send(node, network, start..end) {
+                        Ok(answers) => {
+                            for answer in answers {
+                                attachment.write_frame(&answer);
+                            }
+                        }
+                        Err(_) => attachment.stats.no_network += n,
+                    }
+                    let after = node.router(network).map_or(0, |r| r.drops().total());
+                    attachment.stats.router_drops += after.saturating_sub(before);
+                }
+            }
+            start = end;
         }
-        start = end;
-    }
+    });
 }
 
 /// The worker's [`Sink`]: frames of an attached network go to the attachment at once (a
