@@ -4,7 +4,7 @@
 //! This is the thin shell around the sans-IO cores. Packets a local attachment sends are
 //! routed ([`Router::inject`]), encrypted for each destination node
 //! ([`Endpoint::send_into`]) and sent, without touching Python per packet. Datagrams that
-//! arrive are decrypted ([`Endpoint::receive_into`]), checked by the network's router
+//! arrive are decrypted where they were read ([`Endpoint::receive_in_place`]), checked by the network's router
 //! ([`Router::receive`]: the authenticated node must own the source address) and handed
 //! back in batches, grouped by network. The socket is non-blocking: a caller's event loop
 //! says when it is readable and when the endpoint's timers are due.
@@ -701,11 +701,10 @@ impl UdpNode {
             endpoint,
             networks,
             rx,
-            plaintext,
             stats,
             ..
         } = self;
-        let Some(delivery) = endpoint.receive_into(from, &rx[start..end], now, plaintext) else {
+        let Some(delivery) = endpoint.receive_in_place(from, &mut rx[start..end], now) else {
             return;
         };
         match delivery.kind {

@@ -496,3 +496,43 @@ fn flow_hash_is_the_same_both_ways_and_spreads_flows() {
     assert_eq!(flow_hash(b"not ip"), 0);
     assert_eq!(flow_hash(&[]), 0);
 }
+
+/// RFC 1071's sum, a 16-bit big-endian word at a time with the carries added back.
+fn reference_sum(acc: u64, data: &[u8]) -> u16 {
+    let mut s = fold(acc) as u32;
+    for word in data.chunks(2) {
+        s += u32::from(u16::from_be_bytes([word[0], *word.get(1).unwrap_or(&0)]));
+        s = (s & 0xffff) + (s >> 16);
+    }
+    s as u16
+}
+
+proptest::proptest! {
+    #[test]
+    fn the_checksum_sum_matches_rfc_1071(
+        data in proptest::collection::vec(proptest::num::u8::ANY, 0..3000),
+        acc in 0u64..(1 << 40),
+        skip in 0usize..8,
+    ) {
+        // Any start (alignment) and any length, odd ones included.
+        let data = &data[skip.min(data.len())..];
+        proptest::prop_assert_eq!(fold(sum(acc, data)), reference_sum(acc, data));
+    }
+}
+
+#[test]
+fn the_checksum_sum_takes_all_ones_and_64_kib() {
+    for data in [
+        vec![0xffu8; 65535],
+        vec![0xffu8; 65536],
+        vec![0x80; 4097],
+        vec![],
+    ] {
+        assert_eq!(
+            fold(sum(0, &data)),
+            reference_sum(0, &data),
+            "{} bytes",
+            data.len()
+        );
+    }
+}

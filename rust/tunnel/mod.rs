@@ -802,9 +802,10 @@ impl Endpoint {
         self.rx_plaintext = buf;
     }
 
-    /// [`handle_datagram`](Self::handle_datagram) into the caller's buffer: a payload is
-    /// decrypted into `out` and returned borrowed from it (nothing allocated); handshake
-    /// messages and keep-alives return `None`, their replies and events queued as usual.
+    /// [`handle_datagram`](Self::handle_datagram) into the caller's buffer: the datagram
+    /// is copied into `out` and handled there ([`receive_in_place`](Self::receive_in_place)):
+    /// a payload is returned borrowed from it (nothing allocated); handshake messages and
+    /// keep-alives return `None`, their replies and events queued as usual.
     pub fn receive_into<'b>(
         &mut self,
         from: SocketAddr,
@@ -812,9 +813,25 @@ impl Endpoint {
         now: Instant,
         out: &'b mut Vec<u8>,
     ) -> Option<Delivery<'b>> {
+        out.clear();
+        out.extend_from_slice(data);
+        self.receive_in_place(from, &mut out[..], now)
+    }
+
+    /// Handles the datagram in `data` where it lies: a data message is decrypted in place
+    /// (its bytes are overwritten, whether or not it authenticates) and its payload
+    /// returned borrowed from `data`, with no copy at all; anything else as
+    /// [`receive_into`](Self::receive_into). The datapath reads datagrams into buffers of
+    /// its own and hands each over this way.
+    pub fn receive_in_place<'b>(
+        &mut self,
+        from: SocketAddr,
+        data: &'b mut [u8],
+        now: Instant,
+    ) -> Option<Delivery<'b>> {
         self.stats.datagrams_in += 1;
         match data.first() {
-            Some(&wire::DATA) => return self.receive_data(from, data, now, out),
+            Some(&wire::DATA) => return self.receive_data(from, data, now),
             Some(&HANDSHAKE_INIT) => self.receive_init(from, data, now),
             Some(&HANDSHAKE_RESPONSE) => self.receive_response(from, data, now),
             Some(&HANDSHAKE_FINAL) => self.receive_final(from, data, now),
@@ -1399,9 +1416,8 @@ impl Endpoint {
     fn receive_data<'b>(
         &mut self,
         from: SocketAddr,
-        data: &[u8],
+        data: &'b mut [u8],
         now: Instant,
-        out: &'b mut Vec<u8>,
     ) -> Option<Delivery<'b>> {
         if data.len() < wire::DATA_MIN_LEN {
             self.count_drop(DropReason::Truncated);
@@ -1434,16 +1450,20 @@ impl Endpoint {
             return None;
         };
         let session = peer.session_mut(slot)?;
+        let mut plain = 0;
         let reason = if session.age(now) >= REJECT_AFTER_TIME {
             Some(DropReason::Expired)
         } else if !session.replay.check(counter) {
             Some(DropReason::Replayed)
-        } else if !session.decrypt_into(counter, &data[DATA_HEADER_LEN..], out) {
-            Some(DropReason::DecryptFailed)
-        } else if !session.replay.update(counter) {
-            Some(DropReason::Replayed)
+        } else if let Some(n) = session.decrypt_in_place(counter, &mut data[DATA_HEADER_LEN..]) {
+            plain = n;
+            if session.replay.update(counter) {
+                None
+            } else {
+                Some(DropReason::Replayed)
+            }
         } else {
-            None
+            Some(DropReason::DecryptFailed)
         };
         if let Some(reason) = reason {
             self.count_drop(reason);
@@ -1460,8 +1480,8 @@ impl Endpoint {
             report_up(peer, peer_id, now, &mut self.events);
         }
         let rekey = peer.wants_rekey_on_receive(now);
-        let out: &'b Vec<u8> = out;
-        let delivery = match wire::parse_inner(out) {
+        let data: &'b [u8] = data;
+        let delivery = match wire::parse_inner(&data[DATA_HEADER_LEN..DATA_HEADER_LEN + plain]) {
             Some(Inner::Payload {
                 kind,
                 network,

@@ -134,27 +134,19 @@ impl Session {
         })
     }
 
-    /// Decrypts the ciphertext of a data message with counter `counter` into `out`
-    /// (resized to the plaintext). False if authentication fails. The replay window is
-    /// the caller's business.
+    /// Decrypts the ciphertext (and tag) of a data message with counter `counter` where
+    /// it lies; the plaintext is then `buf[..n]` for the returned `n`. None if
+    /// authentication fails (`buf` is then garbage). The replay window is the caller's
+    /// business.
     #[inline]
-    pub(crate) fn decrypt_into(&self, counter: u64, ciphertext: &[u8], out: &mut Vec<u8>) -> bool {
-        if ciphertext.len() < TAG_LEN {
-            return false;
+    pub(crate) fn decrypt_in_place(&self, counter: u64, buf: &mut [u8]) -> Option<usize> {
+        if buf.len() < TAG_LEN {
+            return None;
         }
-        out.clear();
-        out.extend_from_slice(ciphertext);
-        match self
-            .recv
-            .open_in_place(self.nonce(counter), Aad::empty(), &mut out[..])
-        {
-            Ok(plain) => {
-                let len = plain.len();
-                out.truncate(len);
-                true
-            }
-            Err(_) => false,
-        }
+        self.recv
+            .open_in_place(self.nonce(counter), Aad::empty(), buf)
+            .ok()
+            .map(|plain| plain.len())
     }
 }
 

@@ -551,6 +551,50 @@ fn a_tampered_data_message_is_never_delivered() {
 }
 
 #[test]
+fn a_data_message_is_opened_where_it_lies() {
+    let mut p = Pair::new();
+    p.connect();
+    p.filter = Some(Box::new(|_| false));
+    p.send_ab("net", b"decrypted in place");
+    p.pump();
+    let data = p.log.last().unwrap().clone();
+    // Forged in place: refused, the buffer is garbage, nothing moves.
+    let mut bad = data.bytes.clone();
+    *bad.last_mut().unwrap() ^= 1;
+    assert!(
+        p.b.ep
+            .receive_in_place(data.from, &mut bad, p.now)
+            .is_none()
+    );
+    assert_eq!(p.b.drops(DropReason::DecryptFailed), 1);
+    // Genuine: the payload is a slice of the datagram's own buffer, after the header.
+    let mut buf = data.bytes.clone();
+    let at = buf.as_ptr() as usize;
+    let got = p.b.ep.receive_in_place(data.from, &mut buf, p.now).unwrap();
+    assert_eq!(
+        (got.peer, got.network, got.bytes),
+        (p.a.id(), "net", &b"decrypted in place"[..])
+    );
+    let offset = got.bytes.as_ptr() as usize - at;
+    assert_eq!(offset, wire::DATA_HEADER_LEN + 2 + "net".len());
+    // Once only, in place or not.
+    let mut again = data.bytes.clone();
+    assert!(
+        p.b.ep
+            .receive_in_place(data.from, &mut again, p.now)
+            .is_none()
+    );
+    assert_eq!(p.b.drops(DropReason::Replayed), 1);
+    let mut plain = Vec::new();
+    assert!(
+        p.b.ep
+            .receive_into(data.from, &data.bytes, p.now, &mut plain)
+            .is_none()
+    );
+    assert_eq!(p.b.drops(DropReason::Replayed), 2);
+}
+
+#[test]
 fn tampered_handshake_messages_are_refused() {
     let mut p = Pair::new();
     let b = p.b.id();
