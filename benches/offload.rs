@@ -5,6 +5,7 @@
 
 use std::hint::black_box;
 
+use _golem_vpn::datapath::Frames;
 use _golem_vpn::datapath::offload::{Coalescer, VnetHdr, segment};
 use criterion::{Criterion, Throughput, criterion_group, criterion_main};
 
@@ -56,24 +57,21 @@ fn bench(c: &mut Criterion) {
     let mut group = c.benchmark_group("offload");
     group.throughput(Throughput::Bytes(TSO_PAYLOAD as u64));
 
-    let (mut bufs, mut lens) = (Vec::new(), Vec::new());
+    let mut frames = Frames::default();
     // Segmenting a TSO packet reads it only: one copy serves every iteration.
     let mut read = packet.clone();
     group.bench_function("segment_64k_tso", |b| {
         b.iter(|| {
-            lens.clear();
-            assert!(segment(&hdr, &mut read, &mut bufs, &mut lens));
-            black_box(lens.len())
+            frames.clear();
+            assert!(segment(&hdr, &mut read, &mut frames));
+            black_box(frames.len())
         })
     });
 
-    let mut segments = packet.clone();
-    lens.clear();
-    assert!(segment(&hdr, &mut segments, &mut bufs, &mut lens));
-    let segments: Vec<Vec<u8>> = lens
-        .iter()
-        .zip(&bufs)
-        .map(|(&n, b)| b[..n].to_vec())
+    frames.clear();
+    assert!(segment(&hdr, &mut read, &mut frames));
+    let segments: Vec<Vec<u8>> = (0..frames.len())
+        .map(|k| frames.frame(k).to_vec())
         .collect();
     let mut coalescer = Coalescer::new(false);
     group.bench_function("coalesce_64k_gro", |b| {

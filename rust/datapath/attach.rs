@@ -18,6 +18,7 @@ use std::os::fd::{AsRawFd, RawFd};
 use std::os::unix::net::UnixStream;
 use std::time::Duration;
 
+use super::frames::Frames;
 use super::offload::{Coalescer, VNET_HDR_LEN, VnetHdr, segment};
 use super::sys;
 use crate::router::Frame;
@@ -217,16 +218,11 @@ impl FrameStream {
     }
 
     /// Reads what the socket has and cuts whole frames out of it into `bufs`.
-    fn read_frames(
-        &mut self,
-        bufs: &mut [Vec<u8>],
-        lens: &mut Vec<usize>,
-        stats: &mut AttachmentStats,
-    ) {
+    fn read_frames(&mut self, max: usize, frames: &mut Frames, stats: &mut AttachmentStats) {
         let p = self.prefix.len();
         loop {
             // Whole frames first, so a full buffer always makes progress.
-            while lens.len() < bufs.len() && self.rx_len >= p {
+            while frames.len() < max && self.rx_len >= p {
                 let n = self.prefix.decode(&self.rx[..p]);
                 if n > self.prefix.max() {
                     stats.framing_errors += 1;
@@ -236,13 +232,11 @@ impl FrameStream {
                 if self.rx_len < p + n {
                     break;
                 }
-                let i = lens.len();
-                bufs[i][..n].copy_from_slice(&self.rx[p..p + n]);
-                lens.push(n);
+                frames.push_copy(&self.rx[p..p + n]);
                 self.rx.copy_within(p + n..self.rx_len, 0);
                 self.rx_len -= p + n;
             }
-            if lens.len() == bufs.len() || self.closed {
+            if frames.len() >= max || self.closed {
                 return;
             }
             match self.io.read(&mut self.rx[self.rx_len..]) {
@@ -587,16 +581,11 @@ impl Attachment {
         }
     }
 
-    /// Reads about `max` frames without blocking: frame `i` is `bufs[i][..lens[i]]`
-    /// (`bufs` grows as needed; each buffer holds [`MAX_FRAME`] bytes). A TUN device with
-    /// offloads may give a few more than `max`: one read is segmented whole.
-    pub fn read_frames(&mut self, max: usize, bufs: &mut Vec<Vec<u8>>, lens: &mut Vec<usize>) {
-        lens.clear();
-        while bufs.len() < max {
-            bufs.push(vec![0u8; MAX_FRAME]);
-        }
+    /// Reads about `max` frames without blocking into `frames` (cleared first). A TUN
+    /// device with offloads may give a few more than `max`: one read is segmented whole.
+    pub fn read_frames(&mut self, max: usize, frames: &mut Frames) {
+        frames.clear();
         let stats = &mut self.stats;
-        let bufs_n = max;
         match &mut self.link {
             Link::Tun {
                 file,
@@ -604,15 +593,14 @@ impl Attachment {
                 scratch,
                 ..
             } => {
-                let (bad, broken) = read_tun_batch(file, scratch, bufs_n, bufs, lens);
+                let (bad, broken) = read_tun_batch(file, scratch, max, frames);
                 stats.no_network += bad;
                 self.broken |= broken;
             }
             Link::Tun { file, .. } => {
-                while lens.len() < bufs_n {
-                    let i = lens.len();
-                    match file.read(&mut bufs[i]) {
-                        Ok(n) if n > 0 => lens.push(n),
+                while frames.len() < max {
+                    match file.read(frames.next_mut()) {
+                        Ok(n) if n > 0 => frames.push(n),
                         Ok(_) => break,
                         Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
                         Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
@@ -624,13 +612,12 @@ impl Attachment {
                 }
             }
             Link::Udp { socket, peer } => {
-                while lens.len() < bufs_n {
-                    let i = lens.len();
-                    match socket.recv_from(&mut bufs[i]) {
+                while frames.len() < max {
+                    match socket.recv_from(frames.next_mut()) {
                         Ok((n, from)) => {
                             *peer = Some(from);
                             if n > 0 {
-                                lens.push(n);
+                                frames.push(n);
                             }
                         }
                         Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
@@ -648,15 +635,15 @@ impl Attachment {
                     }
                 }
                 if let Some(c) = conn {
-                    c.read_frames(&mut bufs[..bufs_n], lens, stats);
+                    c.read_frames(max, frames, stats);
                     if c.closed {
                         *conn = None;
                     }
                 }
             }
-            Link::Stream(s) => s.read_frames(&mut bufs[..bufs_n], lens, stats),
+            Link::Stream(s) => s.read_frames(max, frames, stats),
         }
-        self.stats.count_in(lens);
+        self.stats.count_in(frames.lens());
     }
 
     /// Writes one frame to the payload (counted; a frame that cannot be written is
@@ -768,26 +755,25 @@ impl Attachment {
 }
 
 /// Reads up to about `max` packets from a TUN queue with offloads, each read segmented
-/// whole into `bufs`/`lens` (cleared first; see [`Attachment::read_frames`]). Returns
-/// the number of reads that could not be used (no or a bad header, a packet that cannot
-/// be segmented), and whether the device failed for good.
+/// whole into `frames` (cleared first; see [`Attachment::read_frames`]). Returns the
+/// number of reads that could not be used (no or a bad header, a packet that cannot be
+/// segmented), and whether the device failed for good.
 pub fn read_tun_batch(
     file: &mut File,
     scratch: &mut [u8],
     max: usize,
-    bufs: &mut Vec<Vec<u8>>,
-    lens: &mut Vec<usize>,
+    frames: &mut Frames,
 ) -> (u64, bool) {
-    lens.clear();
+    frames.clear();
     let mut bad = 0;
-    while lens.len() < max {
+    while frames.len() < max {
         match file.read(scratch) {
             Ok(n) if n > VNET_HDR_LEN => {
                 let Some(hdr) = VnetHdr::parse(scratch) else {
                     continue;
                 };
                 let packet = &mut scratch[VNET_HDR_LEN..n];
-                if !segment(&hdr, packet, bufs, lens) {
+                if !segment(&hdr, packet, frames) {
                     bad += 1;
                 }
             }

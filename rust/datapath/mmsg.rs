@@ -132,19 +132,19 @@ const GSO_MAX_BYTES: usize = 65000;
 
 /// How many datagrams from `i` on can go as one GSO send: same destination, same size
 /// (the last may be shorter), within the kernel's limits. 1 means none.
-fn gso_run(bufs: &[Vec<u8>], dsts: &[SocketAddr], i: usize) -> usize {
-    let size = bufs[i].len();
+fn gso_run<B: AsRef<[u8]>>(bufs: &[B], dsts: &[SocketAddr], i: usize) -> usize {
+    let size = bufs[i].as_ref().len();
     let mut j = i + 1;
     let mut bytes = size;
     while j < bufs.len()
         && j - i < GSO_MAX_SEGMENTS
         && dsts[j] == dsts[i]
-        && bufs[j].len() <= size
-        && bytes + bufs[j].len() <= GSO_MAX_BYTES
+        && bufs[j].as_ref().len() <= size
+        && bytes + bufs[j].as_ref().len() <= GSO_MAX_BYTES
     {
-        bytes += bufs[j].len();
+        bytes += bufs[j].as_ref().len();
         j += 1;
-        if bufs[j - 1].len() < size {
+        if bufs[j - 1].as_ref().len() < size {
             break; // a shorter one ends the run
         }
     }
@@ -155,16 +155,16 @@ fn gso_run(bufs: &[Vec<u8>], dsts: &[SocketAddr], i: usize) -> usize {
 /// runs of equal-sized datagrams to one peer (what a TSO packet becomes) as one UDP GSO
 /// `sendmsg`, the rest with `sendmmsg`. Returns how many were sent; the rest failed (e.g.
 /// the socket buffer is full).
-pub fn send_batch(socket: &UdpSocket, bufs: &[Vec<u8>], dsts: &[SocketAddr]) -> usize {
+pub fn send_batch<B: AsRef<[u8]>>(socket: &UdpSocket, bufs: &[B], dsts: &[SocketAddr]) -> usize {
     let mut sent = 0;
     while sent < bufs.len() {
         if GSO.load(Ordering::Relaxed) {
             let run = gso_run(bufs, dsts, sent);
             if run >= 2 {
-                let size = bufs[sent].len() as u16;
+                let size = bufs[sent].as_ref().len() as u16;
                 let iov: Vec<IoSlice<'_>> = bufs[sent..sent + run]
                     .iter()
-                    .map(|b| IoSlice::new(b))
+                    .map(|b| IoSlice::new(b.as_ref()))
                     .collect();
                 let addr = to_storage(dsts[sent]);
                 match sendmsg(
@@ -202,7 +202,7 @@ pub fn send_batch(socket: &UdpSocket, bufs: &[Vec<u8>], dsts: &[SocketAddr]) -> 
         let n = end - sent;
         let slices: Vec<[IoSlice<'_>; 1]> = bufs[sent..sent + n]
             .iter()
-            .map(|b| [IoSlice::new(b)])
+            .map(|b| [IoSlice::new(b.as_ref())])
             .collect();
         let addrs: Vec<Option<SockaddrStorage>> = dsts[sent..sent + n]
             .iter()
@@ -227,7 +227,7 @@ pub fn send_batch(socket: &UdpSocket, bufs: &[Vec<u8>], dsts: &[SocketAddr]) -> 
             // A datagram the kernel refuses (e.g. an unreachable address) is skipped.
             Err(nix::errno::Errno::EAGAIN) => break,
             Err(_) => {
-                if socket.send_to(&bufs[sent], dsts[sent]).is_ok() {
+                if socket.send_to(bufs[sent].as_ref(), dsts[sent]).is_ok() {
                     sent += 1;
                 } else {
                     break;

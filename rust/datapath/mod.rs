@@ -32,6 +32,7 @@ use crate::tunnel::{
 };
 
 pub mod attach;
+pub mod frames;
 mod mmsg;
 pub mod offload;
 mod relay_shell;
@@ -40,6 +41,7 @@ mod sys;
 pub mod worker;
 
 pub use attach::{AttachError, Attachment, AttachmentKind, AttachmentStats};
+pub use frames::Frames;
 pub use relay_shell::UdpRelay;
 pub use seal::{SealPlan, Sealed};
 pub use worker::{MAX_TUN_QUEUES, State, Worker, WorkerError, default_tun_queues};

@@ -13,6 +13,8 @@
 //! Sans-IO: bytes in, bytes out. Every packet is checked before it is trusted; what does
 //! not parse is passed through (or dropped by the caller's router) unchanged.
 
+use super::frames::Frames;
+
 /// The `struct virtio_net_hdr` the kernel puts before each packet (no `num_buffers`).
 pub const VNET_HDR_LEN: usize = 10;
 
@@ -214,24 +216,11 @@ impl Tcp {
     }
 }
 
-/// The buffer `lens.len()` of `bufs` (made if missing), for the next output packet.
-fn next_buf<'b>(bufs: &'b mut Vec<Vec<u8>>, lens: &[usize]) -> &'b mut Vec<u8> {
-    if bufs.len() <= lens.len() {
-        bufs.push(vec![0u8; super::attach::MAX_FRAME]);
-    }
-    &mut bufs[lens.len()]
-}
-
 /// Turns what the kernel read out of a TUN device (`packet`, after the header) into
-/// MTU-sized IP packets with complete checksums, appended as `bufs[i][..lens[i]]`
-/// (`bufs` grows as needed). Returns false (appending nothing) if the packet cannot be
+/// MTU-sized IP packets with complete checksums, appended to `out` (each written
+/// straight into its slot). Returns false (appending nothing) if the packet cannot be
 /// segmented safely; the caller counts it as dropped.
-pub fn segment(
-    hdr: &VnetHdr,
-    packet: &mut [u8],
-    bufs: &mut Vec<Vec<u8>>,
-    lens: &mut Vec<usize>,
-) -> bool {
+pub fn segment(hdr: &VnetHdr, packet: &mut [u8], out: &mut Frames) -> bool {
     let gso = hdr.gso_type & !GSO_ECN;
     if gso == GSO_NONE {
         if hdr.flags & F_NEEDS_CSUM != 0 {
@@ -244,13 +233,11 @@ pub fn segment(
             let c = checksum(&packet[start..]);
             packet[at..at + 2].copy_from_slice(&c.to_be_bytes());
         }
-        let out = next_buf(bufs, lens);
-        out[..packet.len()].copy_from_slice(packet);
-        lens.push(packet.len());
+        out.push_copy(packet);
         return true;
     }
     if gso == GSO_UDP_L4 {
-        return segment_udp(hdr, packet, bufs, lens);
+        return segment_udp(hdr, packet, out);
     }
     if gso != GSO_TCPV4 && gso != GSO_TCPV6 {
         return false;
@@ -272,7 +259,8 @@ pub fn segment(
     loop {
         let n = mss.min(payload_len - off);
         let last = off + n == payload_len;
-        let out = &mut next_buf(bufs, lens)[..h + n];
+        let frames = &mut *out;
+        let out = &mut frames.next_mut()[..h + n];
         out[..h].copy_from_slice(&packet[..h]);
         out[h..].copy_from_slice(&packet[h + off..h + off + n]);
         if tcp.v4 {
@@ -290,7 +278,7 @@ pub fn segment(
         out[tcp.ip_len + 13] = flags;
         tcp.set_ip_len(out, h + n);
         tcp.set_tcp_checksum(out);
-        lens.push(h + n);
+        frames.push(h + n);
         off += n;
         i += 1;
         if last {
@@ -302,12 +290,7 @@ pub fn segment(
 /// UDP segmentation (USO, `VIRTIO_NET_HDR_GSO_UDP_L4`): a payload that sent one large
 /// buffer with `UDP_SEGMENT` becomes its datagrams of `gso_size` bytes each (the last may
 /// be shorter), each with its own UDP length and full checksum.
-fn segment_udp(
-    hdr: &VnetHdr,
-    packet: &[u8],
-    bufs: &mut Vec<Vec<u8>>,
-    lens: &mut Vec<usize>,
-) -> bool {
+fn segment_udp(hdr: &VnetHdr, packet: &[u8], frames: &mut Frames) -> bool {
     let (v4, ip_len) = match packet.first().map(|b| b >> 4) {
         Some(4) => {
             let ihl = usize::from(packet[0] & 0xf) * 4;
@@ -330,7 +313,7 @@ fn segment_udp(
     let mut i = 0u16;
     loop {
         let n = size.min(payload_len - off);
-        let out = &mut next_buf(bufs, lens)[..h + n];
+        let out = &mut frames.next_mut()[..h + n];
         out[..h].copy_from_slice(&packet[..h]);
         out[h..].copy_from_slice(&packet[h + off..h + off + n]);
         if v4 {
@@ -349,7 +332,7 @@ fn segment_udp(
         // A computed 0 is sent as all ones (0 means "no checksum" in UDP over IPv4).
         let c = if c == 0 { 0xffff } else { c };
         out[ip_len + 6..ip_len + 8].copy_from_slice(&c.to_be_bytes());
-        lens.push(h + n);
+        frames.push(h + n);
         off += n;
         i = i.wrapping_add(1);
         if off == payload_len {

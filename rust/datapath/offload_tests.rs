@@ -2,6 +2,7 @@
 //! lengths, sequence numbers, flags and checksums, and GRO ∘ TSO giving back the input.
 
 use super::*;
+use crate::datapath::frames::Frames;
 
 const SRC4: [u8; 4] = [192, 168, 5, 2];
 const DST4: [u8; 4] = [192, 168, 5, 3];
@@ -68,11 +69,10 @@ fn checksums_ok(p: &[u8]) -> bool {
 }
 
 fn run_segment(hdr: VnetHdr, mut packet: Vec<u8>) -> Vec<Vec<u8>> {
-    let (mut bufs, mut lens) = (Vec::new(), Vec::new());
-    assert!(segment(&hdr, &mut packet, &mut bufs, &mut lens));
-    lens.iter()
-        .zip(&bufs)
-        .map(|(&n, b)| b[..n].to_vec())
+    let mut frames = Frames::default();
+    assert!(segment(&hdr, &mut packet, &mut frames));
+    (0..frames.len())
+        .map(|k| frames.frame(k).to_vec())
         .collect()
 }
 
@@ -234,35 +234,20 @@ fn a_partial_checksum_is_completed() {
 
 #[test]
 fn unsafe_packets_are_refused_not_guessed() {
-    let (mut bufs, mut lens) = (Vec::new(), Vec::new());
+    let mut frames = Frames::default();
     let mut short = vec![0x45u8; 10];
-    assert!(!segment(
-        &tso(true, 1400, 52),
-        &mut short,
-        &mut bufs,
-        &mut lens
-    ));
+    assert!(!segment(&tso(true, 1400, 52), &mut short, &mut frames));
     let mut v6_as_v4 = tcp_v6(1, TCP_ACK, &payload(3000));
-    assert!(!segment(
-        &tso(true, 1400, 60),
-        &mut v6_as_v4,
-        &mut bufs,
-        &mut lens
-    ));
+    assert!(!segment(&tso(true, 1400, 60), &mut v6_as_v4, &mut frames));
     let mut zero_mss = tcp_v4(1, TCP_ACK, 1, &payload(3000), 1);
-    assert!(!segment(
-        &tso(true, 0, 52),
-        &mut zero_mss,
-        &mut bufs,
-        &mut lens
-    ));
+    assert!(!segment(&tso(true, 0, 52), &mut zero_mss, &mut frames));
     let mut udp_gso = tcp_v4(1, TCP_ACK, 1, &payload(3000), 1);
     let hdr = VnetHdr {
         gso_type: 5,
         gso_size: 1000,
         ..VnetHdr::default()
     };
-    assert!(!segment(&hdr, &mut udp_gso, &mut bufs, &mut lens));
+    assert!(!segment(&hdr, &mut udp_gso, &mut frames));
     let mut bad_csum = tcp_v4(1, TCP_ACK, 1, &payload(100), 1);
     let hdr = VnetHdr {
         flags: F_NEEDS_CSUM,
@@ -270,8 +255,8 @@ fn unsafe_packets_are_refused_not_guessed() {
         csum_offset: 16,
         ..VnetHdr::default()
     };
-    assert!(!segment(&hdr, &mut bad_csum, &mut bufs, &mut lens));
-    assert!(lens.is_empty());
+    assert!(!segment(&hdr, &mut bad_csum, &mut frames));
+    assert!(frames.is_empty());
 }
 
 /// A UDP packet of `payload` (IPv4 or IPv6), as a payload hands it to a TUN device with
@@ -351,19 +336,14 @@ fn a_uso_packet_becomes_datagrams_with_their_own_lengths_and_checksums() {
 
 #[test]
 fn a_uso_packet_that_is_not_udp_or_has_no_size_is_refused() {
-    let (mut bufs, mut lens) = (Vec::new(), Vec::new());
+    let mut frames = Frames::default();
     let mut not_udp = tcp_v4(1, TCP_ACK, 1, &payload(3000), 4000);
-    assert!(!segment(
-        &uso(true, 1000),
-        &mut not_udp,
-        &mut bufs,
-        &mut lens
-    ));
+    assert!(!segment(&uso(true, 1000), &mut not_udp, &mut frames));
     let mut packet = udp(true, &payload(3000));
-    assert!(!segment(&uso(true, 0), &mut packet, &mut bufs, &mut lens));
+    assert!(!segment(&uso(true, 0), &mut packet, &mut frames));
     let mut short = udp(true, &[])[..24].to_vec();
-    assert!(!segment(&uso(true, 1000), &mut short, &mut bufs, &mut lens));
-    assert!(lens.is_empty());
+    assert!(!segment(&uso(true, 1000), &mut short, &mut frames));
+    assert!(frames.is_empty());
 }
 
 /// One whole UDP datagram as a peer sends it: its own length, IPv4 id and full checksum.

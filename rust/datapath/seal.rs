@@ -13,6 +13,7 @@
 use std::net::{SocketAddr, UdpSocket};
 use std::time::Instant;
 
+use super::frames::{Frames, HEADROOM};
 use super::{DatapathError, UdpNode, mmsg, send_datagram};
 use crate::node_id::NodeId;
 use crate::tunnel::{Payload, PayloadKind, SealBatch};
@@ -49,6 +50,14 @@ pub struct Sealed {
     pub failed: u64,
 }
 
+/// Where a sealed datagram lies: in its frame's own buffer (sealed in place), or in one
+/// of the plan's buffers (a copy).
+#[derive(Debug, Clone, Copy)]
+enum Datagram {
+    InFrame { frame: u32, start: u32, end: u32 },
+    Copied(u32),
+}
+
 /// Packets routed and given counters, to seal and send outside the node's lock. One plan
 /// is one batch: [`SealPlan::clear`] it before routing the next (a destination's path and
 /// counters are decided once per plan: a peer that had no session when one batch was
@@ -59,7 +68,9 @@ pub struct SealPlan {
     networks: Vec<String>,
     dests: Vec<Dest>,
     jobs: Vec<Job>,
+    /// Copies of frames that cannot be sealed in place (one frame for several peers).
     out: Vec<Vec<u8>>,
+    datagrams: Vec<Datagram>,
     dsts: Vec<SocketAddr>,
 }
 
@@ -91,46 +102,76 @@ impl SealPlan {
         }
     }
 
-    /// Seals every planned packet (`frame(i)` gives frame `i` of the batch the plan was
-    /// made from) and sends them with batched syscalls on `socket` (a clone of the node's).
-    /// The plan is left empty.
-    pub fn seal_and_send<'f>(
-        &mut self,
-        socket: &UdpSocket,
-        frame: impl Fn(usize) -> &'f [u8],
-    ) -> Sealed {
+    /// Seals every planned packet of `frames` (the batch the plan was routed from) and
+    /// sends them with batched syscalls on `socket` (the node's, or a clone). A frame
+    /// bound for one peer is sealed where it lies, so its bytes are gone from `frames`
+    /// afterwards; one bound for several (a broadcast) is copied for each. The plan is
+    /// left empty.
+    pub fn seal_and_send(&mut self, socket: &UdpSocket, frames: &mut Frames) -> Sealed {
         let mut done = Sealed::default();
-        let mut queued = 0usize;
         let SealPlan {
             networks,
             dests,
             jobs,
             out,
+            datagrams,
             dsts,
         } = self;
-        for job in jobs.iter() {
+        datagrams.clear();
+        dsts.clear();
+        let mut copies = 0usize;
+        for (j, job) in jobs.iter().enumerate() {
             let Some((batch, dst)) = dests[job.dest as usize].seal.as_mut() else {
                 continue;
             };
-            if queued == out.len() {
-                out.push(Vec::with_capacity(2048));
-                dsts.push(*dst);
-            }
-            let bytes = &frame(job.frame as usize)[job.start as usize..job.end as usize];
-            if !batch.seal_ip(&networks[job.network as usize], bytes, &mut out[queued]) {
-                done.failed += 1;
-                continue;
-            }
-            dsts[queued] = *dst;
-            queued += 1;
+            let network = &networks[job.network as usize];
+            let frame = job.frame as usize;
+            let (start, end) = (job.start as usize, job.end as usize);
+            let shared = (j > 0 && jobs[j - 1].frame == job.frame)
+                || jobs.get(j + 1).is_some_and(|next| next.frame == job.frame);
+            let in_place = if shared {
+                None
+            } else {
+                let at = HEADROOM + start..HEADROOM + end;
+                batch.seal_ip_in_place(network, frames.buf_mut(frame), at)
+            };
+            let datagram = match in_place {
+                Some(r) => Datagram::InFrame {
+                    frame: job.frame,
+                    start: r.start as u32,
+                    end: r.end as u32,
+                },
+                None => {
+                    if copies == out.len() {
+                        out.push(Vec::with_capacity(2048));
+                    }
+                    let bytes = &frames.frame(frame)[start..end];
+                    if !batch.seal_ip(network, bytes, &mut out[copies]) {
+                        done.failed += 1;
+                        continue;
+                    }
+                    copies += 1;
+                    Datagram::Copied((copies - 1) as u32)
+                }
+            };
+            datagrams.push(datagram);
+            dsts.push(*dst);
             done.packets += 1;
-            done.bytes += bytes.len() as u64;
-            if queued == mmsg::BATCH {
-                done.sent += mmsg::send_batch(socket, &out[..queued], &dsts[..queued]) as u64;
-                queued = 0;
-            }
+            done.bytes += (end - start) as u64;
         }
-        done.sent += mmsg::send_batch(socket, &out[..queued], &dsts[..queued]) as u64;
+        let frames: &Frames = frames;
+        for (chunk, to) in datagrams.chunks(mmsg::BATCH).zip(dsts.chunks(mmsg::BATCH)) {
+            let bufs: Vec<&[u8]> = chunk
+                .iter()
+                .map(|d| match *d {
+                    Datagram::InFrame { frame, start, end } => {
+                        frames.buf(frame as usize, start as usize..end as usize)
+                    }
+                    Datagram::Copied(i) => out[i as usize].as_slice(),
+                })
+                .collect();
+            done.sent += mmsg::send_batch(socket, &bufs, to) as u64;
+        }
         done.failed += done.packets - done.sent;
         self.clear();
         done

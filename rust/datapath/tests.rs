@@ -730,6 +730,15 @@ fn udp_packets(from: u8, to: u8, tag: u8, n: usize) -> Vec<Vec<u8>> {
         .collect()
 }
 
+/// A batch holding copies of `packets`, as an attachment's read would.
+fn frames_of(packets: &[Vec<u8>]) -> Frames {
+    let mut frames = Frames::default();
+    for p in packets {
+        frames.push_copy(p);
+    }
+    frames
+}
+
 /// Routes `packets` into a plan made by `node` (routing and reservation; the caller seals
 /// and sends).
 fn plan(node: &mut UdpNode, packets: &[Vec<u8>]) -> SealPlan {
@@ -766,8 +775,8 @@ fn batches_sealed_outside_the_node_arrive_once_whatever_their_order() {
     let mut plan_two = plan(&mut a, &two);
     assert_eq!((plan_one.len(), plan_two.len()), (40, 40));
     let before = a.tunnel_stats();
-    let sealed_two = plan_two.seal_and_send(&socket, |i| &two[i]);
-    let sealed_one = plan_one.seal_and_send(&socket, |i| &one[i]);
+    let sealed_two = plan_two.seal_and_send(&socket, &mut frames_of(&two));
+    let sealed_one = plan_one.seal_and_send(&socket, &mut frames_of(&one));
     assert_eq!(
         (sealed_one.packets, sealed_one.sent, sealed_one.failed),
         (40, 40, 0)
@@ -827,7 +836,7 @@ fn a_sealing_plan_routes_like_send_packets() {
     assert_eq!(plan.len(), 1);
     assert_eq!(a.router(NET).unwrap().drops().total() - drops, 2);
     let socket = a.socket().try_clone().unwrap();
-    let sealed = plan.seal_and_send(&socket, |i| &frames[i]);
+    let sealed = plan.seal_and_send(&socket, &mut frames_of(&frames));
     assert_eq!(sealed.sent, 1);
     let (_, ib) = pump(&mut a, &mut b, Duration::from_secs(5), |_, ib| {
         ib.frames.len() == 1
@@ -855,7 +864,7 @@ fn a_reused_plan_takes_the_fast_path_once_the_session_is_up() {
             .unwrap();
         let planned = plan.len();
         if !plan.is_empty() {
-            let sealed = plan.seal_and_send(&socket, |i| &packets[i]);
+            let sealed = plan.seal_and_send(&socket, &mut frames_of(&packets));
             a.count_sealed(sealed);
         }
         planned
@@ -871,4 +880,147 @@ fn a_reused_plan_takes_the_fast_path_once_the_session_is_up() {
         ib.frames.len() == 10
     });
     assert_eq!(ib.frames.len(), 10);
+}
+
+#[test]
+fn a_frame_for_one_peer_is_sealed_where_it_lies_and_a_broadcast_is_copied() {
+    // Three nodes: A sends B unicasts and broadcasts (to B and C) in one batch.
+    let (mut a, mut b) = pair();
+    let mut c = node(3);
+    c.add_network(router_for(&c, 3));
+    let (a_id, c_id) = (a.node_id(), c.node_id());
+    let (a_addr, c_addr) = (a.local_addr().unwrap(), c.local_addr().unwrap());
+    a.add_peer(NET, c_id, ip(3), Some(c_addr)).unwrap();
+    c.add_peer(NET, a_id, ip(1), Some(a_addr)).unwrap();
+    b.add_peer(NET, c_id, ip(3), Some(c_addr)).unwrap();
+    // Sessions up with both.
+    let hello = [
+        udp_packets(1, 2, 0, 1).remove(0),
+        udp_packets(1, 3, 0, 1).remove(0),
+    ];
+    a.send_packets(NET, hello.iter().map(Vec::as_slice), Instant::now())
+        .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(5);
+    let (mut ib, mut ic) = (Inbound::default(), Inbound::default());
+    while Instant::now() < deadline && (ib.frames.is_empty() || ic.frames.is_empty()) {
+        let mut ia = Inbound::default();
+        let now = Instant::now();
+        a.receive(now, 1024, &mut ia);
+        b.receive(now, 1024, &mut ib);
+        c.receive(now, 1024, &mut ic);
+        std::thread::sleep(Duration::from_millis(1));
+    }
+    assert_eq!((ib.frames.len(), ic.frames.len()), (1, 1));
+
+    let unicast = udp_packets(1, 2, 1, 3);
+    let broadcast = udp_v4(
+        Ipv4Addr::new(10, 7, 0, 1),
+        Ipv4Addr::new(10, 7, 0, 255),
+        1000,
+        2000,
+        b"to everyone",
+    );
+    let batch = vec![
+        unicast[0].clone(),
+        broadcast.clone(),
+        unicast[1].clone(),
+        unicast[2].clone(),
+    ];
+    let drops =
+        |b: &UdpNode, c: &UdpNode| b.tunnel_stats().drops.total() + c.tunnel_stats().drops.total();
+    let drops_before = drops(&b, &c);
+    let mut frames = frames_of(&batch);
+    let mut plan = SealPlan::default();
+    let routed = frames.len();
+    let answers = a
+        .route_for_sealing(
+            NET,
+            (0..routed)
+                .map(|k| (k, frames.frame(k)))
+                .collect::<Vec<_>>(),
+            routed as u64,
+            Instant::now(),
+            &mut plan,
+        )
+        .unwrap();
+    assert!(answers.is_empty());
+    assert_eq!(plan.len(), 5, "three unicasts, the broadcast twice");
+    let socket = a.socket().try_clone().unwrap();
+    let sealed = plan.seal_and_send(&socket, &mut frames);
+    assert_eq!((sealed.packets, sealed.sent, sealed.failed), (5, 5, 0));
+    // The unicasts became their datagrams in place; the broadcast's frame is untouched.
+    for k in [0, 2, 3] {
+        assert_ne!(
+            frames.frame(k),
+            batch[k].as_slice(),
+            "frame {k} sealed in place"
+        );
+    }
+    assert_eq!(frames.frame(1), broadcast.as_slice());
+    let (mut ib, mut ic) = (Inbound::default(), Inbound::default());
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while Instant::now() < deadline && (ib.frames.len() < 4 || ic.frames.is_empty()) {
+        let now = Instant::now();
+        b.receive(now, 1024, &mut ib);
+        c.receive(now, 1024, &mut ic);
+        std::thread::sleep(Duration::from_millis(1));
+    }
+    let got_b: Vec<Vec<u8>> = ib.frames.into_iter().map(|(_, f)| f).collect();
+    assert_eq!(got_b, batch, "B: every packet, byte-exact, in order");
+    let got_c: Vec<Vec<u8>> = ic.frames.into_iter().map(|(_, f)| f).collect();
+    assert_eq!(got_c, vec![broadcast]);
+    assert_eq!(drops(&b, &c), drops_before, "nothing dropped");
+}
+
+#[test]
+fn sealing_in_place_needs_its_room_and_a_counter() {
+    let (mut a, mut b) = pair();
+    a.send_packets(NET, [udp_packets(1, 2, 0, 1)[0].as_slice()], Instant::now())
+        .unwrap();
+    pump(&mut a, &mut b, Duration::from_secs(5), |_, ib| {
+        ib.frames.len() == 1
+    });
+    let b_id = b.node_id();
+    let (mut batch, _) = a
+        .endpoint
+        .reserve(&b_id, 2, Instant::now())
+        .unwrap()
+        .unwrap();
+    let packet = udp_packets(1, 2, 1, 1).remove(0);
+    let n = packet.len();
+    let prefix = crate::tunnel::DATA_HEADER_LEN + 2 + NET.len();
+    let mut buf = vec![0u8; prefix + n + crate::tunnel::TAG_LEN];
+    buf[prefix..prefix + n].copy_from_slice(&packet);
+    // One byte short in front, or behind: refused, nothing written, no counter used.
+    let before = buf.clone();
+    assert_eq!(
+        batch.seal_ip_in_place(NET, &mut buf, prefix - 1..prefix - 1 + n),
+        None
+    );
+    assert_eq!(
+        batch.seal_ip_in_place(NET, &mut buf[..prefix + n + 15], prefix..prefix + n),
+        None
+    );
+    assert_eq!(buf, before);
+    assert_eq!(batch.remaining(), 2);
+    // Exactly enough: the whole buffer is the datagram, and B opens it.
+    let at = batch.seal_ip_in_place(NET, &mut buf, prefix..prefix + n);
+    assert_eq!(at, Some(0..buf.len()));
+    let mut plain = Vec::new();
+    let got = b
+        .endpoint
+        .receive_into(a.local_addr().unwrap(), &buf, Instant::now(), &mut plain);
+    assert_eq!(got.map(|d| d.bytes.to_vec()), Some(packet.clone()));
+    // Counters run out.
+    let mut buf2 = before.clone();
+    assert!(
+        batch
+            .seal_ip_in_place(NET, &mut buf2, prefix..prefix + n)
+            .is_some()
+    );
+    let mut buf3 = before;
+    assert_eq!(
+        batch.seal_ip_in_place(NET, &mut buf3, prefix..prefix + n),
+        None
+    );
 }

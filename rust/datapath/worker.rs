@@ -28,7 +28,7 @@ use rustc_hash::FxHashMap;
 
 use super::attach::{AttachError, Attachment, AttachmentKind, MAX_FRAME, read_tun_batch};
 use super::offload::VNET_HDR_LEN;
-use super::{DatapathError, Inbound, SealPlan, Sink, UdpNode, sys};
+use super::{DatapathError, Frames, Inbound, SealPlan, Sink, UdpNode, sys};
 use crate::node_id::NodeId;
 use crate::router::Frame;
 use crate::tunnel::Event;
@@ -98,8 +98,9 @@ pub struct State {
     closing: Vec<Attachment>,
     queue: Inbound,
     next_id: u32,
-    bufs: Vec<Vec<u8>>,
-    lens: Vec<usize>,
+    /// The batch the node's thread read last, and its plan (see [`State::pump`]).
+    frames: Frames,
+    plan: SealPlan,
     /// Attachments written to in this round (their held segments go out at its end).
     touched: Vec<u32>,
     /// The threads reading each multi-queue TUN attachment's queues.
@@ -144,8 +145,8 @@ impl State {
             closing: Vec::new(),
             queue: Inbound::default(),
             next_id: 1,
-            bufs: Vec::new(),
-            lens: Vec::new(),
+            frames: Frames::default(),
+            plan: SealPlan::default(),
             touched: Vec::new(),
             tx: FxHashMap::default(),
             tx_retired: Vec::new(),
@@ -285,25 +286,46 @@ impl State {
         self.deliver(|node, sink| node.handle_timeout(now, sink));
     }
 
-    /// Reads a batch from attachment `id` and routes it.
+    /// Reads a batch from attachment `id`, routes it and seals and sends it (in place:
+    /// each packet bound for one peer becomes its datagram in the buffer it was read into).
     fn pump(&mut self, id: u32, now: Instant) {
         let State {
             node,
             attachments,
-            bufs,
-            lens,
+            frames,
+            plan,
             ..
         } = self;
         let Some(attachment) = attachments.get_mut(&id) else {
             return;
         };
         attachment.flush();
-        attachment.read_frames(ATTACHMENT_BATCH, bufs, lens);
-        let frame = |k: usize| &bufs[k][..lens[k]];
-        route_batch(node, attachment, lens.len(), frame, |node, network, run| {
-            node.send_packets(network, run.map(frame), now)
-        });
+        attachment.read_frames(ATTACHMENT_BATCH, frames);
+        plan_batch(node, attachment, frames, plan, now);
+        if !plan.is_empty() {
+            let sealed = plan.seal_and_send(node.socket(), frames);
+            node.count_sealed(sealed);
+        }
     }
+}
+
+/// Routes the batch `frames` read from `attachment` into `plan` (cleared first): packets
+/// for peers with a direct path and a session are left for [`SealPlan::seal_and_send`],
+/// the rest are sent (or queued behind a handshake) at once.
+fn plan_batch(
+    node: &mut UdpNode,
+    attachment: &mut Attachment,
+    frames: &Frames,
+    plan: &mut SealPlan,
+    now: Instant,
+) {
+    plan.clear();
+    let count = frames.len();
+    let frame = |k: usize| frames.frame(k);
+    route_batch(node, attachment, count, frame, |node, network, run| {
+        let batch = run.map(|k| (k, frame(k)));
+        node.route_for_sealing(network, batch, count as u64, now, plan)
+    });
 }
 
 /// Routes the frames `frame(0..count)` read from `attachment`: each run of consecutive
@@ -735,10 +757,7 @@ fn run_tx(
     packets_read: &AtomicU64,
 ) {
     let mut scratch = vec![0u8; VNET_HDR_LEN + MAX_FRAME];
-    let mut bufs: Vec<Vec<u8>> = (0..ATTACHMENT_BATCH)
-        .map(|_| vec![0u8; MAX_FRAME])
-        .collect();
-    let mut lens: Vec<usize> = Vec::new();
+    let mut frames = Frames::default();
     let mut plan = SealPlan::default();
     while !stop.load(Ordering::SeqCst) && !shared.stop.load(Ordering::SeqCst) {
         let mut fds = [
@@ -755,18 +774,9 @@ fn run_tx(
         if fds[0].revents == 0 {
             continue;
         }
-        let (bad, broken) = read_tun_batch(
-            &mut file,
-            &mut scratch,
-            ATTACHMENT_BATCH,
-            &mut bufs,
-            &mut lens,
-        );
-        packets_read.fetch_add(lens.len() as u64, Ordering::Relaxed);
-        // A new batch: no destination's path or counters carry over from the last one.
-        plan.clear();
+        let (bad, broken) = read_tun_batch(&mut file, &mut scratch, ATTACHMENT_BATCH, &mut frames);
+        packets_read.fetch_add(frames.len() as u64, Ordering::Relaxed);
         let now = Instant::now();
-        let frame = |k: usize| &bufs[k][..lens[k]];
         {
             let mut state = shared.lock();
             let State {
@@ -776,19 +786,16 @@ fn run_tx(
                 return;
             };
             attachment.stats.no_network += bad;
-            attachment.stats.count_in(&lens);
+            attachment.stats.count_in(frames.lens());
             if broken {
                 attachment.mark_broken();
                 return;
             }
-            let count = lens.len();
-            route_batch(node, attachment, count, frame, |node, network, run| {
-                let batch = run.map(|k| (k, frame(k)));
-                node.route_for_sealing(network, batch, count as u64, now, &mut plan)
-            });
+            // A new batch: no destination's path or counters carry over from the last one.
+            plan_batch(node, attachment, &frames, &mut plan, now);
         }
         if !plan.is_empty() {
-            let sealed = plan.seal_and_send(socket, frame);
+            let sealed = plan.seal_and_send(socket, &mut frames);
             shared.lock().node.count_sealed(sealed);
         }
     }

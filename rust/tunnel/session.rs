@@ -8,6 +8,7 @@
 //! AES-GCM and little-endian for ChaChaPoly, per the Noise spec), so the inner plaintext is
 //! written straight into the outgoing datagram instead of being copied there.
 
+use std::ops::Range;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -16,7 +17,9 @@ use snow::HandshakeState;
 
 use super::Cipher;
 use super::replay::ReplayWindow;
-use super::wire::{DATA, DATA_HEADER_LEN, MAX_PLAINTEXT, TAG_LEN};
+use super::wire::{
+    DATA_HEADER_LEN, MAX_NETWORK_LEN, MAX_PLAINTEXT, TAG_LEN, data_header, write_inner_prefix,
+};
 use super::{REJECT_AFTER_MESSAGES, REJECT_AFTER_TIME};
 
 /// The keys of one completed handshake and what has been sent and received with them.
@@ -174,9 +177,7 @@ fn seal(
     out: &mut Vec<u8>,
 ) -> bool {
     out.clear();
-    out.push(DATA);
-    out.extend_from_slice(&remote_index.to_le_bytes());
-    out.extend_from_slice(&counter.to_le_bytes());
+    out.extend_from_slice(&data_header(remote_index, counter));
     write(out);
     let Ok(tag) = key.seal_in_place_separate_tag(
         nonce(nonce_big_endian, counter),
@@ -234,5 +235,48 @@ impl SealBatch {
             |buf| super::wire::append_inner(buf, super::PayloadKind::Ip, network, bytes),
             out,
         )
+    }
+
+    /// Seals the IP payload `buf[at]` of `network` where it lies: the data message's
+    /// header and inner prefix are written into the bytes in front of it, the tag into
+    /// those behind it. Returns the datagram's range in `buf`; None (nothing written, no
+    /// counter used) when the room around the payload is short or the payload too long,
+    /// and once the reserved counters are used up.
+    #[inline]
+    pub fn seal_ip_in_place(
+        &mut self,
+        network: &str,
+        buf: &mut [u8],
+        at: Range<usize>,
+    ) -> Option<Range<usize>> {
+        let inner = 2 + network.len();
+        let fits = network.len() <= MAX_NETWORK_LEN
+            && at.start >= DATA_HEADER_LEN + inner
+            && at.start <= at.end
+            && at.end.checked_add(TAG_LEN)? <= buf.len()
+            && inner + at.len() <= MAX_PLAINTEXT;
+        if !fits || self.next >= self.end {
+            return None;
+        }
+        let counter = self.next;
+        self.next += 1;
+        let start = at.start - inner - DATA_HEADER_LEN;
+        buf[start..start + DATA_HEADER_LEN]
+            .copy_from_slice(&data_header(self.remote_index, counter));
+        write_inner_prefix(
+            &mut buf[at.start - inner..],
+            super::PayloadKind::Ip,
+            network,
+        );
+        let tag = self
+            .key
+            .seal_in_place_separate_tag(
+                nonce(self.nonce_big_endian, counter),
+                Aad::empty(),
+                &mut buf[start + DATA_HEADER_LEN..at.end],
+            )
+            .ok()?;
+        buf[at.end..at.end + TAG_LEN].copy_from_slice(tag.as_ref());
+        Some(start..at.end + TAG_LEN)
     }
 }

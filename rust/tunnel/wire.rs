@@ -89,14 +89,34 @@ pub(crate) fn write_inner(buf: &mut Vec<u8>, kind: PayloadKind, network: &str, b
 /// Appends an inner plaintext to `buf` (after whatever it holds).
 pub(crate) fn append_inner(buf: &mut Vec<u8>, kind: PayloadKind, network: &str, bytes: &[u8]) {
     debug_assert!(network.len() <= MAX_NETWORK_LEN);
-    buf.reserve(2 + network.len() + bytes.len() + TAG_LEN);
-    buf.push(match kind {
+    let prefix = 2 + network.len();
+    buf.reserve(prefix + bytes.len() + TAG_LEN);
+    let at = buf.len();
+    buf.resize(at + prefix, 0);
+    write_inner_prefix(&mut buf[at..], kind, network);
+    buf.extend_from_slice(bytes);
+}
+
+/// Writes an inner plaintext's prefix (kind, network length, network) into
+/// `out[..2 + network.len()]`; the payload follows it.
+#[inline]
+pub(crate) fn write_inner_prefix(out: &mut [u8], kind: PayloadKind, network: &str) {
+    out[0] = match kind {
         PayloadKind::Ip => KIND_IP,
         PayloadKind::Control => KIND_CONTROL,
-    });
-    buf.push(network.len() as u8);
-    buf.extend_from_slice(network.as_bytes());
-    buf.extend_from_slice(bytes);
+    };
+    out[1] = network.len() as u8;
+    out[2..2 + network.len()].copy_from_slice(network.as_bytes());
+}
+
+/// A data message's header: type, the receiver's index, the counter.
+#[inline]
+pub(crate) fn data_header(remote_index: u32, counter: u64) -> [u8; DATA_HEADER_LEN] {
+    let mut h = [0u8; DATA_HEADER_LEN];
+    h[0] = DATA;
+    h[1..5].copy_from_slice(&remote_index.to_le_bytes());
+    h[5..].copy_from_slice(&counter.to_le_bytes());
+    h
 }
 
 /// A decrypted inner plaintext.
