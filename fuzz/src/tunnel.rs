@@ -23,7 +23,9 @@ use std::net::{Ipv4Addr, SocketAddr};
 use std::time::{Duration, Instant};
 
 use golem_vpn::NodeId;
-use golem_vpn::tunnel::{Config, DATA_MIN_LEN, Endpoint, Event, Payload, PayloadKind, Transmit};
+use golem_vpn::tunnel::{
+    Config, DATA_HEADER_LEN, DATA_MIN_LEN, Endpoint, Event, Payload, PayloadKind, TAG_LEN, Transmit,
+};
 
 use crate::{Input, identity, put_frame};
 
@@ -225,6 +227,9 @@ impl Session {
     /// Reserves counters twice on A's session to B and seals `count` IP payloads from
     /// `input` with them, alternating batches and sealing the later one's first; each
     /// sealed datagram is in the ledger. A batch that cannot be had (no session) seals none.
+    /// The input picks for each payload whether it is sealed into a buffer of its own or
+    /// in place with the room around it the input also picks (too little: refused, then
+    /// sealed the other way).
     fn seal_batches_a(&mut self, input: &mut Input<'_>, count: usize) -> Vec<Vec<u8>> {
         let (a, b) = (self.a.node_id(), self.b.node_id());
         let half = (count / 2) as u64;
@@ -243,6 +248,27 @@ impl Session {
                 break;
             };
             let mut sealed = Vec::new();
+            if let Some(room) = input.byte().filter(|r| r & 1 == 1) {
+                // Room in front: short by up to 3 bytes, exact, or a little more.
+                let need = DATA_HEADER_LEN + 2 + network.len();
+                let front = (need + usize::from(room >> 3 & 7)).saturating_sub(3);
+                let back = TAG_LEN + usize::from(room >> 6 & 1);
+                let mut buf = vec![0u8; front + bytes.len() + back];
+                buf[front..front + bytes.len()].copy_from_slice(bytes);
+                let at = front..front + bytes.len();
+                match batch.seal_ip_in_place(network, &mut buf, at) {
+                    Some(datagram) => {
+                        assert!(front >= need, "sealed with too little room");
+                        self.ledger.sent(a, PayloadKind::Ip, network, bytes);
+                        out.push(buf[datagram].to_vec());
+                        continue;
+                    }
+                    None => assert!(
+                        front < need || batch.remaining() == 0 || bytes.len() + need > 65_000,
+                        "refused with room and counters left"
+                    ),
+                }
+            }
             if batch.seal_ip(network, bytes, &mut sealed) {
                 self.ledger.sent(a, PayloadKind::Ip, network, bytes);
                 out.push(sealed);
