@@ -76,7 +76,6 @@ impl VnetHdr {
     }
 }
 
-/// Ones' complement sum of `data` (not folded), added to `acc`.
 /// Adds the 16-bit big-endian words of `data` (a last odd byte padded with zero) to the
 /// ones'-complement sum `acc`. The words are summed little-endian, 32 bits at a time into
 /// independent 64-bit lanes (no carries to chase, so the compiler vectorizes it), and the
