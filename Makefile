@@ -84,7 +84,7 @@ docs:
 bench: dev bench-rust bench-python bench-stack
 
 bench-rust: smoltcp
-	$(CARGO) bench --locked --bench router --bench tunnel --bench stack
+	$(CARGO) bench --locked --bench router --bench tunnel --bench stack --bench offload
 
 bench-python:
 	$(PYTHON) -m pytest benches --benchmark-only --benchmark-columns=min,median,mean,ops -p no:randomly
