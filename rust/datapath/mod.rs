@@ -194,9 +194,9 @@ pub struct UdpNode {
     rx_batch: Vec<Vec<u8>>,
     rx_got: Vec<mmsg::Received>,
     plaintext: Vec<u8>,
-    /// Datagrams waiting for one `sendmmsg`: buffers reused across calls.
-    tx_batch: Vec<Vec<u8>>,
-    tx_dsts: Vec<SocketAddr>,
+    /// [`send_packets`](Self::send_packets)' batch and plan (kept: no allocation per call).
+    tx_frames: Frames,
+    tx_plan: SealPlan,
     wrapped: Vec<u8>,
     stats: DatapathStats,
     /// The relay in use: the first configured one that answered a registration lately
@@ -261,8 +261,8 @@ impl UdpNode {
             rx_batch: (0..mmsg::BATCH).map(|_| vec![0u8; MAX_DATAGRAM]).collect(),
             rx_got: Vec::with_capacity(mmsg::BATCH),
             plaintext: Vec::with_capacity(MAX_DATAGRAM),
-            tx_batch: Vec::new(),
-            tx_dsts: Vec::new(),
+            tx_frames: Frames::default(),
+            tx_plan: SealPlan::default(),
             wrapped: Vec::with_capacity(MAX_DATAGRAM),
             stats: DatapathStats::default(),
             relay: None,
@@ -588,73 +588,34 @@ impl UdpNode {
     }
 
     /// Routes and sends packets a local attachment of `network` sent. Returns the frames
-    /// the router answered locally (ARP / neighbour discovery in Ethernet mode).
+    /// the router answered locally (ARP / neighbour discovery in Ethernet mode). Each
+    /// packet is copied once, into a buffer where it is sealed in place: the datapath
+    /// threads' path ([`route_for_sealing`](Self::route_for_sealing), then
+    /// [`SealPlan::seal_and_send`]), for packets that come from elsewhere (Python's
+    /// userspace stacks, tests).
     pub fn send_packets<'p>(
         &mut self,
         network: &str,
         packets: impl IntoIterator<Item = &'p [u8]>,
         now: Instant,
     ) -> Result<Vec<Vec<u8>>, DatapathError> {
-        let local = self.endpoint.node_id();
-        let mut answers = Vec::new();
-        let UdpNode {
-            socket,
-            endpoint,
-            networks,
-            tx_batch,
-            tx_dsts,
-            wrapped,
-            stats,
-            relay,
-            relayed,
-            ..
-        } = self;
-        let router = networks
-            .get_mut(network)
-            .ok_or_else(|| DatapathError::UnknownNetwork(network.to_owned()))?;
-        let mut queued = 0usize;
+        let mut frames = std::mem::take(&mut self.tx_frames);
+        let mut plan = std::mem::take(&mut self.tx_plan);
+        frames.clear();
         for packet in packets {
-            let _ = router.inject(packet, |node, bytes| {
-                if *node == local {
-                    answers.push(bytes.to_vec());
-                    return;
-                }
-                let payload = Payload {
-                    kind: PayloadKind::Ip,
-                    network,
-                    bytes,
-                };
-                if queued == tx_batch.len() {
-                    tx_batch.push(Vec::with_capacity(2048));
-                    tx_dsts.push(SocketAddr::from(([0, 0, 0, 0], 0)));
-                }
-                // A refused payload (peer gone, too large) is counted by the tunnel.
-                if let Ok(Some(dst)) = endpoint.send_into(node, payload, now, &mut tx_batch[queued])
-                {
-                    if relayed.contains_key(&dst) {
-                        send_datagram(
-                            socket,
-                            stats,
-                            *relay,
-                            relayed,
-                            wrapped,
-                            &tx_batch[queued],
-                            dst,
-                        );
-                    } else {
-                        tx_dsts[queued] = dst;
-                        queued += 1;
-                        if queued == mmsg::BATCH {
-                            send_queued(socket, stats, &tx_batch[..queued], &tx_dsts[..queued]);
-                            queued = 0;
-                        }
-                    }
-                }
-            });
+            frames.push_copy(packet);
         }
-        send_queued(socket, stats, &tx_batch[..queued], &tx_dsts[..queued]);
-        self.flush();
-        Ok(answers)
+        plan.clear();
+        let count = frames.len();
+        let batch = (0..count).map(|k| (k, frames.frame(k)));
+        let answers = self.route_for_sealing(network, batch, count as u64, now, &mut plan);
+        if !plan.is_empty() {
+            let sealed = plan.seal_and_send(&self.socket, &mut frames);
+            self.count_sealed(sealed);
+        }
+        self.tx_frames = frames;
+        self.tx_plan = plan;
+        answers
     }
 
     /// Sends a control message to `node` about `network`.
@@ -1056,21 +1017,6 @@ pub fn bind_udp(addr: SocketAddr) -> io::Result<UdpSocket> {
     socket.set_nonblocking(true)?;
     socket.bind(&addr.into())?;
     Ok(socket.into())
-}
-
-/// Sends the queued datagrams with batched syscalls, counting what the socket refused.
-fn send_queued(
-    socket: &UdpSocket,
-    stats: &mut DatapathStats,
-    bufs: &[Vec<u8>],
-    dsts: &[SocketAddr],
-) {
-    if bufs.is_empty() {
-        return;
-    }
-    let sent = mmsg::send_batch(socket, bufs, dsts);
-    stats.datagrams_out += sent as u64;
-    stats.send_errors += (bufs.len() - sent) as u64;
 }
 
 /// Sends a tunnel datagram: directly, or through the relay for a relayed peer.
