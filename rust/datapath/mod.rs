@@ -2,8 +2,9 @@
 //! of every network the node is in.
 //!
 //! This is the thin shell around the sans-IO cores. Packets a local attachment sends are
-//! routed ([`Router::inject`]), encrypted for each destination node
-//! ([`Endpoint::send_into`]) and sent, without touching Python per packet. Datagrams that
+//! routed ([`Router::inject`]), sealed for each destination node, in place in the buffer
+//! they were read into ([`SealPlan`], [`frames`]), and sent, without touching Python per
+//! packet. Datagrams that
 //! arrive are decrypted where they were read ([`Endpoint::receive_in_place`]), checked by the network's router
 //! ([`Router::receive`]: the authenticated node must own the source address) and handed
 //! back in batches, grouped by network. The socket is non-blocking: a caller's event loop

@@ -1,14 +1,17 @@
-//! Sending from several datapath threads: the node routes a batch and reserves message
-//! counters under its lock ([`UdpNode::route_for_sealing`]); the thread that read the
-//! batch then seals and sends it without the lock ([`SealPlan::seal_and_send`]), so
-//! the costly part (AEAD, the socket's copies) of two batches runs on two cores at once.
+//! How packets a payload sends become datagrams: the node routes a batch and reserves
+//! message counters ([`UdpNode::route_for_sealing`], under its lock when datapath threads
+//! share it); then the batch is sealed, in place where a packet goes to one peer, and sent
+//! ([`SealPlan::seal_and_send`]), without the lock on a per-queue thread, so the costly
+//! part (AEAD, the socket's copies) of two batches runs on two cores at once. Every send
+//! path takes this way: the node's own thread, each TUN queue's thread, and
+//! [`UdpNode::send_packets`] for packets from elsewhere.
 //!
 //! Each destination node gets a [`SealBatch`]: a range of its session's counters, used
 //! only by this plan. Counters a plan does not use are skipped for good (the receiver's
 //! replay window takes gaps, and batches sealed out of order within
 //! [`crate::tunnel::REPLAY_WINDOW`]). A packet that cannot take this path (its peer is
 //! reached through the relay, has no session yet, or the router answered with bytes of
-//! its own) is sent at once under the lock, as [`UdpNode::send_packets`] would.
+//! its own) is sealed and sent (or queued behind a handshake) at once, while routing.
 
 use std::net::{SocketAddr, UdpSocket};
 use std::time::Instant;
@@ -179,11 +182,11 @@ impl SealPlan {
 }
 
 impl UdpNode {
-    /// Routes `frames` (`(index in the batch, frame)`) of `network` like
-    /// [`send_packets`](Self::send_packets), but leaves the sealing and sending of each
-    /// packet to a peer with a direct path and a session to [`SealPlan::seal_and_send`]
-    /// (after the caller lets go of the node): only routing and the reservation of
-    /// counters happen here. `reserve` bounds the packets any one peer may get from this
+    /// Routes `frames` (`(index in the batch, frame)`) that a local attachment of
+    /// `network` sent, and leaves the sealing and sending of each packet to a peer with a
+    /// direct path and a session to [`SealPlan::seal_and_send`] (which may run after the
+    /// caller lets go of the node): only routing and the reservation of counters happen
+    /// here; the other packets are sent at once. `reserve` bounds the packets any one peer may get from this
     /// batch. Returns the packets addressed to this node itself.
     pub fn route_for_sealing<'p>(
         &mut self,
