@@ -232,7 +232,9 @@ impl FrameStream {
                 if self.rx_len < p + n {
                     break;
                 }
-                frames.push_copy(&self.rx[p..p + n]);
+                // n is at most the prefix's maximum, itself at most MAX_FRAME.
+                let pushed = frames.push_copy(&self.rx[p..p + n]);
+                debug_assert!(pushed);
                 self.rx.copy_within(p + n..self.rx_len, 0);
                 self.rx_len -= p + n;
             }

@@ -62,15 +62,19 @@ impl Frames {
 
     /// Adds the frame of `len` bytes just written into [`next_mut`](Self::next_mut).
     pub fn push(&mut self, len: usize) {
-        debug_assert!(len <= MAX_FRAME && self.bufs.len() > self.lens.len());
-        self.lens.push(len.min(MAX_FRAME));
+        assert!(len <= MAX_FRAME && self.bufs.len() > self.lens.len());
+        self.lens.push(len);
     }
 
-    /// Adds a copy of `frame` (at most [`MAX_FRAME`] bytes; the rest is cut).
-    pub fn push_copy(&mut self, frame: &[u8]) {
-        let n = frame.len().min(MAX_FRAME);
-        self.next_mut()[..n].copy_from_slice(&frame[..n]);
-        self.push(n);
+    /// Adds a copy of `frame`; false (nothing added) if it is longer than [`MAX_FRAME`],
+    /// which no IP packet or Ethernet frame is.
+    pub fn push_copy(&mut self, frame: &[u8]) -> bool {
+        let Some(slot) = self.next_mut().get_mut(..frame.len()) else {
+            return false;
+        };
+        slot.copy_from_slice(frame);
+        self.push(frame.len());
+        true
     }
 
     /// The whole buffer of frame `k` (the frame at `HEADROOM..`), to seal in place: its

@@ -4,8 +4,8 @@
 //! This is the thin shell around the sans-IO cores. Packets a local attachment sends are
 //! routed ([`Router::inject`]), sealed for each destination node, in place in the buffer
 //! they were read into ([`SealPlan`], [`frames`]), and sent, without touching Python per
-//! packet. Datagrams that
-//! arrive are decrypted where they were read ([`Endpoint::receive_in_place`]), checked by the network's router
+//! packet. Datagrams that arrive are decrypted where they were read
+//! ([`Endpoint::receive_in_place`]), checked by the network's router
 //! ([`Router::receive`]: the authenticated node must own the source address) and handed
 //! back in batches, grouped by network. The socket is non-blocking: a caller's event loop
 //! says when it is readable and when the endpoint's timers are due.
@@ -112,7 +112,8 @@ pub struct DatapathStats {
     pub datagrams_in: u64,
     /// Datagrams written to the socket.
     pub datagrams_out: u64,
-    /// Datagrams the socket refused to send (counted, not raised).
+    /// Datagrams the socket refused to send, and packets handed to
+    /// [`UdpNode::send_packets`] longer than any packet can be (counted, not raised).
     pub send_errors: u64,
     /// Packets that arrived for a network this node is not in.
     pub unknown_network: u64,
@@ -604,7 +605,9 @@ impl UdpNode {
         let mut plan = std::mem::take(&mut self.tx_plan);
         frames.clear();
         for packet in packets {
-            frames.push_copy(packet);
+            if !frames.push_copy(packet) {
+                self.stats.send_errors += 1; // longer than any packet can be
+            }
         }
         plan.clear();
         let count = frames.len();

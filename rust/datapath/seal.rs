@@ -186,8 +186,8 @@ impl UdpNode {
     /// `network` sent, and leaves the sealing and sending of each packet to a peer with a
     /// direct path and a session to [`SealPlan::seal_and_send`] (which may run after the
     /// caller lets go of the node): only routing and the reservation of counters happen
-    /// here; the other packets are sent at once. `reserve` bounds the packets any one peer may get from this
-    /// batch. Returns the packets addressed to this node itself.
+    /// here; the other packets are sent at once. `reserve` bounds the packets any one peer
+    /// may get from this batch. Returns the packets addressed to this node itself.
     pub fn route_for_sealing<'p>(
         &mut self,
         network: &str,

@@ -734,7 +734,7 @@ fn udp_packets(from: u8, to: u8, tag: u8, n: usize) -> Vec<Vec<u8>> {
 fn frames_of(packets: &[Vec<u8>]) -> Frames {
     let mut frames = Frames::default();
     for p in packets {
-        frames.push_copy(p);
+        assert!(frames.push_copy(p));
     }
     frames
 }
@@ -1023,4 +1023,20 @@ fn sealing_in_place_needs_its_room_and_a_counter() {
         batch.seal_ip_in_place(NET, &mut buf3, prefix..prefix + n),
         None
     );
+}
+
+#[test]
+fn a_packet_longer_than_any_can_be_is_counted_not_cut() {
+    let (mut a, mut b) = pair();
+    let good = udp_packets(1, 2, 1, 2);
+    let huge = vec![0x45u8; attach::MAX_FRAME + 1];
+    let batch = [good[0].as_slice(), huge.as_slice(), good[1].as_slice()];
+    let errors = a.stats().send_errors;
+    a.send_packets(NET, batch, Instant::now()).unwrap();
+    assert_eq!(a.stats().send_errors, errors + 1);
+    let (_, ib) = pump(&mut a, &mut b, Duration::from_secs(5), |_, ib| {
+        ib.frames.len() == 2
+    });
+    let got: Vec<Vec<u8>> = ib.frames.into_iter().map(|(_, f)| f).collect();
+    assert_eq!(got, good, "the others, whole and in order");
 }

@@ -177,16 +177,35 @@ fn seal(
     out: &mut Vec<u8>,
 ) -> bool {
     out.clear();
-    out.extend_from_slice(&data_header(remote_index, counter));
+    out.resize(DATA_HEADER_LEN, 0);
     write(out);
+    let end = out.len();
+    out.resize(end + TAG_LEN, 0);
+    seal_at(key, nonce_big_endian, remote_index, counter, out, 0..end)
+}
+
+/// Seals data message `counter` in `buf` where it lies: the header goes into
+/// `buf[at.start..]`, the plaintext after it up to `at.end` is encrypted in place, and the
+/// tag goes into `buf[at.end..at.end + TAG_LEN]` (the caller checked the room).
+#[inline]
+fn seal_at(
+    key: &LessSafeKey,
+    nonce_big_endian: bool,
+    remote_index: u32,
+    counter: u64,
+    buf: &mut [u8],
+    at: Range<usize>,
+) -> bool {
+    let body = at.start + DATA_HEADER_LEN;
+    buf[at.start..body].copy_from_slice(&data_header(remote_index, counter));
     let Ok(tag) = key.seal_in_place_separate_tag(
         nonce(nonce_big_endian, counter),
         Aad::empty(),
-        &mut out[DATA_HEADER_LEN..],
+        &mut buf[body..at.end],
     ) else {
         return false;
     };
-    out.extend_from_slice(tag.as_ref());
+    buf[at.end..at.end + TAG_LEN].copy_from_slice(tag.as_ref());
     true
 }
 
@@ -261,22 +280,20 @@ impl SealBatch {
         let counter = self.next;
         self.next += 1;
         let start = at.start - inner - DATA_HEADER_LEN;
-        buf[start..start + DATA_HEADER_LEN]
-            .copy_from_slice(&data_header(self.remote_index, counter));
         write_inner_prefix(
             &mut buf[at.start - inner..],
             super::PayloadKind::Ip,
             network,
         );
-        let tag = self
-            .key
-            .seal_in_place_separate_tag(
-                nonce(self.nonce_big_endian, counter),
-                Aad::empty(),
-                &mut buf[start + DATA_HEADER_LEN..at.end],
-            )
-            .ok()?;
-        buf[at.end..at.end + TAG_LEN].copy_from_slice(tag.as_ref());
-        Some(start..at.end + TAG_LEN)
+        let key = &self.key;
+        seal_at(
+            key,
+            self.nonce_big_endian,
+            self.remote_index,
+            counter,
+            buf,
+            start..at.end,
+        )
+        .then_some(start..at.end + TAG_LEN)
     }
 }
