@@ -3,9 +3,12 @@
 Two provider daemons started with ``--workers 2`` attach payload namespaces with ``golem-vpn
 attach --tun``; each device then has two queues, each read by a thread of its own
 (``golem-vpn-tx0``, ``golem-vpn-tx1``) that routes under the node's lock and seals and sends
-outside it. Eight TCP flows in parallel (each 8 MiB, different bytes) must arrive exact, in both
-directions, and both threads of the sending daemon must have done work (their time on a CPU, from
-``/proc``); detaching stops them. A bad ``--workers`` is refused with its flag named.
+outside it, naming its queue as the lane of its data messages; each daemon also receives on two
+lanes, the second read by a thread of its own (``golem-vpn-rx1``) that opens its datagrams and
+writes them to the TUN device. Eight TCP flows in parallel (each 8 MiB, different bytes) must
+arrive exact, in both directions, and both sending threads of the sending daemon and the second
+lane's thread of the receiving one must have done work (their time on a CPU, from ``/proc``);
+detaching stops the sending threads. A bad ``--workers`` is refused with its flag named.
 
 Needs root and iproute2 (namespaces, TUN devices).
 """
@@ -107,8 +110,9 @@ def _in(netns: str, *args: str) -> list[str]:
     return ["ip", "netns", "exec", netns, sys.executable, *args]
 
 
-def _tx_threads(pid: int) -> dict[str, int]:
-    """The daemon's datapath sending threads: name -> nanoseconds on a CPU so far."""
+def _tx_threads(pid: int, prefix: str = "golem-vpn-tx") -> dict[str, int]:
+    """The daemon's datapath threads named ``prefix*`` (default: the sending threads):
+    name -> nanoseconds on a CPU so far."""
     threads = {}
     for task in Path(f"/proc/{pid}/task").iterdir():
         try:
@@ -116,7 +120,7 @@ def _tx_threads(pid: int) -> dict[str, int]:
             on_cpu = int((task / "schedstat").read_text().split()[0])
         except OSError:
             continue
-        if name.startswith("golem-vpn-tx"):
+        if name.startswith(prefix):
             threads[name] = on_cpu
     return threads
 
@@ -178,13 +182,21 @@ def test_flows_are_sent_by_every_queue_thread_and_arrive_exact(
         assert "multi_queue" in queues, queues
         before = _tx_threads(prov_a.proc.pid)
         assert sorted(before) == ["golem-vpn-tx0", "golem-vpn-tx1"]
+        rx_before = _tx_threads(prov_b.proc.pid, "golem-vpn-rx")
+        assert sorted(rx_before) == ["golem-vpn-rx1"]
         _flows(ns_a, ns_b, b_ip, PORT)
         after = _tx_threads(prov_a.proc.pid)
         busy = {name: after[name] - before[name] for name in before}
         # Each ran for more than its idle wake-ups would (one a second): it carried flows.
         assert all(ns > 5_000_000 for ns in busy.values()), busy
-        # And the other way, from B's threads.
+        # B opened the flows A's second thread sent on the lane's own thread.
+        rx_after = _tx_threads(prov_b.proc.pid, "golem-vpn-rx")
+        assert rx_after["golem-vpn-rx1"] - rx_before["golem-vpn-rx1"] > 5_000_000
+        # And the other way, from B's threads to A's.
+        rx_before = _tx_threads(prov_a.proc.pid, "golem-vpn-rx")
         _flows(ns_b, ns_a, a_ip, PORT + 1)
+        rx_after = _tx_threads(prov_a.proc.pid, "golem-vpn-rx")
+        assert rx_after["golem-vpn-rx1"] - rx_before["golem-vpn-rx1"] > 5_000_000
     finally:
         for daemon, att in ((prov_a, att_a), (prov_b, att_b)):
             detached = cli("detach", att, env=daemon.env())

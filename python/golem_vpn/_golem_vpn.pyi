@@ -370,6 +370,8 @@ class TransportStats(TypedDict):
     relay_strangers_evicted: int
     probes_sent: int
     punched: int
+    lanes: int  # receiving lanes running: the node's thread, plus a thread per lane after it
+    lane_datagrams: list[int]  # datagrams read by each receiving thread of lanes 1..
     tunnel: TunnelStats
 
 class AttachmentInfo(TypedDict):
@@ -409,7 +411,17 @@ class NodeTransport:
         *,
         keepalive: float | None = None,
         seed: int | None = None,
-    ) -> None: ...
+        lanes: int | None = None,
+    ) -> None:
+        """``lanes`` (1 to 16; default ``GOLEM_VPN_WORKERS``, else 1): sockets the node
+        receives on, in one ``SO_REUSEPORT`` group. Data messages name the lane of the
+        sending thread (a TUN queue's); each lane after the first gets a receiving thread
+        that opens it and writes to TUN devices on its own, so both directions of a
+        node's traffic spread over cores.
+
+        Raises:
+            ValueError: ``lanes`` out of range.
+        """
     @property
     def node_id(self) -> str: ...
     @property

@@ -197,8 +197,10 @@ def _add_daemon_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser])
         "--workers",
         metavar="N",
         type=int,
-        help="datapath threads per TUN attachment, 1 to 16: more than one makes a multi-queue "
-        "device whose flows are sent on N cores at once (env GOLEM_VPN_WORKERS; default 1)",
+        help="datapath threads each way, 1 to 16: more than one makes each TUN device multi-queue "
+        "with a sending thread per queue, and the node receive on N lanes (sockets of one "
+        "SO_REUSEPORT group) with a thread per lane, so flows are carried on N cores at once "
+        "both ways (env GOLEM_VPN_WORKERS; default 1)",
     )
     # The Net API's bounds (golem_vpn.netapi.server.Limits; 429, or 413 for a body, beyond).
     for flag, env, default, what in _LIMIT_FLAGS:

@@ -526,6 +526,33 @@ impl Attachment {
         }
     }
 
+    /// For a TUN device with offloads: a writer of its own for a receiving datapath
+    /// thread, which then writes the frames it opened outside the node's lock (see
+    /// [`TunWriter`]). None for anything else.
+    pub fn tun_writer(&self) -> Option<io::Result<TunWriter>> {
+        match &self.link {
+            Link::Tun {
+                file,
+                queues,
+                vnet: true,
+                coalescer,
+                ..
+            } => Some(
+                std::iter::once(file)
+                    .chain(queues)
+                    .map(File::try_clone)
+                    .collect::<io::Result<Vec<File>>>()
+                    .map(|files| TunWriter {
+                        files,
+                        coalescer: Coalescer::new(coalescer.merges_udp()),
+                        frames: Frames::default(),
+                        stats: AttachmentStats::default(),
+                    }),
+            ),
+            _ => None,
+        }
+    }
+
     /// The attachment's id.
     pub fn id(&self) -> u32 {
         self.id
@@ -753,6 +780,76 @@ impl Attachment {
             Link::Stream(s) => s.flush(),
             _ => {}
         }
+    }
+}
+
+/// A receiving datapath thread's own way into a TUN device with offloads
+/// ([`Attachment::tun_writer`]): the frames it is given under the node's lock are copied
+/// here, and coalesced and written ([`TunWriter::write`]) after the lock is let go, so
+/// two threads write (and the kernel takes in) two lanes' packets at once. Its counts
+/// go to the attachment's with [`TunWriter::fold_stats`].
+#[derive(Debug)]
+pub struct TunWriter {
+    /// A descriptor of each queue, queue 0 first.
+    files: Vec<File>,
+    coalescer: Coalescer,
+    frames: Frames,
+    /// Counted since the last [`TunWriter::fold_stats`].
+    stats: AttachmentStats,
+}
+
+impl TunWriter {
+    /// Keeps a copy of `packet` for the next [`TunWriter::write`] (a packet longer than
+    /// any TUN frame is counted as a write drop).
+    pub fn push(&mut self, packet: &[u8]) {
+        if !self.frames.push_copy(packet) {
+            self.stats.write_drops += 1;
+        }
+    }
+
+    /// Frames waiting for [`TunWriter::write`].
+    pub fn pending(&self) -> usize {
+        self.frames.len()
+    }
+
+    /// Writes what was pushed, each flow's segments coalesced, through the queue of each
+    /// flow (as [`Attachment::queue_frame`] does).
+    pub fn write(&mut self) {
+        let TunWriter {
+            files,
+            coalescer,
+            frames,
+            stats,
+        } = self;
+        let Some((first, rest)) = files.split_first_mut() else {
+            return;
+        };
+        let mut write = |hdr: &[u8], packet: &[u8]| {
+            write_tun(
+                flow_queue(&mut *first, &mut *rest, packet),
+                hdr,
+                packet,
+                stats,
+            );
+        };
+        for k in 0..frames.len() {
+            coalescer.push(frames.frame(k), &mut write);
+        }
+        coalescer.finish(&mut write);
+        frames.clear();
+    }
+
+    /// Whether it counted writes that its attachment has not been told of.
+    pub fn has_counts(&self) -> bool {
+        self.stats.packets_out != 0 || self.stats.write_drops != 0
+    }
+
+    /// Adds what it wrote (and dropped) since the last call to `into`.
+    pub fn fold_stats(&mut self, into: &mut AttachmentStats) {
+        let s = std::mem::take(&mut self.stats);
+        into.packets_out += s.packets_out;
+        into.bytes_out += s.bytes_out;
+        into.write_drops += s.write_drops;
     }
 }
 

@@ -41,7 +41,7 @@ mod seal;
 mod sys;
 pub mod worker;
 
-pub use attach::{AttachError, Attachment, AttachmentKind, AttachmentStats};
+pub use attach::{AttachError, Attachment, AttachmentKind, AttachmentStats, TunWriter};
 pub use frames::Frames;
 pub use relay_shell::UdpRelay;
 pub use seal::{SealPlan, Sealed};
@@ -188,6 +188,8 @@ pub enum DatapathError {
 /// One node's UDP transport. See the module docs.
 pub struct UdpNode {
     socket: UdpSocket,
+    /// Receiving lanes asked for at bind time (1: the socket alone).
+    lanes: usize,
     endpoint: Endpoint,
     identity: Identity,
     networks: FxHashMap<String, Router>,
@@ -251,11 +253,26 @@ impl UdpNode {
         config: Config,
         seed: u64,
     ) -> Result<Self, DatapathError> {
-        let socket = bind_udp(addr)?;
+        Self::bind_lanes(identity, addr, config, seed, 1)
+    }
+
+    /// [`UdpNode::bind`] for a node that receives on `lanes` sockets (1 to
+    /// [`crate::tunnel::LANES`]): the socket is made the first of a `SO_REUSEPORT` group
+    /// that [`UdpNode::open_lanes`] fills.
+    pub fn bind_lanes(
+        identity: &Identity,
+        addr: SocketAddr,
+        config: Config,
+        seed: u64,
+        lanes: usize,
+    ) -> Result<Self, DatapathError> {
+        let lanes = lanes.clamp(1, crate::tunnel::LANES);
+        let socket = bind_udp_with(addr, lanes > 1)?;
         // Best effort: without it each datagram is one read, as before.
         mmsg::enable_gro(&socket);
         Ok(UdpNode {
             socket,
+            lanes,
             endpoint: Endpoint::new(identity, config, seed)?,
             identity: identity.clone(),
             networks: FxHashMap::default(),
@@ -705,21 +722,79 @@ impl UdpNode {
                     continue;
                 }
             }
-            for (i, r) in got.iter().enumerate() {
-                std::mem::swap(&mut self.rx, &mut batch[i]);
-                for datagram in r.datagrams() {
-                    read += 1;
-                    self.stats.datagrams_in += 1;
-                    self.process_datagram(datagram, r.from, now, sink);
-                }
-                std::mem::swap(&mut self.rx, &mut batch[i]);
-            }
+            read += self.process_batch(&mut batch, &got, now, sink);
             if got.len() < want {
                 break;
             }
         }
         self.rx_batch = batch;
         self.rx_got = got;
+        self.end_receive(sink);
+        read
+    }
+
+    /// Opens and delivers what [`Lane::read`] read last, as [`UdpNode::receive`] does for
+    /// the node's own socket. Returns the number of datagrams.
+    pub fn receive_lane(&mut self, lane: &mut Lane, now: Instant, sink: &mut impl Sink) -> usize {
+        let read = self.process_batch(&mut lane.batch, &lane.got, now, sink);
+        lane.got.clear();
+        self.end_receive(sink);
+        read
+    }
+
+    /// Opens the lanes asked for at bind time ([`UdpNode::bind_lanes`]): a socket each
+    /// for lanes 1.. in the group of the node's own (lane 0), and the program that steers
+    /// each data message to its lane's socket. Empty for a node of one lane; an error
+    /// leaves the node on its own socket alone (nothing is steered away from it).
+    pub fn open_lanes(&mut self) -> io::Result<Vec<Lane>> {
+        if self.lanes <= 1 {
+            return Ok(Vec::new());
+        }
+        let addr = self.socket.local_addr()?;
+        let mut lanes = Vec::with_capacity(self.lanes - 1);
+        for index in 1..self.lanes {
+            let socket = bind_udp_with(addr, true)?;
+            mmsg::enable_gro(&socket);
+            lanes.push(Lane {
+                index,
+                socket,
+                batch: (0..mmsg::BATCH).map(|_| vec![0u8; MAX_DATAGRAM]).collect(),
+                got: Vec::with_capacity(mmsg::BATCH),
+            });
+        }
+        sys::attach_lane_program(&self.socket, self.lanes as u32)?;
+        Ok(lanes)
+    }
+
+    /// The receiving lanes asked for at bind time.
+    pub fn lanes(&self) -> usize {
+        self.lanes
+    }
+
+    /// Opens and delivers the datagrams `got` says `batch` holds. Returns their number.
+    fn process_batch(
+        &mut self,
+        batch: &mut [Vec<u8>],
+        got: &[mmsg::Received],
+        now: Instant,
+        sink: &mut impl Sink,
+    ) -> usize {
+        let mut read = 0;
+        for (i, r) in got.iter().enumerate() {
+            std::mem::swap(&mut self.rx, &mut batch[i]);
+            for datagram in r.datagrams() {
+                read += 1;
+                self.stats.datagrams_in += 1;
+                self.process_datagram(datagram, r.from, now, sink);
+            }
+            std::mem::swap(&mut self.rx, &mut batch[i]);
+        }
+        read
+    }
+
+    /// What follows a batch of received datagrams: punched peers stay direct, events go
+    /// to `sink`, answers out.
+    fn end_receive(&mut self, sink: &mut impl Sink) {
         for node in std::mem::take(&mut self.keep_direct) {
             if let Some(&direct) = self.punched.get(&node) {
                 self.endpoint.set_peer_address(node, direct);
@@ -727,7 +802,6 @@ impl UdpNode {
         }
         self.collect_events(sink);
         self.flush();
-        read
     }
 
     /// Handles a relay message in `self.rx[at]`. For a forwarded tunnel datagram, returns
@@ -1013,14 +1087,57 @@ impl UdpNode {
 
 /// A non-blocking UDP socket with [`SOCKET_BUFFER`]-sized buffers (as granted).
 pub fn bind_udp(addr: SocketAddr) -> io::Result<UdpSocket> {
+    bind_udp_with(addr, false)
+}
+
+/// [`bind_udp`], in a `SO_REUSEPORT` group if `reuse_port` (the node's lanes).
+fn bind_udp_with(addr: SocketAddr, reuse_port: bool) -> io::Result<UdpSocket> {
     use socket2::{Domain, Protocol, Socket, Type};
     let socket = Socket::new(Domain::for_address(addr), Type::DGRAM, Some(Protocol::UDP))?;
     // Best effort: a smaller grant still works, only bursts suffer.
     let _ = socket.set_recv_buffer_size(SOCKET_BUFFER);
     let _ = socket.set_send_buffer_size(SOCKET_BUFFER);
     socket.set_nonblocking(true)?;
+    if reuse_port {
+        nix::sys::socket::setsockopt(&socket, nix::sys::socket::sockopt::ReusePort, &true)?;
+    }
     socket.bind(&addr.into())?;
     Ok(socket.into())
+}
+
+/// A receiving lane of a node (see [`UdpNode::open_lanes`]): a socket of the node's
+/// `SO_REUSEPORT` group, which the kernel hands the data messages of some lanes, and its
+/// receive buffers. A datapath thread reads it without the node, then lets the node
+/// open what it read ([`UdpNode::receive_lane`]).
+#[derive(Debug)]
+pub struct Lane {
+    index: usize,
+    socket: UdpSocket,
+    batch: Vec<Vec<u8>>,
+    got: Vec<mmsg::Received>,
+}
+
+impl Lane {
+    /// Which of the node's lanes this is (1..).
+    pub fn index(&self) -> usize {
+        self.index
+    }
+
+    /// The lane's socket.
+    pub fn socket(&self) -> &UdpSocket {
+        &self.socket
+    }
+
+    /// Reads one batch of datagrams (with `recvmmsg`, and runs of them where the kernel
+    /// does UDP GRO) without the node. Returns the number of reads (0: nothing waiting).
+    pub fn read(&mut self) -> usize {
+        self.got.clear();
+        match mmsg::recv_batch(&self.socket, &mut self.batch, &mut self.got) {
+            Ok(()) => self.got.len(),
+            // ICMP errors surface as ECONNREFUSED and friends on Linux: not fatal.
+            Err(_) => 0,
+        }
+    }
 }
 
 /// Sends a tunnel datagram: directly, or through the relay for a relayed peer.

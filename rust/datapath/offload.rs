@@ -452,6 +452,11 @@ impl Coalescer {
         }
     }
 
+    /// Whether it merges UDP datagrams too (see [`Coalescer::new`]).
+    pub fn merges_udp(&self) -> bool {
+        self.udp
+    }
+
     /// Feeds the packets bound for the device, in arrival order; `write` is called with
     /// each buffer to hand the device (header included).
     pub fn write_all<'p>(

@@ -75,6 +75,9 @@ pub struct SealPlan {
     out: Vec<Vec<u8>>,
     datagrams: Vec<Datagram>,
     dsts: Vec<SocketAddr>,
+    /// The lane its data messages name (the sending thread's; see
+    /// [`crate::tunnel::data_lane`]).
+    lane: u8,
 }
 
 impl SealPlan {
@@ -83,6 +86,13 @@ impl SealPlan {
     pub fn clear(&mut self) {
         self.dests.clear();
         self.jobs.clear();
+    }
+
+    /// Makes the data messages this plan seals name `lane` (taken modulo
+    /// [`crate::tunnel::LANES`]): a thread that carries a share of the flows gives them
+    /// a lane of their own, so the receiver opens them on a thread of their own too.
+    pub fn set_lane(&mut self, lane: usize) {
+        self.lane = (lane % crate::tunnel::LANES) as u8;
     }
 
     /// Packets waiting to be sealed.
@@ -119,6 +129,7 @@ impl SealPlan {
             out,
             datagrams,
             dsts,
+            ..
         } = self;
         datagrams.clear();
         dsts.clear();
@@ -226,7 +237,11 @@ impl UdpNode {
                             .reserve(node, reserve, now)
                             .ok()
                             .flatten()
-                            .filter(|(_, dst)| !relayed.contains_key(dst));
+                            .filter(|(_, dst)| !relayed.contains_key(dst))
+                            .map(|(mut batch, dst)| {
+                                batch.set_lane(plan.lane);
+                                (batch, dst)
+                            });
                         plan.dests.push(Dest { node: *node, seal });
                         plan.dests.len() - 1
                     }

@@ -1,5 +1,6 @@
-//! The two system calls that neither std nor nix wraps safely: creating a TUN device
-//! (`TUNSETIFF`) and waiting on several descriptors at once (`ppoll`).
+//! The system calls that neither std nor nix wraps safely: creating a TUN device
+//! (`TUNSETIFF`), waiting on several descriptors at once (`ppoll`) and steering a
+//! `SO_REUSEPORT` group's datagrams with a classic BPF program.
 //!
 //! This is the only module of the crate allowed `unsafe`; each block says why it is sound.
 #![allow(unsafe_code)]
@@ -173,4 +174,58 @@ pub fn poll(fds: &mut [PollFd], timeout: Option<Duration>) -> io::Result<usize> 
         return Err(err);
     }
     Ok(rc as usize)
+}
+
+/// `SO_ATTACH_REUSEPORT_CBPF` from `<asm-generic/socket.h>` (Linux 4.5+).
+const SO_ATTACH_REUSEPORT_CBPF: libc::c_int = 51;
+
+/// The classic BPF program that picks a `SO_REUSEPORT` group's socket for a datagram by
+/// its lane (see [`crate::tunnel::data_lane`]): a data message on lane `l` goes to
+/// socket `l % sockets`, anything else (lane 0, handshakes, relay and probe messages,
+/// an empty datagram) to socket 0. The kernel runs it on the UDP payload.
+pub fn lane_program(sockets: u32) -> [libc::sock_filter; 9] {
+    let op = |code: u32, jt: u8, jf: u8, k: u32| libc::sock_filter {
+        code: code as u16,
+        jt,
+        jf,
+        k,
+    };
+    let (ld_b_abs, alu_and_k, alu_mod_k) = (0x30, 0x54, 0x94);
+    let (jeq_k, ret_k, ret_a, tax, txa) = (0x15, 0x06, 0x16, 0x07, 0x87);
+    [
+        op(ld_b_abs, 0, 0, 0),     // A = payload[0] (no byte: the filter returns 0)
+        op(tax, 0, 0, 0),          // X = A
+        op(alu_and_k, 0, 0, 0xf0), // A &= 0xf0
+        op(jeq_k, 1, 0, 0x40),     // a lane type (0x41..=0x4f)? skip the next
+        op(ret_k, 0, 0, 0),        // no: socket 0
+        op(txa, 0, 0, 0),          // A = X
+        op(alu_and_k, 0, 0, 0x0f), // A = the lane
+        op(alu_mod_k, 0, 0, sockets.max(1)), // A %= sockets
+        op(ret_a, 0, 0, 0),        // socket A
+    ]
+}
+
+/// Attaches [`lane_program`] to the `SO_REUSEPORT` group of `socket` (any member), which
+/// has `sockets` members.
+pub fn attach_lane_program(socket: &impl AsRawFd, sockets: u32) -> io::Result<()> {
+    let mut program = lane_program(sockets);
+    let prog = libc::sock_fprog {
+        len: program.len() as libc::c_ushort,
+        filter: program.as_mut_ptr(),
+    };
+    // SAFETY: `prog` points to `program`, which outlives the call, with its true length;
+    // the kernel copies the program and validates it (a bad one is refused with EINVAL).
+    let rc = unsafe {
+        libc::setsockopt(
+            socket.as_raw_fd(),
+            libc::SOL_SOCKET,
+            SO_ATTACH_REUSEPORT_CBPF,
+            (&prog as *const libc::sock_fprog).cast(),
+            std::mem::size_of::<libc::sock_fprog>() as libc::socklen_t,
+        )
+    };
+    if rc < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(())
 }

@@ -1040,3 +1040,78 @@ fn a_packet_longer_than_any_can_be_is_counted_not_cut() {
     let got: Vec<Vec<u8>> = ib.frames.into_iter().map(|(_, f)| f).collect();
     assert_eq!(got, good, "the others, whole and in order");
 }
+
+#[test]
+fn data_messages_reach_the_lane_they_name_and_open_there() {
+    // B receives on three lanes: its own socket (lane 0) and two more of its group.
+    let mut a = node(1);
+    let loopback: SocketAddr = "127.0.0.1:0".parse().unwrap();
+    let mut b = UdpNode::bind_lanes(&identity(2), loopback, Config::default(), 2, 3).unwrap();
+    a.add_network(router_for(&a, 1));
+    b.add_network(router_for(&b, 2));
+    let (a_id, b_id) = (a.node_id(), b.node_id());
+    let (a_addr, b_addr) = (a.local_addr().unwrap(), b.local_addr().unwrap());
+    a.add_peer(NET, b_id, ip(2), Some(b_addr)).unwrap();
+    b.add_peer(NET, a_id, ip(1), Some(a_addr)).unwrap();
+    let mut lanes = b.open_lanes().unwrap();
+    assert_eq!(b.lanes(), 3);
+    assert_eq!(lanes.iter().map(Lane::index).collect::<Vec<_>>(), [1, 2]);
+    for lane in &lanes {
+        assert_eq!(lane.socket().local_addr().unwrap(), b_addr, "one port");
+    }
+    // The handshake and the first packet go on lane 0, to B's own socket.
+    a.send_packets(NET, [udp_packets(1, 2, 0, 1)[0].as_slice()], Instant::now())
+        .unwrap();
+    pump(&mut a, &mut b, Duration::from_secs(5), |_, ib| {
+        ib.frames.len() == 1
+    });
+    // Four packets on each of lanes 1 to 5, each lane from a plan of its own (as each
+    // TUN queue's thread has).
+    let socket = a.socket().try_clone().unwrap();
+    let mut sent = Vec::new();
+    for lane in 1..=5u8 {
+        let packets = udp_packets(1, 2, lane, 4);
+        let mut frames = frames_of(&packets);
+        let mut plan = SealPlan::default();
+        plan.set_lane(usize::from(lane));
+        let batch: Vec<_> = (0..4).map(|k| (k, frames.frame(k))).collect();
+        a.route_for_sealing(NET, batch, 4, Instant::now(), &mut plan)
+            .unwrap();
+        assert_eq!(plan.seal_and_send(&socket, &mut frames).sent, 4);
+        sent.push(packets);
+    }
+    // Lane l is read from socket l % 3, and opened there.
+    let mut got = [Inbound::default(), Inbound::default(), Inbound::default()];
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while Instant::now() < deadline && got.iter().map(|g| g.frames.len()).sum::<usize>() < 20 {
+        let now = Instant::now();
+        b.receive(now, 1024, &mut got[0]);
+        for (lane, into) in lanes.iter_mut().zip(&mut got[1..]) {
+            if lane.read() > 0 {
+                b.receive_lane(lane, now, into);
+            }
+        }
+        std::thread::sleep(Duration::from_millis(1));
+    }
+    let frames =
+        |g: &Inbound| -> Vec<Vec<u8>> { g.frames.iter().map(|(_, f)| f.clone()).collect() };
+    assert_eq!(frames(&got[0]), sent[2], "lane 3 on socket 0");
+    assert_eq!(
+        frames(&got[1]),
+        [&sent[0][..], &sent[3][..]].concat(),
+        "lanes 1, 4"
+    );
+    assert_eq!(
+        frames(&got[2]),
+        [&sent[1][..], &sent[4][..]].concat(),
+        "lanes 2, 5"
+    );
+    assert_eq!(b.tunnel_stats().drops.total(), 0);
+}
+
+#[test]
+fn a_node_of_one_lane_opens_none() {
+    let (mut a, _) = pair();
+    assert_eq!(a.lanes(), 1);
+    assert!(a.open_lanes().unwrap().is_empty());
+}

@@ -10,6 +10,12 @@
 //! byte on the notify socket (one per batch, not per packet) tells the event loop to
 //! [`Worker::take_inbound`].
 //!
+//! More threads share the work when asked: a multi-queue TUN device gets a sending thread
+//! per queue ([`Worker::attach_tun`]), which names its queue as the lane of what it seals,
+//! and a node bound with lanes ([`UdpNode::bind_lanes`]) a receiving thread per lane after
+//! the first ([`Worker::start`]). Each does its I/O without the lock and takes it once per
+//! batch to route or open.
+//!
 //! Python configures the node through [`Worker::with`] (which wakes the thread so a new
 //! deadline or descriptor is seen) and never touches a packet of an attached network.
 
@@ -26,9 +32,11 @@ use std::time::{Duration, Instant};
 
 use rustc_hash::FxHashMap;
 
-use super::attach::{AttachError, Attachment, AttachmentKind, MAX_FRAME, read_tun_batch};
+use super::attach::{
+    AttachError, Attachment, AttachmentKind, MAX_FRAME, TunWriter, read_tun_batch,
+};
 use super::offload::VNET_HDR_LEN;
-use super::{DatapathError, Frames, Inbound, SealPlan, Sink, UdpNode, sys};
+use super::{DatapathError, Frames, Inbound, Lane, SealPlan, Sink, UdpNode, sys};
 use crate::node_id::NodeId;
 use crate::router::Frame;
 use crate::tunnel::Event;
@@ -282,6 +290,37 @@ impl State {
         });
     }
 
+    /// Opens what a receiving thread read from `lane`: frames for a TUN device with
+    /// offloads go to the thread's `writers` (written after the lock is let go), the rest
+    /// where [`State::deliver`] puts them. Returns the number of datagrams.
+    fn receive_lane(&mut self, lane: &mut Lane, writers: &mut TunWriters, now: Instant) -> usize {
+        let State {
+            node,
+            attachments,
+            by_network,
+            queue,
+            touched,
+            ..
+        } = self;
+        writers.sync(attachments);
+        let mut sink = LaneSink {
+            writers,
+            deliver: Deliver {
+                attachments,
+                by_network,
+                queue,
+                touched,
+            },
+        };
+        let read = node.receive_lane(lane, now, &mut sink);
+        for id in touched.drain(..) {
+            if let Some(a) = attachments.get_mut(&id) {
+                a.end_writes();
+            }
+        }
+        read
+    }
+
     fn handle_timeout(&mut self, now: Instant) {
         self.deliver(|node, sink| node.handle_timeout(now, sink));
     }
@@ -406,6 +445,93 @@ impl Sink for Deliver<'_> {
     }
 }
 
+/// A receiving thread's writers, one per TUN attachment with offloads it has written to
+/// (None: an attachment it cannot write to itself).
+#[derive(Debug, Default)]
+struct TunWriters {
+    links: Vec<(u32, Option<TunWriter>)>,
+}
+
+impl TunWriters {
+    /// Under the lock: tells each attachment what its writer wrote, and drops the writers
+    /// of attachments that are gone (closing their descriptors).
+    fn sync(&mut self, attachments: &mut FxHashMap<u32, Attachment>) {
+        self.links
+            .retain_mut(|(id, writer)| match attachments.get_mut(id) {
+                Some(a) => {
+                    if let Some(w) = writer {
+                        w.fold_stats(&mut a.stats);
+                    }
+                    true
+                }
+                None => false,
+            });
+    }
+
+    /// Takes `packet` for attachment `id` if a writer of its own can write it.
+    fn take(&mut self, id: u32, attachment: &Attachment, packet: &[u8]) -> bool {
+        let i = match self.links.iter().position(|(l, _)| *l == id) {
+            Some(i) => i,
+            None => {
+                let writer = attachment.tun_writer().and_then(Result::ok);
+                self.links.push((id, writer));
+                self.links.len() - 1
+            }
+        };
+        match &mut self.links[i].1 {
+            Some(w) => {
+                w.push(packet);
+                true
+            }
+            None => false,
+        }
+    }
+
+    /// Writes what was taken (outside the lock).
+    fn write(&mut self) {
+        for w in self.links.iter_mut().filter_map(|(_, w)| w.as_mut()) {
+            if w.pending() > 0 {
+                w.write();
+            }
+        }
+    }
+
+    /// Whether a writer counted writes its attachment has not been told of.
+    fn has_counts(&self) -> bool {
+        self.links
+            .iter()
+            .any(|(_, w)| w.as_ref().is_some_and(TunWriter::has_counts))
+    }
+}
+
+/// A receiving thread's [`Sink`]: IP frames for a TUN device with offloads go to the
+/// thread's own writer; everything else as the node's thread delivers it.
+struct LaneSink<'s> {
+    writers: &'s mut TunWriters,
+    deliver: Deliver<'s>,
+}
+
+impl Sink for LaneSink<'_> {
+    fn frame(&mut self, network: &str, frame: Frame<'_>) {
+        if frame.header.is_none()
+            && let Some(&id) = self.deliver.by_network.get(network)
+            && let Some(a) = self.deliver.attachments.get(&id)
+            && self.writers.take(id, a, frame.packet)
+        {
+            return;
+        }
+        self.deliver.frame(network, frame);
+    }
+
+    fn control(&mut self, from: NodeId, network: &str, message: &[u8]) {
+        self.deliver.control(from, network, message);
+    }
+
+    fn event(&mut self, event: Event) {
+        self.deliver.event(event);
+    }
+}
+
 /// The destination address a payload's frame is for (the ARP target for ARP).
 fn frame_target(kind: AttachmentKind, frame: &[u8]) -> Option<IpAddr> {
     let ip = match kind {
@@ -472,6 +598,23 @@ impl Shared {
         // A panic in the thread must not take Python's calls down with it.
         self.state.lock().unwrap_or_else(|e| e.into_inner())
     }
+
+    /// Tells Python (once until it takes the queue) that something waits for it.
+    fn notify(&self) {
+        if !self.notified.swap(true, Ordering::SeqCst) {
+            let _ = self.notify_tx.send(&[1]);
+        }
+    }
+}
+
+/// The receiving threads of a node with lanes: one per lane after the first (the node's
+/// thread reads lane 0, the node's own socket).
+#[derive(Debug, Default)]
+struct RxThreads {
+    /// Datagrams each thread has read.
+    datagrams: Vec<Arc<AtomicU64>>,
+    wakes: Vec<UnixDatagram>,
+    threads: Vec<JoinHandle<()>>,
 }
 
 /// A [`UdpNode`] driven by its own thread. See the module docs.
@@ -480,11 +623,15 @@ pub struct Worker {
     shared: Arc<Shared>,
     notify_rx: UnixDatagram,
     thread: Option<JoinHandle<()>>,
+    rx: RxThreads,
 }
 
 impl Worker {
-    /// Starts the datapath thread for `node`.
-    pub fn start(node: UdpNode) -> io::Result<Worker> {
+    /// Starts the datapath thread for `node`, and a receiving thread for each of its
+    /// lanes after the first ([`UdpNode::bind_lanes`]; if they cannot be opened, the node
+    /// receives on its own socket alone, as with one lane).
+    pub fn start(mut node: UdpNode) -> io::Result<Worker> {
+        let lanes = node.open_lanes().unwrap_or_default();
         let (wake_tx, wake_rx) = UnixDatagram::pair()?;
         let (notify_tx, notify_rx) = UnixDatagram::pair()?;
         for s in [&wake_tx, &wake_rx, &notify_tx, &notify_rx] {
@@ -501,17 +648,50 @@ impl Worker {
         let thread = std::thread::Builder::new()
             .name("golem-vpn-datapath".into())
             .spawn(move || run(&thread_shared, &wake_rx))?;
-        Ok(Worker {
+        let mut worker = Worker {
             shared,
             notify_rx,
             thread: Some(thread),
-        })
+            rx: RxThreads::default(),
+        };
+        for lane in lanes {
+            // On failure the worker stops what it started (Drop).
+            worker.spawn_rx(lane)?;
+        }
+        Ok(worker)
+    }
+
+    fn spawn_rx(&mut self, lane: Lane) -> io::Result<()> {
+        let (wake_tx, wake_rx) = UnixDatagram::pair()?;
+        wake_tx.set_nonblocking(true)?;
+        wake_rx.set_nonblocking(true)?;
+        let shared = Arc::clone(&self.shared);
+        let read = Arc::new(AtomicU64::new(0));
+        let counter = Arc::clone(&read);
+        let thread = std::thread::Builder::new()
+            .name(format!("golem-vpn-rx{}", lane.index()))
+            .spawn(move || run_rx(&shared, lane, &wake_rx, &counter))?;
+        self.rx.datagrams.push(read);
+        self.rx.wakes.push(wake_tx);
+        self.rx.threads.push(thread);
+        Ok(())
+    }
+
+    /// The datagrams each receiving thread (lanes 1.., see [`Worker::start`]) has read;
+    /// empty for a node of one lane.
+    pub fn lane_datagrams(&self) -> Vec<u64> {
+        self.rx
+            .datagrams
+            .iter()
+            .map(|d| d.load(Ordering::Relaxed))
+            .collect()
     }
 
     /// Attaches a TUN device (see [`Attachment::tun`]) to `networks`. With more than one
     /// queue (and offloads), each queue gets a datapath thread of its own that reads it,
     /// routes under the lock and seals and sends outside it, so the flows a payload sends
-    /// are carried on several cores at once; the node's thread still writes what arrives.
+    /// are carried on several cores at once (what arrives is written by the node's thread
+    /// and the node's receiving threads, [`Worker::start`]).
     pub fn attach_tun(
         &self,
         name: &str,
@@ -573,7 +753,7 @@ impl Worker {
                 .name(format!("golem-vpn-tx{queue}"))
                 .spawn(move || {
                     let read = &packets[queue];
-                    run_tx(&shared, id, file, &socket, &stop, &wake_rx, read);
+                    run_tx(&shared, (id, queue), file, &socket, &stop, &wake_rx, read);
                 });
             match spawned {
                 Ok(t) => {
@@ -633,6 +813,12 @@ impl Worker {
         };
         for t in tx {
             t.join();
+        }
+        for w in &self.rx.wakes {
+            let _ = w.send(&[1]);
+        }
+        for t in self.rx.threads.drain(..) {
+            let _ = t.join();
         }
         if let Some(t) = self.thread.take() {
             let _ = t.join();
@@ -739,8 +925,50 @@ fn run(shared: &Shared, wake_rx: &UnixDatagram) {
         }
         let notify = state.has_queue();
         drop(state);
-        if notify && !shared.notified.swap(true, Ordering::SeqCst) {
-            let _ = shared.notify_tx.send(&[1]);
+        if notify {
+            shared.notify();
+        }
+    }
+}
+
+/// A receiving thread of a node with lanes: reads its lane's socket without the lock,
+/// opens the batch under it, and writes the frames for TUN devices with offloads after
+/// letting go of it (so the kernel's work on two lanes' packets runs on two cores).
+fn run_rx(shared: &Shared, mut lane: Lane, wake_rx: &UnixDatagram, read: &AtomicU64) {
+    let mut writers = TunWriters::default();
+    while !shared.stop.load(Ordering::SeqCst) {
+        let mut fds = [
+            sys::poll_fd(lane.socket().as_raw_fd(), sys::POLLIN),
+            sys::poll_fd(wake_rx.as_raw_fd(), sys::POLLIN),
+        ];
+        // Counts not yet told to their attachments are told soon after traffic stops.
+        let timeout = if writers.has_counts() {
+            Duration::from_millis(10)
+        } else {
+            MAX_SLEEP
+        };
+        if sys::poll(&mut fds, Some(timeout)).is_err() {
+            std::thread::sleep(Duration::from_millis(1));
+        }
+        if fds[1].revents != 0 {
+            let mut sink = [0u8; 64];
+            while wake_rx.recv(&mut sink).is_ok() {}
+        }
+        if fds[0].revents == 0 || lane.read() == 0 {
+            if writers.has_counts() {
+                writers.sync(&mut shared.lock().attachments);
+            }
+            continue;
+        }
+        let notify = {
+            let mut state = shared.lock();
+            let n = state.receive_lane(&mut lane, &mut writers, Instant::now());
+            read.fetch_add(n as u64, Ordering::Relaxed);
+            state.has_queue()
+        };
+        writers.write();
+        if notify {
+            shared.notify();
         }
     }
 }
@@ -749,7 +977,7 @@ fn run(shared: &Shared, wake_rx: &UnixDatagram) {
 /// and reserves counters under the lock, then seals and sends without it.
 fn run_tx(
     shared: &Shared,
-    id: u32,
+    (id, queue): (u32, usize),
     mut file: File,
     socket: &UdpSocket,
     stop: &AtomicBool,
@@ -759,6 +987,7 @@ fn run_tx(
     let mut scratch = vec![0u8; VNET_HDR_LEN + MAX_FRAME];
     let mut frames = Frames::default();
     let mut plan = SealPlan::default();
+    plan.set_lane(queue);
     while !stop.load(Ordering::SeqCst) && !shared.stop.load(Ordering::SeqCst) {
         let mut fds = [
             sys::poll_fd(file.as_raw_fd(), sys::POLLIN),

@@ -17,7 +17,7 @@ use crate::datapath::{
 };
 use crate::identity::{Identity, recover_node_id};
 use crate::router::{Cidr, Medium, Router, RouterConfig};
-use crate::tunnel::{Config, DownReason, Event};
+use crate::tunnel::{Config, DownReason, Event, LANES};
 
 /// A node's secp256k1 identity. See the stub for the Python docs.
 #[pyclass(name = "Identity", module = "golem_vpn._golem_vpn", frozen)]
@@ -192,7 +192,7 @@ fn attachment_dict<'py>(
 #[pymethods]
 impl PyNodeTransport {
     #[new]
-    #[pyo3(signature = (identity, host = "127.0.0.1", port = 0, *, keepalive = None, seed = None))]
+    #[pyo3(signature = (identity, host = "127.0.0.1", port = 0, *, keepalive = None, seed = None, lanes = None))]
     fn new(
         py: Python<'_>,
         identity: &PyIdentity,
@@ -200,6 +200,7 @@ impl PyNodeTransport {
         port: u16,
         keepalive: Option<f64>,
         seed: Option<u64>,
+        lanes: Option<usize>,
     ) -> PyResult<Self> {
         let addr = SocketAddr::new(convert::ip(py, host)?, port);
         let config = Config {
@@ -211,7 +212,14 @@ impl PyNodeTransport {
                 .duration_since(std::time::UNIX_EPOCH)
                 .map_or(7, |d| d.as_nanos() as u64)
         });
-        let node = UdpNode::bind(&identity.inner, addr, config, seed).map_err(|e| e.to_py(py))?;
+        let lanes = lanes.unwrap_or_else(default_tun_queues);
+        if !(1..=LANES).contains(&lanes) {
+            return Err(pyo3::exceptions::PyValueError::new_err(format!(
+                "lanes must be from 1 to {LANES}, got {lanes}"
+            )));
+        }
+        let node = UdpNode::bind_lanes(&identity.inner, addr, config, seed, lanes)
+            .map_err(|e| e.to_py(py))?;
         Ok(PyNodeTransport {
             worker: Worker::start(node)?,
         })
@@ -492,6 +500,9 @@ impl PyNodeTransport {
         d.set_item("relay_strangers_evicted", s.relay_strangers_evicted)?;
         d.set_item("probes_sent", s.probes_sent)?;
         d.set_item("punched", s.punched)?;
+        let lanes = self.worker.lane_datagrams();
+        d.set_item("lanes", 1 + lanes.len())?;
+        d.set_item("lane_datagrams", lanes)?;
         let tunnel = PyDict::new(py);
         tunnel.set_item("handshakes_started", t.handshakes_started)?;
         tunnel.set_item("handshakes_completed", t.handshakes_completed)?;

@@ -61,6 +61,7 @@
 //! | 2 | handshake response | sender index `u32`, receiver index `u32`, Noise message 2 (`e` 32, `s` 32+16, payload 69+16: proof ‖ sender index again) | 174 |
 //! | 3 | handshake final | receiver index `u32`, Noise message 3 (`s` 32+16, proof 65+16) | 134 |
 //! | 4 | data | receiver index `u32`, counter `u64`, ciphertext (inner plaintext + 16-byte tag) | 13 + n + 16 |
+//! | 0x41–0x4f | data on lane 1–15 | as type 4 (which is lane 0); the lane is the sending thread's, for the receiver's threads to split datagrams by before opening them | 13 + n + 16 |
 //! | 5 | cookie reply | receiver index `u32` (the initiation's sender index), nonce (24), sealed cookie (16 + 16-byte tag) | 61 |
 //!
 //! The inner plaintext of a data message:
@@ -172,7 +173,8 @@ pub use replay::REPLAY_WINDOW;
 pub use session::SealBatch;
 pub use stats::{DropCounters, DropReason, TunnelStats};
 pub use wire::{
-    DATA_HEADER_LEN, DATA_MIN_LEN, MAX_DATAGRAM_LEN, MAX_NETWORK_LEN, TAG_LEN, data_overhead,
+    DATA_HEADER_LEN, DATA_MIN_LEN, LANES, MAX_DATAGRAM_LEN, MAX_NETWORK_LEN, TAG_LEN, data_lane,
+    data_overhead,
 };
 
 use crate::identity::{Identity, recover_node_id};
@@ -831,7 +833,7 @@ impl Endpoint {
     ) -> Option<Delivery<'b>> {
         self.stats.datagrams_in += 1;
         match data.first() {
-            Some(&wire::DATA) => return self.receive_data(from, data, now),
+            Some(&t) if wire::data_lane(t).is_some() => return self.receive_data(from, data, now),
             Some(&HANDSHAKE_INIT) => self.receive_init(from, data, now),
             Some(&HANDSHAKE_RESPONSE) => self.receive_response(from, data, now),
             Some(&HANDSHAKE_FINAL) => self.receive_final(from, data, now),

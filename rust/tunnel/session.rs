@@ -109,6 +109,7 @@ impl Session {
             self.nonce_big_endian,
             self.remote_index,
             counter,
+            0,
             write,
             out,
         );
@@ -132,6 +133,7 @@ impl Session {
             key: Arc::clone(&self.send),
             nonce_big_endian: self.nonce_big_endian,
             remote_index: self.remote_index,
+            lane: 0,
             next,
             end,
         })
@@ -165,14 +167,15 @@ fn nonce(big_endian: bool, counter: u64) -> Nonce {
     Nonce::assume_unique_for_key(bytes)
 }
 
-/// Writes data message `counter` into `out`: the header, the plaintext `write` appends,
-/// sealed in place, and the tag.
+/// Writes data message `counter` (on `lane`) into `out`: the header, the plaintext
+/// `write` appends, sealed in place, and the tag.
 #[inline]
 fn seal(
     key: &LessSafeKey,
     nonce_big_endian: bool,
     remote_index: u32,
     counter: u64,
+    lane: u8,
     write: impl FnOnce(&mut Vec<u8>),
     out: &mut Vec<u8>,
 ) -> bool {
@@ -181,23 +184,30 @@ fn seal(
     write(out);
     let end = out.len();
     out.resize(end + TAG_LEN, 0);
-    seal_at(key, nonce_big_endian, remote_index, counter, out, 0..end)
+    seal_at(
+        key,
+        nonce_big_endian,
+        (remote_index, counter, lane),
+        out,
+        0..end,
+    )
 }
 
 /// Seals data message `counter` in `buf` where it lies: the header goes into
 /// `buf[at.start..]`, the plaintext after it up to `at.end` is encrypted in place, and the
-/// tag goes into `buf[at.end..at.end + TAG_LEN]` (the caller checked the room).
+/// tag goes into `buf[at.end..at.end + TAG_LEN]` (the caller checked the room). `header`
+/// is the receiver's index, the counter and the lane.
 #[inline]
 fn seal_at(
     key: &LessSafeKey,
     nonce_big_endian: bool,
-    remote_index: u32,
-    counter: u64,
+    header: (u32, u64, u8),
     buf: &mut [u8],
     at: Range<usize>,
 ) -> bool {
+    let (remote_index, counter, lane) = header;
     let body = at.start + DATA_HEADER_LEN;
-    buf[at.start..body].copy_from_slice(&data_header(remote_index, counter));
+    buf[at.start..body].copy_from_slice(&data_header(remote_index, counter, lane));
     let Ok(tag) = key.seal_in_place_separate_tag(
         nonce(nonce_big_endian, counter),
         Aad::empty(),
@@ -217,6 +227,8 @@ pub struct SealBatch {
     key: Arc<LessSafeKey>,
     nonce_big_endian: bool,
     remote_index: u32,
+    /// The lane its data messages name ([`SealBatch::set_lane`]).
+    lane: u8,
     next: u64,
     end: u64,
 }
@@ -225,6 +237,7 @@ impl std::fmt::Debug for SealBatch {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("SealBatch")
             .field("remote_index", &self.remote_index)
+            .field("lane", &self.lane)
             .field("next", &self.next)
             .field("end", &self.end)
             .finish_non_exhaustive()
@@ -235,6 +248,12 @@ impl SealBatch {
     /// Counters left.
     pub fn remaining(&self) -> u64 {
         self.end - self.next
+    }
+
+    /// Makes the data messages it seals name `lane` (0 to 15; 0 unless set): the
+    /// receiver's threads split data messages by lane before opening them.
+    pub fn set_lane(&mut self, lane: u8) {
+        self.lane = lane % super::wire::LANES as u8;
     }
 
     /// Seals one IP payload of `network` into `out` (overwritten, capacity reused).
@@ -251,6 +270,7 @@ impl SealBatch {
             self.nonce_big_endian,
             self.remote_index,
             counter,
+            self.lane,
             |buf| super::wire::append_inner(buf, super::PayloadKind::Ip, network, bytes),
             out,
         )
@@ -289,8 +309,7 @@ impl SealBatch {
         seal_at(
             key,
             self.nonce_big_endian,
-            self.remote_index,
-            counter,
+            (self.remote_index, counter, self.lane),
             buf,
             start..at.end,
         )

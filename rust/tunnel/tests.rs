@@ -595,6 +595,48 @@ fn a_data_message_is_opened_where_it_lies() {
 }
 
 #[test]
+fn the_lane_a_data_message_names_only_steers_it() {
+    // Type 4 is lane 0, 0x41..=0x4f lanes 1 to 15; no other byte is a data message.
+    for t in 0..=255u8 {
+        let want = match t {
+            4 => Some(0),
+            0x41..=0x4f => Some(t - 0x40),
+            _ => None,
+        };
+        assert_eq!(wire::data_lane(t), want, "type {t:#x}");
+    }
+    for lane in 0..=40u8 {
+        assert_eq!(
+            wire::data_lane(wire::data_type(lane)),
+            Some(lane % 16),
+            "lane {lane}"
+        );
+    }
+    // The lane is not what is authenticated: the same message on another lane opens
+    // alike, and still once only.
+    let mut p = Pair::new();
+    p.connect();
+    p.filter = Some(Box::new(|_| false));
+    p.send_ab("net", b"any lane");
+    p.pump();
+    let data = p.log.last().unwrap().clone();
+    let mut moved = data.bytes.clone();
+    moved[0] = wire::data_type(7);
+    let got =
+        p.b.ep
+            .receive_in_place(data.from, &mut moved, p.now)
+            .unwrap();
+    assert_eq!(got.bytes, b"any lane");
+    let mut again = data.bytes.clone();
+    assert!(
+        p.b.ep
+            .receive_in_place(data.from, &mut again, p.now)
+            .is_none()
+    );
+    assert_eq!(p.b.drops(DropReason::Replayed), 1);
+}
+
+#[test]
 fn tampered_handshake_messages_are_refused() {
     let mut p = Pair::new();
     let b = p.b.id();

@@ -9,8 +9,16 @@ pub(crate) const HANDSHAKE_INIT: u8 = 1;
 pub(crate) const HANDSHAKE_RESPONSE: u8 = 2;
 /// Message type of a handshake final (Noise XX message 3).
 pub(crate) const HANDSHAKE_FINAL: u8 = 3;
-/// Message type of a data message.
+/// Message type of a data message on lane 0.
 pub(crate) const DATA: u8 = 4;
+/// Message types `0x41..=0x4f`: a data message on lane 1 to 15. A lane is the sending
+/// datapath thread's; the receiver's `SO_REUSEPORT` group hands each lane to one of its
+/// receiving threads (before any decryption), so a flow, which one sending thread
+/// carries, stays on one receiving thread and in order. Not authenticated (like the
+/// index): a changed lane only moves a datagram to another thread, which opens it alike.
+pub(crate) const DATA_LANES: u8 = 0x40;
+/// How many lanes data messages can name.
+pub const LANES: usize = 16;
 /// Message type of a cookie reply (a responder under load answering message 1).
 pub(crate) const COOKIE_REPLY: u8 = 5;
 
@@ -109,11 +117,32 @@ pub(crate) fn write_inner_prefix(out: &mut [u8], kind: PayloadKind, network: &st
     out[2..2 + network.len()].copy_from_slice(network.as_bytes());
 }
 
-/// A data message's header: type, the receiver's index, the counter.
+/// The type byte of a data message on `lane` (taken modulo [`LANES`]).
 #[inline]
-pub(crate) fn data_header(remote_index: u32, counter: u64) -> [u8; DATA_HEADER_LEN] {
+pub(crate) const fn data_type(lane: u8) -> u8 {
+    match lane as usize % LANES {
+        0 => DATA,
+        l => DATA_LANES | l as u8,
+    }
+}
+
+/// Whether `t` is the type byte of a data message, and on which lane.
+#[inline]
+pub const fn data_lane(t: u8) -> Option<u8> {
+    if t == DATA {
+        Some(0)
+    } else if t & 0xf0 == DATA_LANES && t != DATA_LANES {
+        Some(t & 0x0f)
+    } else {
+        None
+    }
+}
+
+/// A data message's header: type (with the lane), the receiver's index, the counter.
+#[inline]
+pub(crate) fn data_header(remote_index: u32, counter: u64, lane: u8) -> [u8; DATA_HEADER_LEN] {
     let mut h = [0u8; DATA_HEADER_LEN];
-    h[0] = DATA;
+    h[0] = data_type(lane);
     h[1..5].copy_from_slice(&remote_index.to_le_bytes());
     h[5..].copy_from_slice(&counter.to_le_bytes());
     h
