@@ -148,6 +148,8 @@ class PathResult:
     samples: dict[str, list[float]] = field(default_factory=dict)
     #: The path's own processes (daemons, relays, peers' daemons), whose CPU time is counted.
     pids: list[int] = field(default_factory=list)
+    #: A name for each of ``pids`` (a golem-vpn daemon's data directory, else the program).
+    labels: dict[int, str] = field(default_factory=dict)
 
     def add(self, metric: str, value: float) -> None:
         """Records one round's figure."""
@@ -500,6 +502,33 @@ def cpu_seconds(pids: list[int]) -> float:
     return total / os.sysconf("SC_CLK_TCK")
 
 
+def thread_seconds(labels: dict[int, str]) -> dict[str, float]:
+    """CPU seconds so far of each golem-vpn datapath thread (``golem-vpn-*``: the node's
+    ``datapath``, sending ``txN``, receiving ``rxN``) of the processes ``labels`` names, as
+    ``"LABEL THREAD"`` -> seconds (from ``schedstat``); empty for other programs."""
+    seconds: dict[str, float] = {}
+    for pid, label in labels.items():
+        for task in Path(f"/proc/{pid}/task").glob("*"):
+            with contextlib.suppress(OSError, IndexError, ValueError):
+                name = (task / "comm").read_text().strip()
+                if name.startswith("golem-vpn-"):
+                    on_cpu = int((task / "schedstat").read_text().split()[0]) / 1e9
+                    key = f"{label} {name.removeprefix('golem-vpn-')}"
+                    seconds[key] = seconds.get(key, 0.0) + on_cpu
+    return seconds
+
+
+def proc_label(proc: subprocess.Popen[str]) -> str:
+    """A name for a path's process: a golem-vpn daemon's data directory, a relay's "relay",
+    else the program."""
+    args = [str(a) for a in proc.args] if isinstance(proc.args, list) else [str(proc.args)]
+    if "--data-dir" in args[:-1]:
+        return Path(args[args.index("--data-dir") + 1]).name
+    if "relay" in args:
+        return "relay"
+    return Path(args[0]).name
+
+
 def cpu_idle() -> tuple[int, int]:
     """(idle + iowait, total) jiffies of every core so far, from ``/proc/stat``."""
     ticks = [int(x) for x in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:]]
@@ -515,8 +544,13 @@ def measure(lab: Lab, result: PathResult, seconds: int, udp_rates: list[str]) ->
     for streams in (1, 4):
         for reverse, way in ((False, "a->b"), (True, "b->a")):
             cpu0, (idle0, all0) = cpu_seconds(result.pids), cpu_idle()
+            threads0, started = thread_seconds(result.labels), time.monotonic()
             end = iperf(lab, route, seconds, streams=streams, reverse=reverse)
             cpu1, (idle1, all1) = cpu_seconds(result.pids), cpu_idle()
+            threads1, took = thread_seconds(result.labels), time.monotonic() - started
+            for thread, on_cpu in threads1.items():
+                busy = (on_cpu - threads0.get(thread, 0.0)) / took
+                result.add(f"tcp x{streams} {way} core {thread}", busy)
             result.add(f"tcp x{streams} {way} Gbit/s", end["sum_received"]["bits_per_second"] / 1e9)
             moved = float(end["sum_received"]["bytes"]) / 1e9
             if result.pids and moved > 0:
@@ -639,6 +673,33 @@ def table(results: dict[str, PathResult], udp_rates: list[str], *, markdown: boo
     return "\n".join(lines)
 
 
+def thread_table(results: dict[str, PathResult], *, markdown: bool) -> str:
+    """For each path with golem-vpn datapath threads: how busy each thread was (cores, the
+    median over the rounds) in each TCP test; threads under 0.05 of a core are left out."""
+    rows = [["path", "test", "datapath threads: cores busy"]]
+    for name, result in results.items():
+        if result.failure is not None:
+            continue
+        figures = result.medians()
+        for streams in (1, 4):
+            for way in ("a->b", "b->a"):
+                prefix = f"tcp x{streams} {way} core "
+                busy = [
+                    f"{k.removeprefix(prefix)} {v:.2f}"
+                    for k, v in sorted(figures.items())
+                    if k.startswith(prefix) and v >= 0.05
+                ]
+                if busy:
+                    rows.append([name, f"tcp x{streams} {way}", ", ".join(busy)])
+    if len(rows) == 1:
+        return ""
+    if markdown:
+        lines = ["| " + " | ".join(row) + " |" for row in rows]
+        lines.insert(1, "|---|---|---|")
+        return "\n".join(lines)
+    return "\n".join(f"{row[0]:<14}{row[1]:<14}{row[2]}" for row in rows)
+
+
 def loadavg() -> str:
     """This machine's 1, 5 and 15 minute load averages (others' work shows in the figures)."""
     with contextlib.suppress(OSError):
@@ -662,6 +723,7 @@ def bench(
         try:
             result.route = STARTERS[name](hosts)
             result.pids = [p.pid for p in lab.procs[before:]]
+            result.labels = {p.pid: proc_label(p) for p in lab.procs[before:]}
             first_ping(result.route)  # openvpn, for one, makes its device only by now
             result.mtu = device_mtu(result.route)
         except (PathFailed, LabError, OSError, subprocess.SubprocessError, KeyError) as exc:
@@ -749,6 +811,10 @@ def main() -> int:
           f"{args.rounds} round(s) of {args.seconds} s per test, medians; "
           f"load average at each round's start and the end: {', '.join(loads)}")  # fmt: skip
     print(table(results, args.udp_rates, markdown=args.markdown))
+    threads = thread_table(results, markdown=args.markdown)
+    if threads:
+        print()
+        print(threads)
     if args.json:
         report = {
             "date": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
