@@ -513,7 +513,10 @@ def thread_seconds(labels: dict[int, str]) -> dict[str, float]:
                 name = (task / "comm").read_text().strip()
                 if name.startswith("golem-vpn-"):
                     on_cpu = int((task / "schedstat").read_text().split()[0]) / 1e9
-                    key = f"{label} {name.removeprefix('golem-vpn-')}"
+                    thread = name.removeprefix("golem-vpn-")
+                    # comm keeps 15 bytes: "golem-vpn-datap" is the node's own thread.
+                    thread = "node" if thread.startswith("datap") else thread
+                    key = f"{label} {thread}"
                     seconds[key] = seconds.get(key, 0.0) + on_cpu
     return seconds
 
