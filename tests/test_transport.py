@@ -93,6 +93,49 @@ def test_tcp_over_encrypted_udp_tunnel() -> None:
     asyncio.run(main())
 
 
+def test_receiving_lanes_are_asked_for_checked_and_counted(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    identity = Identity.generate()
+    native = golem_vpn.NodeTransport(identity, lanes=3)
+    try:
+        stats = native.stats()
+        assert (stats["lanes"], stats["lane_datagrams"]) == (3, [0, 0])
+    finally:
+        native.close()
+    for bad in (0, 17):
+        with pytest.raises(ValueError, match="lanes must be from 1 to 16"):
+            golem_vpn.NodeTransport(identity, lanes=bad)
+    # The default follows the daemon's --workers (GOLEM_VPN_WORKERS), else 1.
+    monkeypatch.delenv("GOLEM_VPN_WORKERS", raising=False)
+    assert golem_vpn.NodeTransport(identity).stats()["lanes"] == 1
+
+    async def main() -> None:
+        # Nodes on two lanes still carry everything that is not steered (handshakes, the
+        # userspace stack's packets: lane 0) on the node's own socket.
+        a, b, ia, ib = await _pair()
+        assert a.native.stats()["lanes"] == 2
+
+        async def echo(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+            writer.write(await reader.read())
+            await writer.drain()
+            writer.close()
+
+        server = await golem_vpn.start_server(echo, ib, 9001)
+        reader, writer = await golem_vpn.open_connection(ia, "192.168.7.3", 9001, timeout=5)
+        payload = os.urandom(1 << 20)
+        writer.write(payload)
+        writer.write_eof()
+        assert await asyncio.wait_for(reader.read(), 30) == payload
+        writer.close()
+        server.close()
+        a.close()
+        b.close()
+
+    monkeypatch.setenv("GOLEM_VPN_WORKERS", "2")
+    asyncio.run(main())
+
+
 def test_impostor_cannot_take_a_node_id() -> None:
     async def main() -> None:
         a = UdpTransport(Identity.generate())

@@ -29,7 +29,8 @@ use crate::node_id::NodeId;
 use crate::relay;
 use crate::router::{Frame, Router};
 use crate::tunnel::{
-    Config, DownReason, Endpoint, Event, Payload, PayloadKind, SendError, TunnelStats,
+    Config, Delivery, DownReason, Endpoint, Event, OpenTicket, Payload, PayloadKind, SendError,
+    TunnelStats,
 };
 
 pub mod attach;
@@ -688,18 +689,8 @@ impl UdpNode {
             stats,
             ..
         } = self;
-        let Some(delivery) = endpoint.receive_in_place(from, &mut rx[start..end], now) else {
-            return;
-        };
-        match delivery.kind {
-            PayloadKind::Ip => match networks.get_mut(delivery.network) {
-                Some(router) => match router.receive(delivery.bytes, &delivery.peer) {
-                    Ok(frame) => sink.frame(delivery.network, frame),
-                    Err(_) => stats.router_drops += 1,
-                },
-                None => stats.unknown_network += 1,
-            },
-            PayloadKind::Control => sink.control(delivery.peer, delivery.network, delivery.bytes),
+        if let Some(delivery) = endpoint.receive_in_place(from, &mut rx[start..end], now) {
+            hand_over(networks, stats, delivery, sink);
         }
     }
 
@@ -734,12 +725,63 @@ impl UdpNode {
     }
 
     /// Opens and delivers what [`Lane::read`] read last, as [`UdpNode::receive`] does for
-    /// the node's own socket. Returns the number of datagrams.
+    /// the node's own socket: [`UdpNode::plan_lane`], [`Lane::open`] and
+    /// [`UdpNode::finish_lane`] in a row (a receiving thread lets go of the node between
+    /// them). Returns the number of datagrams.
     pub fn receive_lane(&mut self, lane: &mut Lane, now: Instant, sink: &mut impl Sink) -> usize {
-        let read = self.process_batch(&mut lane.batch, &lane.got, now, sink);
-        lane.got.clear();
-        self.end_receive(sink);
+        let read = self.plan_lane(lane, now, sink);
+        lane.open();
+        self.finish_lane(lane, now, sink);
         read
+    }
+
+    /// The first part of taking a lane's batch: handles every datagram of it but the data
+    /// messages of live sessions with fresh counters, which it leaves, with a ticket each,
+    /// for [`Lane::open`]. Returns the number of datagrams.
+    pub fn plan_lane(&mut self, lane: &mut Lane, now: Instant, sink: &mut impl Sink) -> usize {
+        let Lane {
+            batch, got, jobs, ..
+        } = lane;
+        jobs.clear();
+        let mut read = 0;
+        for (i, r) in got.iter().enumerate() {
+            for at in r.datagrams() {
+                read += 1;
+                self.stats.datagrams_in += 1;
+                match self.endpoint.ticket(&batch[i][at.clone()], now) {
+                    Some(ticket) => jobs.push(OpenJob {
+                        buf: i,
+                        at,
+                        from: r.from,
+                        ticket,
+                        plain: None,
+                    }),
+                    None => {
+                        std::mem::swap(&mut self.rx, &mut batch[i]);
+                        self.process_datagram(at, r.from, now, sink);
+                        std::mem::swap(&mut self.rx, &mut batch[i]);
+                    }
+                }
+            }
+        }
+        got.clear();
+        read
+    }
+
+    /// The last part: delivers what [`Lane::open`] opened (the endpoint checks again what
+    /// may have changed meanwhile, and moves the replay windows), and ends the batch.
+    pub fn finish_lane(&mut self, lane: &mut Lane, now: Instant, sink: &mut impl Sink) {
+        let Lane { batch, jobs, .. } = lane;
+        for job in jobs.drain(..) {
+            let data = &batch[job.buf][job.at];
+            let delivered =
+                self.endpoint
+                    .accept_opened(job.from, &job.ticket, data, job.plain, now);
+            if let Some(delivery) = delivered {
+                hand_over(&mut self.networks, &mut self.stats, delivery, sink);
+            }
+        }
+        self.end_receive(sink);
     }
 
     /// Opens the lanes asked for at bind time ([`UdpNode::bind_lanes`]): a socket each
@@ -760,6 +802,7 @@ impl UdpNode {
                 socket,
                 batch: (0..mmsg::BATCH).map(|_| vec![0u8; MAX_DATAGRAM]).collect(),
                 got: Vec::with_capacity(mmsg::BATCH),
+                jobs: Vec::with_capacity(mmsg::BATCH),
             });
         }
         sys::attach_lane_program(&self.socket, self.lanes as u32)?;
@@ -1085,6 +1128,27 @@ impl UdpNode {
     }
 }
 
+/// Hands what a data message carried to `sink`: an IP packet once its network's router
+/// took it (the authenticated sender must own its source address), a control message as
+/// it is.
+fn hand_over(
+    networks: &mut FxHashMap<String, Router>,
+    stats: &mut DatapathStats,
+    delivery: Delivery<'_>,
+    sink: &mut impl Sink,
+) {
+    match delivery.kind {
+        PayloadKind::Ip => match networks.get_mut(delivery.network) {
+            Some(router) => match router.receive(delivery.bytes, &delivery.peer) {
+                Ok(frame) => sink.frame(delivery.network, frame),
+                Err(_) => stats.router_drops += 1,
+            },
+            None => stats.unknown_network += 1,
+        },
+        PayloadKind::Control => sink.control(delivery.peer, delivery.network, delivery.bytes),
+    }
+}
+
 /// A non-blocking UDP socket with [`SOCKET_BUFFER`]-sized buffers (as granted).
 pub fn bind_udp(addr: SocketAddr) -> io::Result<UdpSocket> {
     bind_udp_with(addr, false)
@@ -1115,6 +1179,19 @@ pub struct Lane {
     socket: UdpSocket,
     batch: Vec<Vec<u8>>,
     got: Vec<mmsg::Received>,
+    /// The data messages of the batch to open without the node ([`UdpNode::plan_lane`]).
+    jobs: Vec<OpenJob>,
+}
+
+/// A data message of a lane's batch: where it lies, who sent it, its ticket, and (once
+/// [`Lane::open`] ran) the length of its plaintext, None if it did not authenticate.
+#[derive(Debug)]
+struct OpenJob {
+    buf: usize,
+    at: Range<usize>,
+    from: SocketAddr,
+    ticket: OpenTicket,
+    plain: Option<usize>,
 }
 
 impl Lane {
@@ -1128,10 +1205,21 @@ impl Lane {
         &self.socket
     }
 
+    /// Opens (decrypts in place) the data messages [`UdpNode::plan_lane`] left, without
+    /// the node: this is the costly part, which runs on this lane's thread while others
+    /// use the node.
+    pub fn open(&mut self) {
+        let Lane { batch, jobs, .. } = self;
+        for job in jobs {
+            job.plain = job.ticket.open(&mut batch[job.buf][job.at.clone()]);
+        }
+    }
+
     /// Reads one batch of datagrams (with `recvmmsg`, and runs of them where the kernel
     /// does UDP GRO) without the node. Returns the number of reads (0: nothing waiting).
     pub fn read(&mut self) -> usize {
         self.got.clear();
+        self.jobs.clear();
         match mmsg::recv_batch(&self.socket, &mut self.batch, &mut self.got) {
             Ok(()) => self.got.len(),
             // ICMP errors surface as ECONNREFUSED and friends on Linux: not fatal.

@@ -290,10 +290,14 @@ impl State {
         });
     }
 
-    /// Opens what a receiving thread read from `lane`: frames for a TUN device with
+    /// Runs `f` on the node with a receiving thread's sink: frames for a TUN device with
     /// offloads go to the thread's `writers` (written after the lock is let go), the rest
-    /// where [`State::deliver`] puts them. Returns the number of datagrams.
-    fn receive_lane(&mut self, lane: &mut Lane, writers: &mut TunWriters, now: Instant) -> usize {
+    /// where [`State::deliver`] puts them.
+    fn with_lane_sink<R>(
+        &mut self,
+        writers: &mut TunWriters,
+        f: impl FnOnce(&mut UdpNode, &mut LaneSink<'_>) -> R,
+    ) -> R {
         let State {
             node,
             attachments,
@@ -312,13 +316,13 @@ impl State {
                 touched,
             },
         };
-        let read = node.receive_lane(lane, now, &mut sink);
+        let r = f(node, &mut sink);
         for id in touched.drain(..) {
             if let Some(a) = attachments.get_mut(&id) {
                 a.end_writes();
             }
         }
-        read
+        r
     }
 
     fn handle_timeout(&mut self, now: Instant) {
@@ -932,8 +936,10 @@ fn run(shared: &Shared, wake_rx: &UnixDatagram) {
 }
 
 /// A receiving thread of a node with lanes: reads its lane's socket without the lock,
-/// opens the batch under it, and writes the frames for TUN devices with offloads after
-/// letting go of it (so the kernel's work on two lanes' packets runs on two cores).
+/// takes what is not data under it, opens (decrypts) the data messages without it,
+/// delivers them under it, and writes the frames for TUN devices with offloads after
+/// letting go of it: of each batch only the bookkeeping is done under the lock, so the
+/// lanes' decryption and the kernel's work on their packets run on as many cores.
 fn run_rx(shared: &Shared, mut lane: Lane, wake_rx: &UnixDatagram, read: &AtomicU64) {
     let mut writers = TunWriters::default();
     while !shared.stop.load(Ordering::SeqCst) {
@@ -960,10 +966,18 @@ fn run_rx(shared: &Shared, mut lane: Lane, wake_rx: &UnixDatagram, read: &Atomic
             }
             continue;
         }
+        // Under the lock: everything but the data messages to open; then those opened
+        // without it; then delivered under it again.
+        let n = shared.lock().with_lane_sink(&mut writers, |node, sink| {
+            node.plan_lane(&mut lane, Instant::now(), sink)
+        });
+        read.fetch_add(n as u64, Ordering::Relaxed);
+        lane.open();
         let notify = {
             let mut state = shared.lock();
-            let n = state.receive_lane(&mut lane, &mut writers, Instant::now());
-            read.fetch_add(n as u64, Ordering::Relaxed);
+            state.with_lane_sink(&mut writers, |node, sink| {
+                node.finish_lane(&mut lane, Instant::now(), sink)
+            });
             state.has_queue()
         };
         writers.write();

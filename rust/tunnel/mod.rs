@@ -170,7 +170,7 @@ use snow::params::NoiseParams;
 use snow::{Builder, HandshakeState};
 
 pub use replay::REPLAY_WINDOW;
-pub use session::SealBatch;
+pub use session::{OpenTicket, SealBatch};
 pub use stats::{DropCounters, DropReason, TunnelStats};
 pub use wire::{
     DATA_HEADER_LEN, DATA_MIN_LEN, LANES, MAX_DATAGRAM_LEN, MAX_NETWORK_LEN, TAG_LEN, data_lane,
@@ -1471,7 +1471,82 @@ impl Endpoint {
             self.count_drop(reason);
             return None;
         }
+        self.opened(peer_id, slot, from, data, plain, now)
+    }
 
+    /// The first half of opening a data message away from the endpoint (a receiving
+    /// thread decrypts while others use the endpoint): for a data message of a live
+    /// session with a fresh counter, a ticket to open it with ([`OpenTicket::open`], on
+    /// any thread), then to hand to [`Endpoint::accept_opened`]. None for anything else,
+    /// which [`Endpoint::receive_in_place`] handles (and counts, if it is bad). Changes
+    /// nothing.
+    pub fn ticket(&self, data: &[u8], now: Instant) -> Option<OpenTicket> {
+        wire::data_lane(*data.first()?)?;
+        if data.len() < wire::DATA_MIN_LEN {
+            return None;
+        }
+        let index = wire::read_u32(&data[1..]);
+        let counter = wire::read_u64(&data[5..]);
+        let peer = self.peers.get(self.indices.get(&index)?)?;
+        let session = peer.session(peer.slot_of(index)?)?;
+        let fresh = session.age(now) < REJECT_AFTER_TIME && session.replay.check(counter);
+        fresh.then(|| session.ticket(index, counter))
+    }
+
+    /// The second half: takes data message `data` from `from` that `ticket` opened
+    /// (`plain`: the plaintext's length from [`OpenTicket::open`], None if it did not
+    /// authenticate) as [`Endpoint::receive_in_place`] would have, checking again what
+    /// may have changed meanwhile (the session gone or expired, the counter seen).
+    pub fn accept_opened<'b>(
+        &mut self,
+        from: SocketAddr,
+        ticket: &OpenTicket,
+        data: &'b [u8],
+        plain: Option<usize>,
+        now: Instant,
+    ) -> Option<Delivery<'b>> {
+        self.stats.datagrams_in += 1;
+        let Some(plain) = plain else {
+            self.count_drop(DropReason::DecryptFailed);
+            return None;
+        };
+        let found = self.indices.get(&ticket.index).copied().and_then(|id| {
+            let peer = self.peers.get_mut(&id)?;
+            let slot = peer.slot_of(ticket.index)?;
+            let session = peer.session_mut(slot).filter(|s| s.made(ticket))?;
+            Some((id, slot, session))
+        });
+        let Some((peer_id, slot, session)) = found else {
+            self.count_drop(DropReason::UnknownIndex);
+            return None;
+        };
+        let reason = if session.age(now) >= REJECT_AFTER_TIME {
+            Some(DropReason::Expired)
+        } else if !session.replay.update(ticket.counter) {
+            Some(DropReason::Replayed)
+        } else {
+            None
+        };
+        if let Some(reason) = reason {
+            self.count_drop(reason);
+            return None;
+        }
+        self.opened(peer_id, slot, from, data, plain, now)
+    }
+
+    /// What follows an authentic data message `data` (its plaintext `plain` bytes after
+    /// the header) on `peer_id`'s session in `slot`: the peer's path and timers, and the
+    /// payload.
+    fn opened<'b>(
+        &mut self,
+        peer_id: NodeId,
+        slot: Slot,
+        from: SocketAddr,
+        data: &'b [u8],
+        plain: usize,
+        now: Instant,
+    ) -> Option<Delivery<'b>> {
+        let peer = self.peers.get_mut(&peer_id)?;
         // Authenticated: the peer is alive and where this came from.
         peer.addr = Some(from);
         peer.new_handshake_at = None;
@@ -1482,7 +1557,6 @@ impl Endpoint {
             report_up(peer, peer_id, now, &mut self.events);
         }
         let rekey = peer.wants_rekey_on_receive(now);
-        let data: &'b [u8] = data;
         let delivery = match wire::parse_inner(&data[DATA_HEADER_LEN..DATA_HEADER_LEN + plain]) {
             Some(Inner::Payload {
                 kind,

@@ -108,6 +108,14 @@ impl Peer {
     }
 
     #[inline]
+    pub(crate) fn session(&self, slot: Slot) -> Option<&Session> {
+        match slot {
+            Slot::Current => self.current.as_ref(),
+            Slot::Previous => self.previous.as_ref(),
+            Slot::Unconfirmed => self.unconfirmed.as_ref(),
+        }
+    }
+
     pub(crate) fn session_mut(&mut self, slot: Slot) -> Option<&mut Session> {
         match slot {
             Slot::Current => self.current.as_mut(),

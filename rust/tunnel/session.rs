@@ -26,7 +26,8 @@ use super::{REJECT_AFTER_MESSAGES, REJECT_AFTER_TIME};
 pub(crate) struct Session {
     /// Shared with [`SealBatch`]es sealing on other threads.
     send: Arc<LessSafeKey>,
-    recv: LessSafeKey,
+    /// Shared with [`OpenTicket`]s opening on other threads.
+    recv: Arc<LessSafeKey>,
     /// Noise's AESGCM nonce is big-endian, ChaChaPoly's little-endian.
     nonce_big_endian: bool,
     /// Our index: peers put it in the messages they send on this session.
@@ -64,7 +65,7 @@ impl Session {
         let key = |k: [u8; 32]| UnboundKey::new(algorithm, &k).ok().map(LessSafeKey::new);
         Some(Session {
             send: Arc::new(key(send)?),
-            recv: key(recv)?,
+            recv: Arc::new(key(recv)?),
             nonce_big_endian: cipher == Cipher::Aes256Gcm,
             initiator,
             local_index,
@@ -137,6 +138,23 @@ impl Session {
             next,
             end,
         })
+    }
+
+    /// A ticket to open data message `counter` (sent to our index `index`) without the
+    /// session, on another thread.
+    pub(crate) fn ticket(&self, index: u32, counter: u64) -> OpenTicket {
+        OpenTicket {
+            key: Arc::clone(&self.recv),
+            nonce_big_endian: self.nonce_big_endian,
+            index,
+            counter,
+        }
+    }
+
+    /// Whether `ticket` was made by this session (an index can be handed out again once
+    /// its session is gone).
+    pub(crate) fn made(&self, ticket: &OpenTicket) -> bool {
+        Arc::ptr_eq(&self.recv, &ticket.key)
     }
 
     /// Decrypts the ciphertext (and tag) of a data message with counter `counter` where
@@ -217,6 +235,50 @@ fn seal_at(
     };
     buf[at.end..at.end + TAG_LEN].copy_from_slice(tag.as_ref());
     true
+}
+
+/// A data message the endpoint found a live session and a fresh counter for
+/// ([`crate::tunnel::Endpoint::ticket`]): it is opened with [`OpenTicket::open`] on any
+/// thread, without the endpoint, then handed back to
+/// [`crate::tunnel::Endpoint::accept_opened`], which moves the replay window (only an
+/// authentic message may) and delivers it.
+pub struct OpenTicket {
+    key: Arc<LessSafeKey>,
+    nonce_big_endian: bool,
+    pub(crate) index: u32,
+    pub(crate) counter: u64,
+}
+
+impl std::fmt::Debug for OpenTicket {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("OpenTicket")
+            .field("index", &self.index)
+            .field("counter", &self.counter)
+            .finish_non_exhaustive()
+    }
+}
+
+impl OpenTicket {
+    /// Decrypts the data message `datagram` (header included; the one the ticket was made
+    /// for) where it lies: the inner plaintext is then
+    /// `datagram[DATA_HEADER_LEN..DATA_HEADER_LEN + n]` for the returned `n`. None if it
+    /// does not authenticate, or is not the message the ticket is for.
+    pub fn open(&self, datagram: &mut [u8]) -> Option<usize> {
+        if datagram.len() < DATA_HEADER_LEN + TAG_LEN
+            || super::wire::read_u32(&datagram[1..]) != self.index
+            || super::wire::read_u64(&datagram[5..]) != self.counter
+        {
+            return None;
+        }
+        self.key
+            .open_in_place(
+                nonce(self.nonce_big_endian, self.counter),
+                Aad::empty(),
+                &mut datagram[DATA_HEADER_LEN..],
+            )
+            .ok()
+            .map(|plain| plain.len())
+    }
 }
 
 /// Counters reserved on a session ([`crate::tunnel::Endpoint::reserve`]): seals data

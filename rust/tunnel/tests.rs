@@ -637,6 +637,77 @@ fn the_lane_a_data_message_names_only_steers_it() {
 }
 
 #[test]
+fn a_data_message_opened_off_the_endpoint_is_checked_twice_and_delivered_once() {
+    let mut p = Pair::new();
+    p.connect();
+    p.filter = Some(Box::new(|_| false));
+    p.send_ab("net", b"first");
+    p.send_ab("net", b"second");
+    p.pump();
+    let first = p.log[p.log.len() - 2].clone();
+    let second = p.log.last().unwrap().clone();
+    // Not data, or no session: no ticket (receive_in_place handles and counts those).
+    assert!(p.b.ep.ticket(&[wire::HANDSHAKE_INIT; 80], p.now).is_none());
+    let mut unknown = first.bytes.clone();
+    unknown[1] ^= 0x55;
+    assert!(p.b.ep.ticket(&unknown, p.now).is_none());
+    // Two tickets for one message (a datagram read twice by two threads): both open it,
+    // the first accepted delivers, the second is a replay.
+    let (t1, t2) = (
+        p.b.ep.ticket(&first.bytes, p.now).unwrap(),
+        p.b.ep.ticket(&first.bytes, p.now).unwrap(),
+    );
+    let (mut c1, mut c2) = (first.bytes.clone(), first.bytes.clone());
+    let (n1, n2) = (t1.open(&mut c1), t2.open(&mut c2));
+    assert!(n1.is_some() && n1 == n2);
+    // A ticket opens only its own message.
+    assert_eq!(t1.open(&mut second.bytes.clone()), None);
+    let got =
+        p.b.ep
+            .accept_opened(first.from, &t1, &c1, n1, p.now)
+            .unwrap();
+    assert_eq!(
+        (got.peer, got.network, got.bytes),
+        (p.a.id(), "net", &b"first"[..])
+    );
+    assert!(
+        p.b.ep
+            .accept_opened(first.from, &t2, &c2, n2, p.now)
+            .is_none()
+    );
+    assert_eq!(p.b.drops(DropReason::Replayed), 1);
+    assert!(
+        p.b.ep.ticket(&first.bytes, p.now).is_none(),
+        "seen: no more tickets"
+    );
+    // Forged while being opened: refused, and the window did not move for it.
+    let t = p.b.ep.ticket(&second.bytes, p.now).unwrap();
+    let mut forged = second.bytes.clone();
+    *forged.last_mut().unwrap() ^= 1;
+    let plain = t.open(&mut forged);
+    assert_eq!(plain, None);
+    assert!(
+        p.b.ep
+            .accept_opened(second.from, &t, &forged, plain, p.now)
+            .is_none()
+    );
+    assert_eq!(p.b.drops(DropReason::DecryptFailed), 1);
+    // The session went away while a thread opened the genuine one: not delivered.
+    let t = p.b.ep.ticket(&second.bytes, p.now).unwrap();
+    let mut genuine = second.bytes.clone();
+    let plain = t.open(&mut genuine);
+    assert!(plain.is_some());
+    let a = p.a.id();
+    p.b.ep.disallow(&a);
+    assert!(
+        p.b.ep
+            .accept_opened(second.from, &t, &genuine, plain, p.now)
+            .is_none()
+    );
+    assert_eq!(p.b.drops(DropReason::UnknownIndex), 1);
+}
+
+#[test]
 fn tampered_handshake_messages_are_refused() {
     let mut p = Pair::new();
     let b = p.b.id();
