@@ -60,33 +60,41 @@ async def _pair() -> tuple[UdpTransport, UdpTransport, golem_vpn.Interface, gole
     return a, b, ia, ib
 
 
-def test_tcp_over_encrypted_udp_tunnel() -> None:
-    async def main() -> None:
-        a, b, ia, ib = await _pair()
+async def _transfer(ia: golem_vpn.Interface, ib: golem_vpn.Interface, port: int, size: int) -> None:
+    """Sends ``size`` random bytes over TCP from ``ia`` to a server on ``ib`` (192.168.7.3)
+    at ``port``, which answers with the SHA-256 of what it read: it must match."""
 
-        async def sink(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-            digest = hashlib.sha256()
-            while data := await reader.read(1 << 20):
-                digest.update(data)
-            writer.write(digest.hexdigest().encode())
-            await writer.drain()
-            writer.close()
+    async def sink(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        digest = hashlib.sha256()
+        while data := await reader.read(1 << 20):
+            digest.update(data)
+        writer.write(digest.hexdigest().encode())
+        await writer.drain()
+        writer.close()
 
-        server = await golem_vpn.start_server(sink, ib, 9000)
-        reader, writer = await golem_vpn.open_connection(ia, "192.168.7.3", 9000, timeout=5)
-        payload = os.urandom(8 << 20)
+    server = await golem_vpn.start_server(sink, ib, port)
+    try:
+        reader, writer = await golem_vpn.open_connection(ia, "192.168.7.3", port, timeout=5)
+        payload = os.urandom(size)
         writer.write(payload)
         await writer.drain()
         writer.write_eof()
         answer = await asyncio.wait_for(reader.read(), 30)
         assert answer.decode() == hashlib.sha256(payload).hexdigest()
         writer.close()
+    finally:
+        server.close()
+
+
+def test_tcp_over_encrypted_udp_tunnel() -> None:
+    async def main() -> None:
+        a, b, ia, ib = await _pair()
+        await _transfer(ia, ib, 9000, 8 << 20)
         assert await ia.ping("192.168.7.3") > 0
         stats = a.native.stats()
         assert stats["tunnel"]["handshakes_completed"] >= 1
-        assert stats["tunnel"]["bytes_out"] >= len(payload)
+        assert stats["tunnel"]["bytes_out"] >= 8 << 20
         assert a.native.is_up(b.node_id)
-        server.close()
         a.close()
         b.close()
 
@@ -115,20 +123,7 @@ def test_receiving_lanes_are_asked_for_checked_and_counted(
         # userspace stack's packets: lane 0) on the node's own socket.
         a, b, ia, ib = await _pair()
         assert a.native.stats()["lanes"] == 2
-
-        async def echo(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-            writer.write(await reader.read())
-            await writer.drain()
-            writer.close()
-
-        server = await golem_vpn.start_server(echo, ib, 9001)
-        reader, writer = await golem_vpn.open_connection(ia, "192.168.7.3", 9001, timeout=5)
-        payload = os.urandom(1 << 20)
-        writer.write(payload)
-        writer.write_eof()
-        assert await asyncio.wait_for(reader.read(), 30) == payload
-        writer.close()
-        server.close()
+        await _transfer(ia, ib, 9001, 1 << 20)
         a.close()
         b.close()
 

@@ -34,8 +34,12 @@ fn router_for(me: &UdpNode, last: u8) -> Router {
 
 /// Two nodes in one network, each knowing the other's address.
 fn pair() -> (UdpNode, UdpNode) {
+    pair_with(node(2))
+}
+
+/// [`pair`] with `b` as B (node 2).
+fn pair_with(mut b: UdpNode) -> (UdpNode, UdpNode) {
     let mut a = node(1);
-    let mut b = node(2);
     a.add_network(router_for(&a, 1));
     b.add_network(router_for(&b, 2));
     let (a_id, b_id) = (a.node_id(), b.node_id());
@@ -1044,15 +1048,10 @@ fn a_packet_longer_than_any_can_be_is_counted_not_cut() {
 #[test]
 fn data_messages_reach_the_lane_they_name_and_open_there() {
     // B receives on three lanes: its own socket (lane 0) and two more of its group.
-    let mut a = node(1);
     let loopback: SocketAddr = "127.0.0.1:0".parse().unwrap();
-    let mut b = UdpNode::bind_lanes(&identity(2), loopback, Config::default(), 2, 3).unwrap();
-    a.add_network(router_for(&a, 1));
-    b.add_network(router_for(&b, 2));
-    let (a_id, b_id) = (a.node_id(), b.node_id());
-    let (a_addr, b_addr) = (a.local_addr().unwrap(), b.local_addr().unwrap());
-    a.add_peer(NET, b_id, ip(2), Some(b_addr)).unwrap();
-    b.add_peer(NET, a_id, ip(1), Some(a_addr)).unwrap();
+    let lanes_b = UdpNode::bind_lanes(&identity(2), loopback, Config::default(), 2, 3);
+    let (mut a, mut b) = pair_with(lanes_b.unwrap());
+    let b_addr = b.local_addr().unwrap();
     let mut lanes = b.open_lanes().unwrap();
     assert_eq!(b.lanes(), 3);
     assert_eq!(lanes.iter().map(Lane::index).collect::<Vec<_>>(), [1, 2]);

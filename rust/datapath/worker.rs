@@ -261,27 +261,8 @@ impl State {
 
     /// Runs `f` on the node with a sink that writes frames of attached networks to their
     /// attachment and queues the rest for Python.
-    fn deliver(&mut self, f: impl FnOnce(&mut UdpNode, &mut Deliver<'_>)) {
-        let State {
-            node,
-            attachments,
-            by_network,
-            queue,
-            touched,
-            ..
-        } = self;
-        let mut sink = Deliver {
-            attachments,
-            by_network,
-            queue,
-            touched,
-        };
-        f(node, &mut sink);
-        for id in touched.drain(..) {
-            if let Some(a) = attachments.get_mut(&id) {
-                a.end_writes();
-            }
-        }
+    fn deliver(&mut self, f: impl FnOnce(&mut UdpNode, &mut LaneSink<'_>)) {
+        self.with_lane_sink(None, f);
     }
 
     fn receive(&mut self, now: Instant) {
@@ -290,12 +271,11 @@ impl State {
         });
     }
 
-    /// Runs `f` on the node with a receiving thread's sink: frames for a TUN device with
-    /// offloads go to the thread's `writers` (written after the lock is let go), the rest
-    /// where [`State::deliver`] puts them.
+    /// [`State::deliver`], for a receiving thread if `writers`: frames for a TUN device
+    /// with offloads then go to the thread's writers (written after the lock is let go).
     fn with_lane_sink<R>(
         &mut self,
-        writers: &mut TunWriters,
+        mut writers: Option<&mut TunWriters>,
         f: impl FnOnce(&mut UdpNode, &mut LaneSink<'_>) -> R,
     ) -> R {
         let State {
@@ -306,7 +286,9 @@ impl State {
             touched,
             ..
         } = self;
-        writers.sync(attachments);
+        if let Some(w) = writers.as_deref_mut() {
+            w.sync(attachments);
+        }
         let mut sink = LaneSink {
             writers,
             deliver: Deliver {
@@ -508,19 +490,21 @@ impl TunWriters {
     }
 }
 
-/// A receiving thread's [`Sink`]: IP frames for a TUN device with offloads go to the
-/// thread's own writer; everything else as the node's thread delivers it.
+/// The [`Sink`] of every thread that receives: what [`Deliver`] does, except that a
+/// receiving lane's thread (with `writers`) keeps IP frames for a TUN device with
+/// offloads for its own writer.
 struct LaneSink<'s> {
-    writers: &'s mut TunWriters,
+    writers: Option<&'s mut TunWriters>,
     deliver: Deliver<'s>,
 }
 
 impl Sink for LaneSink<'_> {
     fn frame(&mut self, network: &str, frame: Frame<'_>) {
         if frame.header.is_none()
+            && let Some(writers) = self.writers.as_deref_mut()
             && let Some(&id) = self.deliver.by_network.get(network)
             && let Some(a) = self.deliver.attachments.get(&id)
-            && self.writers.take(id, a, frame.packet)
+            && writers.take(id, a, frame.packet)
         {
             return;
         }
@@ -968,14 +952,16 @@ fn run_rx(shared: &Shared, mut lane: Lane, wake_rx: &UnixDatagram, read: &Atomic
         }
         // Under the lock: everything but the data messages to open; then those opened
         // without it; then delivered under it again.
-        let n = shared.lock().with_lane_sink(&mut writers, |node, sink| {
-            node.plan_lane(&mut lane, Instant::now(), sink)
-        });
+        let n = shared
+            .lock()
+            .with_lane_sink(Some(&mut writers), |node, sink| {
+                node.plan_lane(&mut lane, Instant::now(), sink)
+            });
         read.fetch_add(n as u64, Ordering::Relaxed);
         lane.open();
         let notify = {
             let mut state = shared.lock();
-            state.with_lane_sink(&mut writers, |node, sink| {
+            state.with_lane_sink(Some(&mut writers), |node, sink| {
                 node.finish_lane(&mut lane, Instant::now(), sink)
             });
             state.has_queue()

@@ -288,6 +288,20 @@ impl Pair {
     }
 
     /// A then B handshake and exchange one payload each way.
+    /// A connected pair, and the data messages A sealed for B carrying `payloads` (on
+    /// network "net"), held back: B has not seen them.
+    fn held_back(payloads: &[&[u8]]) -> (Pair, Vec<Datagram>) {
+        let mut p = Pair::new();
+        p.connect();
+        p.filter = Some(Box::new(|_| false));
+        for bytes in payloads {
+            p.send_ab("net", bytes);
+        }
+        p.pump();
+        let held = p.log[p.log.len() - payloads.len()..].to_vec();
+        (p, held)
+    }
+
     fn connect(&mut self) {
         self.send_ab("net", b"hello b");
         self.settle();
@@ -516,13 +530,9 @@ fn a_replayed_data_message_is_delivered_once() {
 
 #[test]
 fn a_tampered_data_message_is_never_delivered() {
-    let mut p = Pair::new();
-    p.connect();
     // Hold A's next message back, then feed B every one-byte corruption of it.
-    p.filter = Some(Box::new(|_| false));
-    p.send_ab("net", b"integrity matters");
-    p.pump();
-    let data = p.log.last().unwrap().clone();
+    let (mut p, held) = Pair::held_back(&[b"integrity matters"]);
+    let data = held[0].clone();
     for i in 0..data.bytes.len() {
         for mask in [0x01u8, 0x80, 0xff] {
             let mut bad = data.bytes.clone();
@@ -552,12 +562,8 @@ fn a_tampered_data_message_is_never_delivered() {
 
 #[test]
 fn a_data_message_is_opened_where_it_lies() {
-    let mut p = Pair::new();
-    p.connect();
-    p.filter = Some(Box::new(|_| false));
-    p.send_ab("net", b"decrypted in place");
-    p.pump();
-    let data = p.log.last().unwrap().clone();
+    let (mut p, held) = Pair::held_back(&[b"decrypted in place"]);
+    let data = held[0].clone();
     // Forged in place: refused, the buffer is garbage, nothing moves.
     let mut bad = data.bytes.clone();
     *bad.last_mut().unwrap() ^= 1;
@@ -614,12 +620,8 @@ fn the_lane_a_data_message_names_only_steers_it() {
     }
     // The lane is not what is authenticated: the same message on another lane opens
     // alike, and still once only.
-    let mut p = Pair::new();
-    p.connect();
-    p.filter = Some(Box::new(|_| false));
-    p.send_ab("net", b"any lane");
-    p.pump();
-    let data = p.log.last().unwrap().clone();
+    let (mut p, held) = Pair::held_back(&[b"any lane"]);
+    let data = held[0].clone();
     let mut moved = data.bytes.clone();
     moved[0] = wire::data_type(7);
     let got =
@@ -638,14 +640,8 @@ fn the_lane_a_data_message_names_only_steers_it() {
 
 #[test]
 fn a_data_message_opened_off_the_endpoint_is_checked_twice_and_delivered_once() {
-    let mut p = Pair::new();
-    p.connect();
-    p.filter = Some(Box::new(|_| false));
-    p.send_ab("net", b"first");
-    p.send_ab("net", b"second");
-    p.pump();
-    let first = p.log[p.log.len() - 2].clone();
-    let second = p.log.last().unwrap().clone();
+    let (mut p, held) = Pair::held_back(&[b"first", b"second"]);
+    let (first, second) = (held[0].clone(), held[1].clone());
     // Not data, or no session: no ticket (receive_in_place handles and counts those).
     assert!(p.b.ep.ticket(&[wire::HANDSHAKE_INIT; 80], p.now).is_none());
     let mut unknown = first.bytes.clone();
