@@ -22,9 +22,10 @@ import subprocess
 import sys
 import textwrap
 import time
+import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import pytest
 
@@ -125,6 +126,15 @@ def _tx_threads(pid: int, prefix: str = "golem-vpn-tx") -> dict[str, int]:
     return threads
 
 
+def _status(daemon: Daemon) -> dict[str, Any]:
+    """The daemon's ``GET /net-api/v2/net/status``."""
+    request = urllib.request.Request(
+        f"{daemon.api}/net-api/v2/net/status", headers={"Authorization": f"Bearer {daemon.key}"}
+    )
+    with urllib.request.urlopen(request, timeout=10) as r:
+        return cast(dict[str, Any], json.load(r))
+
+
 def _attach(daemon: Daemon, netns: str, deploy: dict[str, Any], tmp_path: Path) -> str:
     path = tmp_path / f"{netns}.json"
     path.write_text(json.dumps(deploy))
@@ -184,6 +194,7 @@ def test_flows_are_sent_by_every_queue_thread_and_arrive_exact(
         assert sorted(before) == ["golem-vpn-tx0", "golem-vpn-tx1"]
         rx_before = _tx_threads(prov_b.proc.pid, "golem-vpn-rx")
         assert sorted(rx_before) == ["golem-vpn-rx1"]
+        assert _status(prov_b)["lanes"] == 2
         _flows(ns_a, ns_b, b_ip, PORT)
         after = _tx_threads(prov_a.proc.pid)
         busy = {name: after[name] - before[name] for name in before}

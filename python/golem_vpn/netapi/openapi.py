@@ -246,6 +246,14 @@ _SCHEMAS: Json = {
                 "rate_limited (a flood of handshakes), replayed, decrypt_failed, not_allowed",
                 "example": {"bad_mac1": 120, "cookie_sent": 35, "rate_limited": 8000},
             },
+            "lanes": {
+                "type": "integer",
+                "minimum": 1,
+                "description": "Beyond yagna, a node daemon's: the lanes it receives on, each "
+                "read by a thread of its own (`daemon --workers N` asks for N; 1: the node's "
+                "thread receives everything)",
+                "example": 2,
+            },
         },
     },
 }

@@ -206,8 +206,9 @@ class DaemonBackend:
         public = self._transport.public_addr
         if public is not None:
             status["publicIp"] = f"{public[0]}:{public[1]}"
-        drops = self._transport.native.stats()["tunnel"]["drops"]
-        status["tunnelDrops"] = {reason: n for reason, n in drops.items() if n}
+        stats = self._transport.native.stats()
+        status["tunnelDrops"] = {reason: n for reason, n in stats["tunnel"]["drops"].items() if n}
+        status["lanes"] = stats["lanes"]
         return status
 
     def _coordinator_nodes(self) -> list[list[str]]:
