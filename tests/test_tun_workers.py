@@ -180,6 +180,9 @@ def test_flows_are_sent_by_every_queue_thread_and_arrive_exact(
     (_net,), (deploy_a, deploy_b) = make_deploy(requestor, [prov_a, prov_b], ["192.168.176.0/24"])
     a_ip = deploy_a["net"][0]["nodeIp"]
     b_ip = deploy_b["net"][0]["nodeIp"]
+    # Namespaces of the payloads' own: detaching leaves them, and must take the devices.
+    for ns in namespaces:
+        subprocess.run(["ip", "netns", "add", ns], check=True)
     att_a = _attach(prov_a, ns_a, deploy_a, tmp_path)
     att_b = _attach(prov_b, ns_b, deploy_b, tmp_path)
     try:
@@ -216,6 +219,22 @@ def test_flows_are_sent_by_every_queue_thread_and_arrive_exact(
     while _tx_threads(prov_a.proc.pid) and time.monotonic() < deadline:
         time.sleep(0.05)
     assert _tx_threads(prov_a.proc.pid) == {}, "detaching stops the queue threads"
+
+    # Every thread that wrote to a device let go of it: the kernel removed both.
+    def devices() -> list[str]:
+        return [
+            ns
+            for ns in namespaces
+            if subprocess.run(
+                ["ip", "-n", ns, "link", "show", "gvpn0"], capture_output=True, check=False
+            ).returncode
+            == 0
+        ]
+
+    deadline = time.monotonic() + 5
+    while devices() and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert devices() == [], "detaching removes the devices"
 
 
 def test_a_bad_workers_value_is_refused_naming_the_flag(tmp_path: Path) -> None:

@@ -765,6 +765,16 @@ impl Worker {
         r
     }
 
+    /// Detaches (and closes) attachment `id` ([`State::detach`]); the receiving threads are
+    /// woken to let go of their descriptors of it (a TUN device goes away with the last).
+    pub fn detach(&self, id: u32) -> bool {
+        let detached = self.with(|s| s.detach(id));
+        for w in &self.rx.wakes {
+            let _ = w.send(&[1]);
+        }
+        detached
+    }
+
     /// Reads the shared state (the thread is not woken).
     pub fn read<R>(&self, f: impl FnOnce(&State) -> R) -> R {
         f(&self.shared.lock())
@@ -943,6 +953,10 @@ fn run_rx(shared: &Shared, mut lane: Lane, wake_rx: &UnixDatagram, read: &Atomic
         if fds[1].revents != 0 {
             let mut sink = [0u8; 64];
             while wake_rx.recv(&mut sink).is_ok() {}
+            // Woken for a detach: the descriptors of a gone attachment are closed now.
+            if !writers.links.is_empty() {
+                writers.sync(&mut shared.lock().attachments);
+            }
         }
         if fds[0].revents == 0 || lane.read() == 0 {
             if writers.has_counts() {

@@ -452,7 +452,7 @@ impl PyNodeTransport {
     }
 
     fn detach(&self, attachment: u32) -> bool {
-        self.worker.with(|s| s.detach(attachment))
+        self.worker.detach(attachment)
     }
 
     fn attachments<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyList>> {
