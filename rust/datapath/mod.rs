@@ -1219,7 +1219,6 @@ impl Lane {
     /// does UDP GRO) without the node. Returns the number of reads (0: nothing waiting).
     pub fn read(&mut self) -> usize {
         self.got.clear();
-        self.jobs.clear();
         match mmsg::recv_batch(&self.socket, &mut self.batch, &mut self.got) {
             Ok(()) => self.got.len(),
             // ICMP errors surface as ECONNREFUSED and friends on Linux: not fatal.

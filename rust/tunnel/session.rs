@@ -77,11 +77,6 @@ impl Session {
     }
 
     #[inline]
-    fn nonce(&self, counter: u64) -> Nonce {
-        nonce(self.nonce_big_endian, counter)
-    }
-
-    #[inline]
     pub(crate) fn age(&self, now: Instant) -> Duration {
         now.saturating_duration_since(self.created)
     }
@@ -163,14 +158,25 @@ impl Session {
     /// business.
     #[inline]
     pub(crate) fn decrypt_in_place(&self, counter: u64, buf: &mut [u8]) -> Option<usize> {
-        if buf.len() < TAG_LEN {
-            return None;
-        }
-        self.recv
-            .open_in_place(self.nonce(counter), Aad::empty(), buf)
-            .ok()
-            .map(|plain| plain.len())
+        open_at(&self.recv, self.nonce_big_endian, counter, buf)
     }
+}
+
+/// Decrypts the ciphertext and tag `buf` of data message `counter` in place; the
+/// plaintext's length, None if it does not authenticate (`buf` is then garbage).
+#[inline]
+fn open_at(
+    key: &LessSafeKey,
+    nonce_big_endian: bool,
+    counter: u64,
+    buf: &mut [u8],
+) -> Option<usize> {
+    if buf.len() < TAG_LEN {
+        return None;
+    }
+    key.open_in_place(nonce(nonce_big_endian, counter), Aad::empty(), buf)
+        .ok()
+        .map(|plain| plain.len())
 }
 
 /// The AEAD nonce of message `counter` (Noise: 4 zero bytes, then the 64-bit counter).
@@ -270,14 +276,8 @@ impl OpenTicket {
         {
             return None;
         }
-        self.key
-            .open_in_place(
-                nonce(self.nonce_big_endian, self.counter),
-                Aad::empty(),
-                &mut datagram[DATA_HEADER_LEN..],
-            )
-            .ok()
-            .map(|plain| plain.len())
+        let body = &mut datagram[DATA_HEADER_LEN..];
+        open_at(&self.key, self.nonce_big_endian, self.counter, body)
     }
 }
 
